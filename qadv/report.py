@@ -1,0 +1,182 @@
+"""Provenance, result files, tables and plots shared by the CLI and the experiments.
+
+Everything here is plain Python/numpy: no JAX tracing, no model code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "atomic_write_json",
+    "environment",
+    "format_table",
+    "git_commit",
+    "parse_fraction",
+    "plot_curves",
+    "read_json",
+]
+
+
+def parse_fraction(text: str | float | int, *, name: str = "value") -> float:
+    """Parse ``"8/255"``, ``"0.03"`` or a number into a float.
+
+    Example:
+        >>> round(parse_fraction("8/255"), 6)
+        0.031373
+        >>> parse_fraction("0.5")
+        0.5
+    """
+    if isinstance(text, int | float):
+        return float(text)
+    s = str(text).strip()
+    try:
+        if "/" in s:
+            num, den = s.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(s)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"bad {name} {text!r}; use a number like 0.03 or a fraction like 8/255") from None
+    if not np.isfinite(value):
+        raise ValueError(f"bad {name} {text!r}; it must be finite")
+    return value
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    """The current git commit of the qadv checkout (``+dirty`` if modified), or ``"unknown"``."""
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and software provenance recorded with every result."""
+    import jax
+
+    from qadv import __version__
+
+    devices = jax.devices()
+    return {
+        "qadv_version": __version__,
+        "git_commit": git_commit(),
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(getattr(d, "device_kind", d)) for d in devices],
+        "device_count": len(devices),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def atomic_write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
+    """Write JSON so that a kill mid-write never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, markdown: bool = True) -> str:
+    """Format rows as a Markdown (or plain, aligned) table; floats get two decimals.
+
+    Example:
+        >>> print(format_table(["model", "pgd"], [["ref", 1.234]]))
+        | model | pgd |
+        |---|---|
+        | ref | 1.23 |
+    """
+    cells = [[_cell(v) for v in row] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    fmt = "  ".join("{:>%d}" % w for w in widths)
+    return "\n".join([fmt.format(*header), *(fmt.format(*r) for r in cells)])
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float | np.floating):
+        return f"{float(v):.2f}"
+    return str(v)
+
+
+def plot_curves(
+    path: str | os.PathLike,
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    logy: bool = False,
+) -> None:
+    """Save a line plot of named (x, y) curves as PNG (headless backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
+    for label, (xs, ys) in curves.items():
+        ax.plot(np.asarray(xs), np.asarray(ys), marker="." if len(xs) < 40 else None, label=label)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -46,7 +46,9 @@ def parse_fraction(text: str | float | int, *, name: str = "value") -> float:
         else:
             value = float(s)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"bad {name} {text!r}; use a number like 0.03 or a fraction like 8/255") from None
+        raise ValueError(
+            f"bad {name} {text!r}; use a number like 0.03 or a fraction like 8/255"
+        ) from None
     if not np.isfinite(value):
         raise ValueError(f"bad {name} {text!r}; it must be finite")
     return value
@@ -122,7 +124,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, markdown: bool = True) -> str:
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], *, markdown: bool = True
+) -> str:
     """Format rows as a Markdown (or plain, aligned) table; floats get two decimals.
 
     Example:
@@ -137,7 +141,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, markdo
         lines += ["| " + " | ".join(r) + " |" for r in cells]
         return "\n".join(lines)
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    fmt = "  ".join("{:>%d}" % w for w in widths)
+    fmt = "  ".join("{:>" + str(w) + "}" for w in widths)
     return "\n".join([fmt.format(*header), *(fmt.format(*r) for r in cells)])
 
 

@@ -1,0 +1,283 @@
+"""Temperature strategies for FGSM++/PGD++ (Gupta & Ajanthan, Algorithms 1 and 2).
+
+A strategy is a small pytree object with two rules, and the attack never asks which one
+it holds:
+
+- ``init(logits_fn, x, y) -> state`` runs once, at the random-start point;
+- ``beta(state, logits, y) -> BetaInfo`` runs at every step on the current logits
+  (computed anyway for the gradient, so it costs no extra forward pass).
+
+``BetaInfo.beta`` is the per-example temperature ``(B,)``; ``fallback`` marks examples
+where the rule could not produce a finite, positive, prediction-preserving ``beta``
+(tied top logits, non-finite logits, overflow) and ``beta = 1`` was used instead;
+``default`` marks examples where the rule itself prescribes ``beta = 1`` (HNS: the grid
+argmax is an end point or the example is misclassified at the start point).
+
+Strategies:
+
+- ``fixed(beta)``: a constant (scalar or per-example) temperature.
+- ``njs(logits_fn, x_calib, rho=0.01)``: network Jacobian scaling. ``beta1 = 1 / mean``
+  of all ``d`` Jacobian singular values over ``x_calib``, computed once here (pixel
+  space by default; pass ``input_std`` to differentiate w.r.t. mean/std-normalised
+  inputs as the authors' release does, which makes ``beta1`` roughly ``1/std`` larger).
+  At every step, with ``p' = softmax(beta1 a)``: if ``1 - p'_y <= rho`` then
+  ``beta2 = -log(rho / ((d-1)(1-rho))) / gamma`` with ``gamma = max - min`` of the
+  ``beta1``-scaled logits, else ``beta2 = 1``; the loss uses ``beta2 * beta1``. The test
+  ``1 - p'_y <= rho`` is done in log space. ``rho`` is a parameter (the release
+  hard-codes it).
+- ``hns(grid_size=100, exact=False)``: Hessian norm scaling. Per example, the ``beta``
+  maximising ``||d2 CE(beta a, y)/dx2||_F`` over ``grid_size`` equally spaced values from
+  Proposition 1 with ``rho = 1 - 1/d - 0.01`` to ``rho = 1e-72`` (``gamma`` = top-1 minus
+  top-2 logit, constants in float64 log space), chosen once at the random-start point.
+  ``exact=True`` adds the curvature term for smooth networks (costly, see
+  ``qadv.signal``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qadv import signal
+
+__all__ = ["HNS", "NJS", "BetaInfo", "Fixed", "fixed", "hns", "njs"]
+
+
+class BetaInfo(NamedTuple):
+    """Per-example temperature and how it was obtained (all ``(B,)``)."""
+
+    beta: jax.Array
+    fallback: jax.Array
+    default: jax.Array
+
+
+def _is_concrete(v) -> bool:
+    return not isinstance(v, jax.core.Tracer)
+
+
+def _guard(beta: jax.Array, logits: jax.Array, default: jax.Array) -> BetaInfo:
+    """Replace ``beta`` by 1 wherever it is unusable; flag those examples as fallbacks.
+
+    Usable: finite logits (``-inf`` entries allowed), ``beta`` finite and positive, and
+    ``beta * a`` finite wherever ``a`` is (so scaling cannot create ties or change the
+    argmax through overflow).
+    """
+    bad_logits = jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=-1)
+    finite_a = jnp.where(jnp.isfinite(logits), logits, jnp.zeros_like(logits))
+    scaled_ok = jnp.all(jnp.isfinite(beta[:, None] * finite_a), axis=-1)
+    ok = ~bad_logits & jnp.isfinite(beta) & (beta > 0) & scaled_ok
+    one = jnp.ones_like(beta)
+    return BetaInfo(jnp.where(ok, beta, one), ~ok, default & ok)
+
+
+def _batch_beta(value: jax.Array, logits: jax.Array) -> jax.Array:
+    return jnp.broadcast_to(jnp.asarray(value, logits.dtype), logits.shape[:1])
+
+
+# ------------------------------------------------------------------------------ fixed
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """Constant temperature; ``value`` is a scalar or a per-example ``(B,)`` array."""
+
+    value: jax.Array
+
+    def validate(self, d: int, batch: int) -> None:
+        v = jnp.asarray(self.value)
+        if v.ndim > 1 or (v.ndim == 1 and v.shape[0] != batch):
+            raise ValueError(f"fixed beta must be a scalar or shape ({batch},), got {v.shape}")
+
+    def init(self, logits_fn, x, y) -> Any:
+        return ()
+
+    def beta(self, state, logits, y) -> BetaInfo:
+        b = _batch_beta(self.value, logits)
+        return _guard(b, logits, jnp.zeros(b.shape, jnp.bool_))
+
+
+jax.tree_util.register_dataclass(Fixed, data_fields=["value"], meta_fields=[])
+
+
+def fixed(beta: float | jax.Array) -> Fixed:
+    """A constant temperature ``beta > 0`` (scalar or per-example ``(B,)``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> fixed(0.5).beta((), jnp.zeros((2, 3)), jnp.array([0, 1])).beta.tolist()
+        [0.5, 0.5]
+    """
+    v = jnp.asarray(beta, jnp.float32)
+    if v.ndim > 1:
+        raise ValueError(f"fixed beta must be a scalar or 1-D, got shape {v.shape}")
+    if _is_concrete(v):
+        arr = np.asarray(v)
+        if not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
+            raise ValueError(f"fixed beta must be finite and > 0, got {arr.tolist()}")
+    return Fixed(v)
+
+
+# -------------------------------------------------------------------------------- NJS
+
+
+@dataclasses.dataclass(frozen=True)
+class NJS:
+    """Network Jacobian scaling (Algorithm 1); build with ``njs(...)``."""
+
+    beta1: jax.Array
+    rho: float
+    log_rho: float
+    log1m_rho: float
+
+    def validate(self, d: int, batch: int) -> None:
+        if not self.rho < (d - 1) / d:
+            raise ValueError(
+                f"njs rho must be < (d-1)/d = {(d - 1) / d:.4g} for d={d}, got {self.rho}"
+            )
+
+    def init(self, logits_fn, x, y) -> Any:
+        return ()
+
+    def beta(self, state, logits, y) -> BetaInfo:
+        d = logits.shape[-1]
+        dt = logits.dtype
+        b1 = jnp.asarray(self.beta1, dt)
+        z = b1 * logits
+        log_p = jax.nn.log_softmax(z, axis=-1)
+        is_label = jnp.arange(d, dtype=jnp.int32)[None, :] == y[:, None].astype(jnp.int32)
+        others = jnp.where(is_label, jnp.full_like(log_p, -jnp.inf), log_p)
+        log_1m_py = jax.nn.logsumexp(others, axis=-1)  # log(1 - p'_y), accurate
+        saturated = log_1m_py <= jnp.asarray(self.log_rho, dt)
+        gamma = jnp.max(z, axis=-1) - jnp.min(z, axis=-1)
+        const = jnp.asarray(-self.log_rho + self.log1m_rho + float(np.log(d - 1)), dt)
+        safe_gamma = jnp.where(gamma > 0, gamma, jnp.ones_like(gamma))
+        beta2 = jnp.where(
+            saturated,
+            jnp.where(gamma > 0, const / safe_gamma, jnp.full_like(gamma, jnp.inf)),
+            jnp.ones_like(gamma),
+        )
+        return _guard(b1 * beta2, logits, jnp.zeros(gamma.shape, jnp.bool_))
+
+
+jax.tree_util.register_dataclass(
+    NJS, data_fields=["beta1"], meta_fields=["rho", "log_rho", "log1m_rho"]
+)
+
+
+def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None) -> NJS:
+    """Network Jacobian scaling; ``beta1`` is computed here, once, from ``x_calib``.
+
+    Args:
+        logits_fn: batched logits function on ``[0, 1]`` images.
+        x_calib: ``(M, H, W, C)`` calibration images (the release uses the first 101 test
+            images, misclassified ones included).
+        rho: threshold on ``1 - p'_y``, in ``(0, 1)`` and ``< (d-1)/d``.
+        input_std: ``None`` for Jacobians w.r.t. ``[0, 1]`` pixels, or the per-channel std
+            (scalar or ``(C,)``) to take them w.r.t. ``(x - mean) / std`` like the release.
+
+    Raises:
+        ValueError: bad ``rho``, or all singular values zero (``beta1`` undefined).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> f = lambda x: 4.0 * jnp.concatenate([x.reshape(x.shape[0], -1)] * 2, axis=1)
+        >>> round(float(njs(f, jnp.zeros((2, 1, 1, 1))).beta1), 4)  # svals (4*sqrt(2), 0)
+        0.3536
+    """
+    rho = float(rho)
+    if not (np.isfinite(rho) and 0.0 < rho < 1.0):
+        raise ValueError(f"njs rho must lie in (0, 1), got {rho}")
+    x_calib = jnp.asarray(x_calib)
+    if x_calib.ndim < 2 or x_calib.shape[0] == 0:
+        raise ValueError(f"x_calib must be a non-empty batch (M, H, W, C), got {x_calib.shape}")
+    jac = signal.jacobian(logits_fn, x_calib)
+    if input_std is not None:
+        std = jnp.asarray(input_std, jac.dtype).reshape(-1)
+        std = std.reshape((1,) * (jac.ndim - 1) + (std.shape[0],))
+        jac = jac * std
+    ev = jnp.linalg.eigvalsh(signal.gram(jac))
+    mean_sv = jnp.mean(jnp.sqrt(jnp.clip(ev, 0.0, None)))
+    if _is_concrete(mean_sv):
+        m = float(mean_sv)
+        if not (np.isfinite(m) and m > 0):
+            raise ValueError(f"mean Jacobian singular value on x_calib is {m}; NJS needs > 0")
+    return NJS(1.0 / mean_sv, rho, float(np.log(rho)), float(np.log1p(-rho)))
+
+
+# -------------------------------------------------------------------------------- HNS
+
+
+@dataclasses.dataclass(frozen=True)
+class HNS:
+    """Hessian norm scaling (Algorithm 2); build with ``hns(...)``."""
+
+    grid_size: int = 100
+    exact: bool = False
+
+    def validate(self, d: int, batch: int) -> None:
+        return None
+
+    def grid(self, logits: jax.Array) -> jax.Array:
+        """The per-example ``beta`` grid ``(B, grid_size)`` (``inf``/``nan`` rows if gap 0)."""
+        d = logits.shape[-1]
+        dt = logits.dtype
+        gap = signal.logit_gap(logits)
+        lo = signal.prop1_beta(gap, 1.0 - 1.0 / d - 0.01, d)
+        hi = signal.prop1_beta(gap, 1e-72, d)
+        t = jnp.linspace(0.0, 1.0, self.grid_size, dtype=dt)
+        return lo[:, None] + (hi - lo)[:, None] * t[None, :]
+
+    def select(self, log_norms: jax.Array, grid: jax.Array, logits, y) -> BetaInfo:
+        """Grid rule: Hessian-norm argmax; ``beta = 1`` at an end point or if misclassified."""
+        k = self.grid_size
+        ln = jnp.where(jnp.isnan(log_norms), -jnp.inf, log_norms)
+        idx = jnp.argmax(ln, axis=-1)
+        chosen = jnp.take_along_axis(grid, idx[:, None], axis=1)[:, 0]
+        misclassified = jnp.argmax(logits, axis=-1) != y
+        valid = jnp.all(jnp.isfinite(grid), axis=-1) & (grid[:, 0] > 0)
+        default = misclassified | (idx == 0) | (idx == k - 1)
+        beta = jnp.where(default, jnp.ones_like(chosen), chosen)
+        info = _guard(jnp.where(valid, beta, jnp.full_like(beta, jnp.nan)), logits, default)
+        return info
+
+    def init(self, logits_fn, x, y) -> BetaInfo:
+        logits = logits_fn(x)
+        jac = signal.jacobian(logits_fn, x)
+        grid = self.grid(logits)
+        valid = jnp.all(jnp.isfinite(grid), axis=-1) & (grid[:, 0] > 0)
+        safe_grid = jnp.where(valid[:, None], grid, jnp.ones_like(grid))
+        safe_logits = jnp.where(jnp.isfinite(logits), logits, jnp.zeros_like(logits))
+        curv = signal._curvature_terms(logits_fn, x, jac) if self.exact else None
+        log_norms = signal.log_hessian_norm_from_gram(
+            signal.gram(jac), safe_logits, safe_grid, curv, y
+        )
+        return self.select(log_norms, grid, logits, y)
+
+    def beta(self, state: BetaInfo, logits, y) -> BetaInfo:
+        return state
+
+
+jax.tree_util.register_dataclass(HNS, data_fields=[], meta_fields=["grid_size", "exact"])
+
+
+def hns(*, grid_size: int = 100, exact: bool = False) -> HNS:
+    """Hessian norm scaling with a ``grid_size``-point per-example grid search.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> w = jnp.array([[2.0, -1.0, 0.5], [0.3, 1.0, -2.0]])
+        >>> f = lambda x: x.reshape(x.shape[0], -1) @ w
+        >>> x, y = jnp.array([[0.9, 0.1]]).reshape(1, 2, 1, 1), jnp.array([0])
+        >>> info = hns(grid_size=50).init(f, x, y)
+        >>> bool(info.beta[0] > 0), bool(info.fallback[0])
+        (True, False)
+    """
+    if isinstance(grid_size, bool) or int(grid_size) != grid_size or grid_size < 3:
+        raise ValueError(f"hns grid_size must be an integer >= 3, got {grid_size}")
+    if not isinstance(exact, bool):
+        raise ValueError(f"hns exact must be a bool, got {exact!r}")
+    return HNS(int(grid_size), exact)

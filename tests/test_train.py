@@ -1,0 +1,324 @@
+"""Tests for qadv.train and qadv.checkpoint on tiny synthetic data."""
+
+import gzip
+import json
+import shutil
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from qadv import checkpoint, train
+from qadv.models import get_model
+from qadv.quant import get_policy
+
+N_TRAIN, N_TEST, BATCH = 96, 40, 32  # 3 steps per epoch
+
+
+def _write_idx(path, array):
+    array = np.asarray(array, dtype=np.uint8)
+    raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(raw + array.tobytes())
+
+
+def _synthetic(n, *, seed, shape=(28, 28, 1), classes=10):
+    """Learnable images: a class-specific random pattern plus noise, uint8."""
+    rng = np.random.default_rng(seed)
+    patterns = np.random.default_rng(1234).uniform(0, 255, size=(classes, *shape))
+    y = rng.integers(0, classes, size=n)
+    x = 0.7 * patterns[y] + rng.uniform(0, 0.3 * 255, size=(n, *shape))
+    return x.astype(np.uint8), y.astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("idx")
+    for prefix, n, seed in (("train", N_TRAIN, 0), ("t10k", N_TEST, 1)):
+        x, y = _synthetic(n, seed=seed)
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x[..., 0])
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return folder
+
+
+def _config(**kw):
+    base = dict(
+        dataset="fashion_mnist",
+        arch="mlp",
+        arch_opts={"widths": (16,)},
+        epochs=2,
+        batch_size=BATCH,
+        lr=3e-3,
+        eval_batch_size=16,
+        source="idx",
+    )
+    return train.TrainConfig(**{**base, **kw})
+
+
+def _params(run_dir):
+    loaded = checkpoint.load_checkpoint(run_dir)
+    return loaded.variables
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"arch": "alexnet"}, "unknown arch 'alexnet'; choose one of: "),
+        ({"policy": "ternary"}, "unknown quantization policy 'ternary'"),
+        ({"dataset": "svhn"}, "unknown dataset 'svhn'; choose one of: "),
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; choose one of: adam, sgd"),
+        ({"schedule": "linear"}, "unknown schedule 'linear'; choose one of: cosine, step"),
+        ({"epochs": 0}, "invalid epochs 0; choose a positive integer"),
+        ({"batch_size": -1}, "invalid batch_size -1"),
+        ({"lr": 0.0}, "invalid lr 0.0; choose a positive number"),
+        ({"wq_method": "ste"}, "unknown wq_method 'ste'"),
+        ({"momentum": 1.0}, "invalid momentum"),
+    ],
+)
+def test_config_validation(kw, match):
+    with pytest.raises(ValueError, match=match) as info:
+        train.TrainConfig(**kw)
+    assert "\n" not in str(info.value)
+
+
+def test_config_round_trip():
+    c = _config(policy="pact2", policy_opts={"float_last": True}, lr_milestones=(0.25, 0.5))
+    assert train.TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert train.make_policy(c).bits == 2
+    with pytest.raises(ValueError, match="unknown TrainConfig field 'lrate'"):
+        train.TrainConfig.from_dict({"lrate": 1.0})
+
+
+def test_schedules_and_anneal():
+    c = _config(epochs=4, lr=1.0, schedule="cosine")
+    s = train.make_schedule(c, 10)
+    assert float(s(0)) == 1.0 and float(s(40)) == pytest.approx(0.0, abs=1e-6)
+    assert float(train.make_schedule(_config(schedule="constant", lr=0.5), 10)(99)) == 0.5
+    c = _config(anneal_start=2.0, anneal_growth=1.5, anneal_max=4.0)
+    assert [train.anneal_value(c, e) for e in range(4)] == [2.0, 3.0, 4.0, 4.0]
+
+
+def test_clip_latent_weights_only_kernels():
+    p = {"a": {"kernel": jnp.array([[-2.0, 0.5]]), "bias": jnp.array([5.0])}}
+    out = train.clip_latent_weights(p)
+    np.testing.assert_array_equal(out["a"]["kernel"], [[-1.0, 0.5]])
+    np.testing.assert_array_equal(out["a"]["bias"], [5.0])
+
+
+# ----------------------------------------------------------------------------- train steps
+
+POLICIES = [
+    ("ref", {}),
+    ("bnn_wq", {"wq_method": "bc"}),
+    ("bnn_wq", {"wq_method": "gd_tanh"}),
+    ("bnn_wq", {"wq_method": "md_tanh_s"}),
+    ("bnn_waq", {}),
+    ("mbn", {}),
+    ("pact", {}),
+    ("xnor", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "opts"), POLICIES, ids=lambda v: v if isinstance(v, str) else "")
+def test_train_steps_reduce_loss(name, opts):
+    policy = get_policy(name, **opts)
+    model = get_model("mlp", num_classes=4, policy=policy, mean=(0.5,), std=(0.25,), widths=(16,))
+    x, y = _synthetic(32, seed=0, shape=(8, 8, 1), classes=4)
+    x = x.astype(np.float32) / 255.0
+    c = _config(lr=1e-2, schedule="constant")
+    tx = train.make_optimizer(c, steps_per_epoch=10)
+    state = train.init_train_state(model, tx, key=jax.random.key(0), input_shape=(1, 8, 8, 1))
+    project = train.binary_connect_projection(policy)
+    step = train.make_train_step(model, tx, key=jax.random.key(1), project=project)
+    losses = []
+    for _ in range(15):
+        before = float(state["acc"]["loss"])
+        state = step(state, x, y, jnp.float32(2.0))
+        losses.append(float(state["acc"]["loss"]) - before)
+    assert int(state["step"]) == 15
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
+    if project is not None:
+        kernels = [
+            leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]
+            if getattr(path[-1], "key", None) == "kernel"
+        ]
+        assert kernels and all(float(jnp.max(jnp.abs(k))) <= 1.0 for k in kernels)
+
+
+def test_evaluate_clean_pads_and_traces_once():
+    traces = []
+
+    def logits_fn(x):
+        traces.append(x.shape)
+        return jnp.stack([x[:, 0, 0, 0], 1.0 - x[:, 0, 0, 0]], axis=-1)
+
+    x = np.zeros((7, 2, 2, 1), np.uint8)
+    x[:3] = 255  # first three predict class 0
+    y = np.array([0, 0, 0, 1, 1, 1, 0], np.int32)
+    acc = train.evaluate_clean(logits_fn, x, y, batch_size=3)
+    assert acc == pytest.approx(6 / 7)
+    assert traces == [(3, 2, 2, 1)]
+    with pytest.raises(ValueError, match="invalid batch_size 0"):
+        train.evaluate_clean(logits_fn, x, y, batch_size=0)
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("full")
+    summary = train.train(_config(), out, data_dir=data_dir, progress=False)
+    return out, summary
+
+
+def test_run_outputs_and_metadata(full_run, data_dir):
+    out, summary = full_run
+    assert summary["steps"] == 2 * N_TRAIN // BATCH
+    assert json.loads((out / "summary.json").read_text()) == summary
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert set(lines[0]) >= {"epoch", "step", "train_loss", "train_acc", "test_acc", "lr"}
+    assert {"anneal", "wall_time_s"} <= set(lines[0])
+    assert lines[-1]["test_acc"] == summary["clean_accuracy"]
+
+    loaded = checkpoint.load_checkpoint(out)
+    meta = loaded.metadata
+    assert meta["arch"] == "mlp" and meta["dataset"] == "fashion_mnist"
+    assert meta["policy"]["kind"] == "ref" and meta["num_classes"] == 10
+    assert meta["mean"] == [0.2860] and meta["std"] == [0.3530]
+    assert meta["image_shape"] == [28, 28, 1]
+    assert meta["clean_accuracy"] == summary["clean_accuracy"]
+    assert meta["config"] == _config().to_dict()
+    assert meta["qadv_version"] and meta["step"] == summary["steps"]
+    # the restored model reproduces the recorded accuracy
+    from qadv.data import load_split
+
+    x, y = load_split("fashion_mnist", "test", data_dir=data_dir)
+    acc = train.evaluate_clean(loaded.logits_fn, x, y, batch_size=16)
+    assert acc == pytest.approx(summary["clean_accuracy"])
+    # every path form works
+    step_dir = out / "checkpoints" / str(summary["steps"])
+    assert checkpoint.read_metadata(step_dir)["step"] == summary["steps"]
+    assert checkpoint.read_metadata(out / "checkpoints")["step"] == summary["steps"]
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_kill_and_resume_matches_uninterrupted(full_run, data_dir, tmp_path, monkeypatch):
+    out_full, summary_full = full_run
+    out = tmp_path / "run"
+    config = _config(checkpoint_every_steps=2)
+    real_iterate = train.iterate_batches
+
+    def crashing(*args, epoch, **kwargs):  # dies during epoch 1 after two more batches
+        for i, batch in enumerate(real_iterate(*args, epoch=epoch, **kwargs)):
+            if epoch == 1 and i == 2:
+                raise _Crash
+            yield batch
+
+    monkeypatch.setattr(train, "iterate_batches", crashing)
+    with pytest.raises(_Crash):
+        train.train(config, out, data_dir=data_dir, progress=False)
+    assert checkpoint.complete_steps(out / "checkpoints")[-1] == 4  # mid-epoch save
+    monkeypatch.setattr(train, "iterate_batches", real_iterate)
+
+    summary = train.train(config, out, data_dir=data_dir, progress=False)
+    assert summary["resumed_from_step"] == 4
+    assert summary["steps"] == summary_full["steps"]
+    jax.tree.map(np.testing.assert_array_equal, _params(out), _params(out_full))
+    assert summary["clean_accuracy"] == summary_full["clean_accuracy"]
+    assert summary["train_loss"] == pytest.approx(summary_full["train_loss"], rel=1e-6)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
+
+
+def test_finished_run_resume_is_a_no_op(full_run, data_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(full_run[0], out)
+    summary = train.train(_config(), out, data_dir=data_dir, progress=False)
+    assert summary["resumed_from_step"] == summary["steps"] == full_run[1]["steps"]
+    assert summary["clean_accuracy"] == full_run[1]["clean_accuracy"]
+
+
+def test_interrupted_save_leaves_previous_usable(full_run, data_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(full_run[0], out)
+    ckpt = out / "checkpoints"
+    last = full_run[1]["steps"]
+    # a save killed before orbax's rename, and a step folder without commit marker
+    tmp = ckpt / f"{last + 1}.orbax-checkpoint-tmp-1234567"
+    (tmp / "variables").mkdir(parents=True)
+    (tmp / "variables" / "garbage").write_bytes(b"\x00" * 10)
+    (ckpt / str(last + 2) / "variables").mkdir(parents=True)
+    loaded = checkpoint.load_checkpoint(out)
+    assert loaded.metadata["step"] == last
+    summary = train.train(_config(), out, data_dir=data_dir, progress=False)
+    assert summary["resumed_from_step"] == last
+    assert not (ckpt / str(last + 2)).exists()
+
+
+def test_corrupt_checkpoint_is_a_clear_error(full_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(full_run[0], out)
+    step_dir = out / "checkpoints" / str(full_run[1]["steps"])
+    for f in (step_dir / "variables").rglob("*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    with pytest.raises(ValueError, match="corrupt") as info:
+        checkpoint.load_checkpoint(out)
+    assert "\n" not in str(info.value)
+    (step_dir / "metadata" / "metadata").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt or incomplete checkpoint") as info:
+        checkpoint.load_checkpoint(out)
+    assert "\n" not in str(info.value)
+
+
+def test_other_architecture_is_a_clear_error(full_run, data_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(full_run[0], out)
+    with pytest.raises(ValueError, match=r"holds a run with arch='mlp'.*arch='cnn'") as info:
+        train.train(_config(arch="cnn"), out, data_dir=data_dir, progress=False)
+    assert "\n" not in str(info.value)
+    # metadata that names another architecture than the stored arrays
+    meta_path = out / "checkpoints" / str(full_run[1]["steps"]) / "metadata" / "metadata"
+    meta = json.loads(meta_path.read_text())
+    meta["arch"] = "cnn"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match architecture 'cnn'") as info:
+        checkpoint.load_checkpoint(out)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        checkpoint.load_checkpoint(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match="no finished checkpoint"):
+        checkpoint.load_checkpoint(tmp_path)
+
+
+def test_tfds_mock_cifar_one_epoch(tmp_path):
+    config = train.TrainConfig(
+        dataset="cifar10",
+        arch="mlp",
+        arch_opts={"widths": (8,)},
+        epochs=1,
+        batch_size=4,
+        eval_batch_size=4,
+        source="tfds",
+    )
+    with tfds.testing.mock_data(num_examples=8):
+        summary = train.train(config, tmp_path, progress=False)
+    assert summary["steps"] == 2 and 0.0 <= summary["clean_accuracy"] <= 1.0
+    assert config.use_augment

@@ -211,11 +211,16 @@ def test_mbn_gradients_follow_eq3():
 def test_quantizers_all_autodiff_modes(fn):
     w = jnp.array([[-0.7, 0.2, 0.4], [0.9, -0.1, 0.05]], jnp.float32)
     f = lambda w: jnp.sum(fn(w) ** 2)  # noqa: E731
-    g = jax.grad(f)(w)
     v = jnp.ones_like(w)
-    np.testing.assert_allclose(jax.jvp(f, (w,), (v,))[1], jnp.vdot(g, v), rtol=1e-5)
-    assert np.all(np.isfinite(jax.hessian(f)(w)))  # forward-over-reverse
-    np.testing.assert_allclose(jax.jit(jax.vmap(fn))(w[None])[0], fn(w), rtol=1e-6)
+
+    @jax.jit
+    def derivatives(w):
+        return jax.grad(f)(w), jax.jvp(f, (w,), (v,))[1], jax.hessian(f)(w), jax.vmap(fn)(w[None])
+
+    g, jv, h, batched = derivatives(w)
+    np.testing.assert_allclose(jv, jnp.vdot(g, v), rtol=1e-5)
+    assert np.all(np.isfinite(h))  # forward-over-reverse
+    np.testing.assert_allclose(batched[0], fn(w), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- policies

@@ -95,6 +95,9 @@ def get_model(
 def init_variables(model: nn.Module, *, key: jax.Array, input_shape: Sequence[int]) -> dict:
     """Initialise ``{"params", "batch_stats"}`` (eval mode) for images of ``input_shape``.
 
+    Only these two collections are returned (the ``"quantized"`` intermediates sown during
+    ``model.init`` are dropped).
+
     ``input_shape`` is ``(B, H, W, C)`` or ``(H, W, C)`` (a batch of 2 is used then).
 
     Example:
@@ -111,7 +114,8 @@ def init_variables(model: nn.Module, *, key: jax.Array, input_shape: Sequence[in
     if len(shape) != 4:
         raise ValueError(f"invalid input_shape {tuple(input_shape)}; use (H, W, C) or (B, H, W, C)")
     variables = model.init(key, jnp.zeros(shape, jnp.float32), train=False)
-    return dict(variables)
+    # drop the "quantized" intermediates sown during init
+    return {k: variables[k] for k in ("params", "batch_stats") if k in variables}
 
 
 def check_images(x, image_shape: Sequence[int] | None = None) -> None:
@@ -135,7 +139,7 @@ def check_images(x, image_shape: Sequence[int] | None = None) -> None:
         raise ValueError(
             f"expected images of shape (B, {', '.join(map(str, image_shape))}), got {shape}"
         )
-    dtype = np.dtype(getattr(x, "dtype", np.asarray(x).dtype))
+    dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"expected float images in [0, 1], got dtype {dtype}")
     if isinstance(x, jax.core.Tracer):

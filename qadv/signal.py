@@ -68,6 +68,14 @@ def _feature_axes(x: jax.Array) -> tuple[int, ...]:
     return tuple(range(1, x.ndim))
 
 
+def _scaled_l2(v: jax.Array) -> jax.Array:
+    """Per-example L2 norm over non-batch axes that does not underflow for tiny entries."""
+    axes = _feature_axes(v)
+    m = jnp.max(jnp.abs(v), axis=axes, keepdims=True)
+    safe = jnp.where(m > 0, m, jnp.ones_like(m))
+    return jnp.sqrt(jnp.sum(jnp.square(v / safe), axis=axes)) * m.reshape(v.shape[0])
+
+
 def jacobian(logits_fn: LogitsFn, x: jax.Array) -> jax.Array:
     """Per-example input-output Jacobian ``da/dx``.
 
@@ -336,6 +344,8 @@ def hessian_norm(
 def error_signal_norm(logits: jax.Array, y: jax.Array, beta: jax.Array | float = 1.0) -> jax.Array:
     """``||softmax(beta a) - onehot(y)||_2`` per example, as float autodiff computes it.
 
+    (The norm itself is computed with rescaling, so entries ~1e-20 do not underflow.)
+
     In float32, ``p_y`` rounds to exactly 1 once the label leads by more than ~17 (and
     the other ``p_k`` underflow beyond ~88-104), which is what makes gradients vanish.
 
@@ -348,7 +358,7 @@ def error_signal_norm(logits: jax.Array, y: jax.Array, beta: jax.Array | float =
     b = b[:, None] if b.ndim == 1 else b
     p = jax.nn.softmax(b * logits, axis=-1)
     psi = p - jax.nn.one_hot(y, logits.shape[-1], dtype=p.dtype)
-    return jnp.linalg.norm(psi, axis=-1)
+    return _scaled_l2(psi)
 
 
 def input_gradient(
@@ -381,7 +391,7 @@ def input_gradient_norm(logits_fn, x, y, beta=1.0, *, loss: str = "ce") -> jax.A
         1.0
     """
     g = input_gradient(logits_fn, x, y, beta, loss=loss)
-    return jnp.sqrt(jnp.sum(g * g, axis=_feature_axes(g)))
+    return _scaled_l2(g)
 
 
 def sign_gradient_norm(logits_fn, x, y, beta=1.0, *, loss: str = "ce") -> jax.Array:

@@ -1,0 +1,198 @@
+"""Signal-propagation diagnostics: Jacobians, the closed-form input Hessian norm, Prop. 1."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qadv import signal
+from qadv.quant import sign_ste
+
+SHAPE = (3, 3, 2)  # N = 18
+N = 18
+D = 4
+
+
+def _params(seed, hidden=6, d=D, scale=1.0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    w1 = jax.random.normal(k1, (N, hidden), jnp.float32) * float(scale / np.sqrt(N))
+    b1 = jax.random.normal(k2, (hidden,), jnp.float32) * 0.1
+    w2 = jax.random.normal(k3, (hidden, d), jnp.float32) * float(3.0 / np.sqrt(hidden))
+    return w1, b1, w2
+
+
+def make_net(act, seed=0, dtype=jnp.float32, **kw):
+    w1, b1, w2 = (a.astype(dtype) for a in _params(seed, **kw))
+
+    def f(x):
+        h = x.reshape(x.shape[0], -1) @ w1 + b1[None, :]
+        return act(h) @ w2
+
+    return f
+
+
+def make_cnn(seed=0, dtype=jnp.float32):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    w = (jax.random.normal(k1, (2, 2, SHAPE[-1], 3), jnp.float32) * 0.5).astype(dtype)
+    v = (jax.random.normal(k2, (2 * 2 * 3, D), jnp.float32) * 0.5).astype(dtype)
+
+    def f(x):
+        h = jax.lax.conv_general_dilated(
+            x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        h = jax.nn.relu(h)
+        return h.reshape(x.shape[0], -1) @ v
+
+    return f
+
+
+def _images(seed, b=3):
+    return jax.random.uniform(jax.random.key(seed), (b, *SHAPE), jnp.float32)
+
+
+def _hessian_fro(f, x, y, beta, dtype=jnp.float32):
+    def loss(xi, yi):
+        z = beta * f(xi[None])[0]
+        return -jax.nn.log_softmax(z)[yi]
+
+    h = jax.vmap(jax.hessian(loss))(x, y)
+    return jnp.sqrt(jnp.sum(h.reshape(x.shape[0], -1) ** 2, axis=1))
+
+
+def test_jacobian_matches_jacrev(strict_dtypes):
+    f = make_cnn()
+    x = _images(0)
+    jac = signal.jacobian(f, x)
+    assert jac.shape == (3, D, *SHAPE)
+    full = jax.jacrev(f)(x)  # (B, d, B, H, W, C)
+    for i in range(3):
+        np.testing.assert_allclose(jac[i], full[i, :, i], rtol=1e-5, atol=1e-6)
+
+
+def test_singular_values_match_numpy_svd(strict_dtypes):
+    f = make_net(jnp.tanh)
+    x = _images(1)
+    sv = signal.jacobian_singular_values(f, x)
+    jac = np.asarray(signal.jacobian(f, x)).reshape(3, D, -1)
+    for i in range(3):
+        np.testing.assert_allclose(sv[i], np.linalg.svd(jac[i], compute_uv=False), rtol=1e-4)
+
+
+BETAS = jnp.array([0.05, 0.3, 1.0, 4.0], jnp.float32)
+
+
+def _reference(make, x, y):
+    """``||jax.hessian||_F`` per example and beta, computed in float64.
+
+    (In float32, autodiff's ``p (1 - p)`` cancels where ``p`` is nearly one-hot; the
+    closed form computes ``1 - p_i`` as the sum of the other probabilities and matches
+    float64 there, so the reference is float64.)
+    """
+    with jax.enable_x64(True):
+        f64 = make(jnp.float64)
+        x64 = x.astype(jnp.float64)
+        return np.stack(
+            [np.asarray(_hessian_fro(f64, x64, y, jnp.float64(b))) for b in np.asarray(BETAS)], 1
+        )
+
+
+@pytest.mark.parametrize(
+    "name,make",
+    [
+        ("relu", lambda dt: make_net(jax.nn.relu, seed=2, dtype=dt)),
+        ("sign_ste", lambda dt: make_net(sign_ste, seed=3, scale=0.5, dtype=dt)),
+        ("cnn", lambda dt: make_cnn(seed=4, dtype=dt)),
+    ],
+)
+def test_hessian_norm_closed_form_equals_jax_hessian(strict_dtypes, name, make):
+    x, y = _images(5), jnp.array([0, 1, 3], jnp.int32)
+    got = signal.hessian_norm(make(jnp.float32), x, y, BETAS)
+    assert got.shape == (3, 4)
+    np.testing.assert_allclose(got, _reference(make, x, y), rtol=2e-4, atol=0, err_msg=name)
+
+
+def test_hessian_norm_exact_mode_on_tanh(strict_dtypes):
+    def make(dt):
+        return make_net(jnp.tanh, seed=6, scale=3.0, dtype=dt)
+
+    f = make(jnp.float32)
+    x, y = _images(7), jnp.array([2, 0, 1], jnp.int32)
+    betas = jnp.broadcast_to(BETAS[None, :], (3, 4))
+    exact = signal.hessian_norm(f, x, y, betas, exact=True)
+    approx = signal.hessian_norm(f, x, y, betas)
+    np.testing.assert_allclose(exact, _reference(make, x, y), rtol=5e-4, atol=0)
+    # for tanh the curvature term matters: the Gauss-Newton part alone is off
+    assert float(jnp.max(jnp.abs(approx - exact) / exact)) > 1e-2
+
+
+def test_hessian_norm_nearly_one_hot_is_finite_and_nonnegative(strict_dtypes):
+    f = make_net(jax.nn.relu, seed=8)
+    x, y = _images(9), jnp.array([0, 0, 0], jnp.int32)
+    hn = signal.hessian_norm(f, x, y, jnp.array([1e-3, 1.0, 1e2, 1e4, 1e6], jnp.float32))
+    assert bool(jnp.all(jnp.isfinite(hn))) and bool(jnp.all(hn >= 0))
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    d=st.integers(2, 12),
+    rho=st.sampled_from([1e-72, 1e-30, 1e-3, 0.01, 0.3]),
+    frac=st.floats(0.0, 0.999),
+    scale=st.floats(0.01, 1e3),
+)
+def test_proposition_1_holds(seed, d, rho, frac, scale):
+    if rho >= (d - 1) / d:
+        return
+    a = np.random.default_rng(seed).normal(size=(5, d)) * scale
+    gamma = a.max(1) - a.min(1)
+    bound = np.asarray(signal.prop1_beta(jnp.asarray(gamma, jnp.float32), rho, d), np.float64)
+    beta = frac * bound * (1 - 1e-5)  # stay clear of float32 rounding of the bound
+    z = beta[:, None] * a
+    top = z.max(1, keepdims=True)
+    lse_all = np.log(np.exp(z - top).sum(1))
+    srt = np.argsort(-a, axis=1)
+    others = np.take_along_axis(z, srt[:, 1:], axis=1) - top
+    lse_others = np.log(np.exp(others).sum(1))
+    log_1m_p1 = lse_others - lse_all  # log(1 - softmax(beta a)_1), in float64 log space
+    assert np.all(log_1m_p1 > np.log(rho))
+
+
+def test_prop1_constant_in_log_space():
+    c = signal.prop1_log_constant(1e-72, 10)
+    assert np.isclose(c, 72 * np.log(10) + np.log(9))
+    assert np.isfinite(float(signal.prop1_beta(jnp.float32(1.0), 1e-72, 10)))
+    with pytest.raises(ValueError, match="rho must lie in"):
+        signal.prop1_log_constant(0.0, 10)
+    with pytest.raises(ValueError, match="integer >= 2"):
+        signal.prop1_log_constant(0.1, 1)
+
+
+def test_logit_gap_and_gradient_diagnostics(strict_dtypes):
+    np.testing.assert_allclose(
+        signal.logit_gap(jnp.array([[1.0, 5.0, 2.0], [0.0, 0.0, -1.0]])), [3.0, 0.0]
+    )
+    f = make_net(jnp.tanh, seed=10)
+    x, y = _images(11), jnp.array([0, 1, 2], jnp.int32)
+    g = signal.input_gradient(f, x, y)
+    np.testing.assert_allclose(
+        signal.input_gradient_norm(f, x, y), jnp.sqrt(jnp.sum(g**2, axis=(1, 2, 3))), rtol=1e-6
+    )
+    assert bool(jnp.all(signal.sign_gradient_norm(f, x, y) <= np.sqrt(N)))
+    np.testing.assert_allclose(
+        signal.error_signal_norm(f(x), y),
+        jnp.linalg.norm(jax.nn.softmax(f(x)) - jax.nn.one_hot(y, D, dtype=jnp.float32), axis=1),
+        rtol=1e-6,
+    )
+
+    def saturated(z):
+        return 1000.0 * f(z)
+
+    lab = jnp.argmax(saturated(x), axis=1).astype(jnp.int32)
+    mask = signal.zero_gradient_mask(saturated, x, lab)
+    assert mask.shape == (3,)
+    assert signal.zero_gradient_fraction(saturated, x, lab) == float(np.mean(np.asarray(mask)))
+    psi_zero = signal.error_signal_norm(saturated(x), lab) == 0
+    assert bool(jnp.all(mask[psi_zero]))  # psi exactly 0 implies a zero input gradient
+    assert signal.zero_gradient_fraction(f, x, y) == 0.0

@@ -215,10 +215,15 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_kill_and_resume_matches_uninterrupted(full_run, data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("every", "resume_step"), [(2, 4), (None, 3)])
+def test_kill_and_resume_matches_uninterrupted(
+    full_run, data_dir, tmp_path, monkeypatch, every, resume_step
+):
+    """Killed in epoch 1 (after its 2nd batch): resume from the mid-epoch save at step 4,
+    or from the epoch-0 save at step 3; either way the result equals an uninterrupted run."""
     out_full, summary_full = full_run
     out = tmp_path / "run"
-    config = _config(checkpoint_every_steps=2)
+    config = _config(checkpoint_every_steps=every)
     real_iterate = train.iterate_batches
 
     def crashing(*args, epoch, **kwargs):  # dies during epoch 1 after two more batches
@@ -230,11 +235,11 @@ def test_kill_and_resume_matches_uninterrupted(full_run, data_dir, tmp_path, mon
     monkeypatch.setattr(train, "iterate_batches", crashing)
     with pytest.raises(_Crash):
         train.train(config, out, data_dir=data_dir, progress=False)
-    assert checkpoint.complete_steps(out / "checkpoints")[-1] == 4  # mid-epoch save
+    assert checkpoint.complete_steps(out / "checkpoints")[-1] == resume_step
     monkeypatch.setattr(train, "iterate_batches", real_iterate)
 
     summary = train.train(config, out, data_dir=data_dir, progress=False)
-    assert summary["resumed_from_step"] == 4
+    assert summary["resumed_from_step"] == resume_step
     assert summary["steps"] == summary_full["steps"]
     jax.tree.map(np.testing.assert_array_equal, _params(out), _params(out_full))
     assert summary["clean_accuracy"] == summary_full["clean_accuracy"]
@@ -265,7 +270,7 @@ def test_interrupted_save_leaves_previous_usable(full_run, data_dir, tmp_path):
     assert loaded.metadata["step"] == last
     summary = train.train(_config(), out, data_dir=data_dir, progress=False)
     assert summary["resumed_from_step"] == last
-    assert not (ckpt / str(last + 2)).exists()
+    assert not (ckpt / str(last + 2)).exists() and not tmp.exists()
 
 
 def test_corrupt_checkpoint_is_a_clear_error(full_run, tmp_path):

@@ -1,0 +1,297 @@
+"""The ``qadv`` command line: train, eval, attack, diagnose, demo.
+
+Every user error (unknown names, bad numbers, missing data or checkpoints) is
+reported as one line on stderr, with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _fraction(name: str):
+    def parse(text: str) -> float:
+        from qadv.report import parse_fraction
+
+        try:
+            return parse_fraction(text, name=name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {name} {text!r}; use an integer >= 1") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"bad {name} {text!r}; use an integer >= 1")
+        return value
+
+    return parse
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the four IDX files of (Fashion-)MNIST, or a tfds data_dir "
+        "(default: /usr/share/datasets/fashion-mnist, then tfds)",
+    )
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qadv.evaluate import ATTACKS, LOSSES, NORMS, TEMPERATURES
+
+    parser = argparse.ArgumentParser(
+        prog="qadv",
+        description="Honest robustness evaluation of quantized networks (FGSM++/PGD++).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="quantization-aware training with checkpoints")
+    t.add_argument("--dataset", default="fashion_mnist")
+    t.add_argument("--arch", default="cnn")
+    t.add_argument("--quant", default="ref", help="ref, bnn_wq, bnn_waq, mbn, pact or xnor")
+    t.add_argument(
+        "--wq-method", default=None, help="bnn_wq weight binarizer: bc, gd_tanh, md_tanh_s"
+    )
+    t.add_argument("--m-bases", type=_positive_int("m-bases"), default=None)
+    t.add_argument("--n-bases", type=_positive_int("n-bases"), default=None)
+    t.add_argument("--bits", type=_positive_int("bits"), default=None)
+    t.add_argument("--float-first", action="store_true", help="keep the first layer in float")
+    t.add_argument("--float-last", action="store_true", help="keep the last layer in float")
+    t.add_argument("--float-bias", action="store_true", help="keep biases in float")
+    t.add_argument("--epochs", type=_positive_int("epochs"), default=10)
+    t.add_argument("--batch-size", type=_positive_int("batch size"), default=None)
+    t.add_argument("--optimizer", default=None, help="adam or sgd")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--schedule", default=None, help="cosine, step or constant")
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
+    _add_data_dir(t)
+    _add_progress(t)
+
+    e = sub.add_parser("eval", help="clean test accuracy of a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="run folder written by `qadv train`")
+    e.add_argument("--n", type=_positive_int("n"), default=None, help="first N test images")
+    e.add_argument("--batch-size", type=_positive_int("batch size"), default=500)
+    _add_data_dir(e)
+
+    a = sub.add_parser("attack", help="adversarial accuracy of a checkpoint under one attack")
+    a.add_argument("--checkpoint", required=True)
+    a.add_argument("--attack", default="pgd", help=f"one of: {', '.join(ATTACKS)}")
+    a.add_argument("--norm", default="linf", help=f"one of: {', '.join(NORMS)}")
+    a.add_argument("--temperature", default="none", help=f"one of: {', '.join(TEMPERATURES)}")
+    a.add_argument("--beta", type=float, default=1.0, help="β for --temperature fixed")
+    a.add_argument("--loss", default="ce", help=f"one of: {', '.join(LOSSES)}")
+    a.add_argument("--eps", type=_fraction("eps"), default=8 / 255, help="radius, e.g. 8/255")
+    a.add_argument(
+        "--step",
+        type=_fraction("step"),
+        default=None,
+        help="step size, e.g. 2/255 (default: the paper's ratio, ε/4 for L∞, ε/8 for L2)",
+    )
+    a.add_argument("--steps", type=_positive_int("steps"), default=20)
+    a.add_argument("--restarts", type=_positive_int("restarts"), default=1)
+    a.add_argument("--rho", type=float, default=0.01, help="NJS threshold ρ")
+    a.add_argument("--grid-size", type=int, default=100, help="HNS grid points")
+    a.add_argument("--hns-exact", action="store_true", help="HNS with the ψ·∂J/∂x term")
+    a.add_argument("--no-random-init", action="store_true")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--n", type=_positive_int("n"), default=None, help="first N test images")
+    a.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
+    a.add_argument("--out", required=True, help="result JSON (partial progress resumes)")
+    _add_data_dir(a)
+    _add_progress(a)
+
+    g = sub.add_parser("diagnose", help="signal-propagation diagnostics (paper Table 13)")
+    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--n", type=_positive_int("n"), default=500)
+    g.add_argument("--batch-size", type=_positive_int("batch size"), default=100)
+    g.add_argument("--out", default=None, help="JSON file for the statistics")
+    _add_data_dir(g)
+
+    d = sub.add_parser("demo", help="the main job: train ref/BNN-WQ/BNN-WAQ CNNs and attack them")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--n", type=_positive_int("n"), default=1000, help="test images to attack")
+    d.add_argument(
+        "--epochs",
+        type=_positive_int("epochs"),
+        default=None,
+        help="override every model's training epochs",
+    )
+    d.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
+    _add_data_dir(d)
+    _add_progress(d)
+    return parser
+
+
+def _cmd_train(args) -> None:
+    from qadv.train import TrainConfig, train
+
+    fields = dict(
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        schedule=args.schedule,
+        weight_decay=args.weight_decay,
+        wq_method=args.wq_method,
+    )
+    policy_opts = dict(
+        m_bases=args.m_bases,
+        n_bases=args.n_bases,
+        bits=args.bits,
+        float_first=args.float_first or None,
+        float_last=args.float_last or None,
+        float_bias=args.float_bias or None,
+    )
+    config = TrainConfig(
+        dataset=args.dataset,
+        arch=args.arch,
+        policy=args.quant,
+        epochs=args.epochs,
+        seed=args.seed,
+        policy_opts={k: v for k, v in policy_opts.items() if v is not None},
+        **{k: v for k, v in fields.items() if v is not None},
+    )
+    summary = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    print(
+        f"{args.arch}/{args.quant} on {args.dataset}: clean test accuracy "
+        f"{100 * summary['clean_accuracy']:.2f}% in {summary['wall_time_s']:.0f}s -> {args.out}"
+    )
+
+
+def _load(checkpoint: str, data_dir: str | None, n: int | None):
+    from qadv import data
+    from qadv.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    images, labels = data.load_split(loaded.metadata["dataset"], "test", data_dir=data_dir)
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    return loaded, images.astype(np.float32) / np.float32(255.0), labels
+
+
+def _cmd_eval(args) -> None:
+    from qadv.evaluate import clean_predictions
+
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    preds = clean_predictions(loaded.logits_fn, images, batch_size=args.batch_size)
+    acc = 100.0 * float((preds == labels).mean())
+    print(f"{args.checkpoint}: clean accuracy {acc:.2f}% on {len(labels)} test images")
+
+
+def _default_step(args) -> float:
+    """The paper's ratios (Table 6): FGSM η = ε, PGD-L∞ η = ε/4, PGD-L2 η = ε/8."""
+    if args.attack == "fgsm":
+        return args.eps
+    return args.eps / (4 if args.norm == "linf" else 8)
+
+
+def _cmd_attack(args) -> None:
+    from qadv.evaluate import AttackSpec, evaluate_attack
+
+    spec = AttackSpec(
+        attack=args.attack,
+        norm=args.norm,
+        eps=args.eps,
+        step_size=args.step if args.step is not None else _default_step(args),
+        steps=args.steps,
+        restarts=args.restarts,
+        temperature=args.temperature,
+        beta=args.beta,
+        loss=args.loss,
+        rho=args.rho,
+        grid_size=args.grid_size,
+        hns_exact=args.hns_exact,
+        random_init=not args.no_random_init,
+        seed=args.seed,
+    )
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    record = evaluate_attack(
+        loaded.logits_fn,
+        images,
+        labels,
+        spec,
+        batch_size=args.batch_size,
+        out=args.out,
+        progress=not args.no_progress,
+        extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
+    )
+    print(
+        f"{spec.label}: clean {record['clean_accuracy']:.2f}%, adversarial "
+        f"{record['adversarial_accuracy']:.2f}% on n={record['n']} "
+        f"({record['fallback_count']} β fallbacks, {record['wall_time_s']:.1f}s) -> {args.out}"
+    )
+
+
+def _cmd_diagnose(args) -> None:
+    from qadv import report
+    from qadv.evaluate import diagnose
+
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    stats = diagnose(loaded.logits_fn, images, labels, batch_size=args.batch_size)
+    rows = [[k, v] for k, v in stats.items() if isinstance(v, int | float)]
+    print(report.format_table(["statistic", "value"], rows, markdown=False))
+    if args.out:
+        report.atomic_write_json(args.out, {"checkpoint": args.checkpoint, **stats})
+
+
+def _cmd_demo(args) -> None:
+    from qadv.demo import run_demo
+
+    result = run_demo(
+        args.out,
+        n=args.n,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(result["table"])
+    print(f"\nreport: {Path(args.out) / 'report.md'}")
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "attack": _cmd_attack,
+    "diagnose": _cmd_diagnose,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"qadv {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"qadv {args.command}: interrupted; rerun the same command to resume", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from synthetic import write_mnist_like
 
 from qadv import cli
-from synthetic import write_mnist_like
 
 
 @pytest.fixture(scope="module")

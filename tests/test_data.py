@@ -1,36 +1,11 @@
 """Tests for qadv.data: IDX loading, tfds loading, deterministic batches and augmentation."""
 
-import gzip
-import struct
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from synthetic import write_mnist_like
 
 from qadv import data
-
-
-def write_idx(path, array):
-    """Writes a uint8 array as an IDX file (gzip when the name ends with .gz)."""
-    array = np.asarray(array, dtype=np.uint8)
-    raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw += array.tobytes()
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(raw)
-
-
-def write_mnist_like(folder, *, n_train=12, n_test=5, gz=True, seed=0):
-    rng = np.random.default_rng(seed)
-    suffix = ".gz" if gz else ""
-    out = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        y = rng.integers(0, 10, size=(n,), dtype=np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", x)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", y)
-        out[prefix] = (x, y)
-    return out
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -1,28 +1,20 @@
 """Tests for qadv.train and qadv.checkpoint on tiny synthetic data."""
 
-import gzip
 import json
 import shutil
-import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from synthetic import write_idx
 
 from qadv import checkpoint, train
 from qadv.models import get_model
 from qadv.quant import get_policy
 
 N_TRAIN, N_TEST, BATCH = 96, 40, 32  # 3 steps per epoch
-
-
-def _write_idx(path, array):
-    array = np.asarray(array, dtype=np.uint8)
-    raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(raw + array.tobytes())
 
 
 def _synthetic(n, *, seed, shape=(28, 28, 1), classes=10):
@@ -39,8 +31,8 @@ def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("idx")
     for prefix, n, seed in (("train", N_TRAIN, 0), ("t10k", N_TEST, 1)):
         x, y = _synthetic(n, seed=seed)
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x[..., 0])
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x[..., 0])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y)
     return folder
 
 

@@ -65,17 +65,11 @@ def demo_attacks(seed: int = 0) -> dict[str, AttackSpec]:
     return specs
 
 
-_COLUMNS = [
-    ("fgsm", "FGSM"),
-    ("fgsm++njs", "FGSM++ NJS"),
-    ("fgsm++hns", "FGSM++ HNS"),
-    ("pgd_linf", "PGD L∞"),
-    ("pgd_linf++njs", "PGD++ L∞ NJS"),
-    ("pgd_linf++hns", "PGD++ L∞ HNS"),
-    ("pgd_l2", "PGD L2"),
-    ("pgd_l2++njs", "PGD++ L2 NJS"),
-    ("pgd_l2++hns", "PGD++ L2 HNS"),
-]
+def _column(spec: AttackSpec) -> str:
+    name = "FGSM" if spec.steps == 1 else f"PGD {'L∞' if spec.norm == 'linf' else 'L2'}"
+    if spec.temperature == "none":
+        return name
+    return name.replace("FGSM", "FGSM++").replace("PGD", "PGD++") + f" {spec.temperature.upper()}"
 
 
 def _cached_attack(path: Path, spec: AttackSpec, n: int) -> dict | None:
@@ -99,6 +93,7 @@ def run_demo(
     batch_size: int = 250,
     progress: bool = True,
     models: dict[str, TrainConfig] | None = None,
+    attacks: dict[str, AttackSpec] | None = None,
     curve_examples: int = 500,
 ) -> dict[str, Any]:
     """Train (or reuse) the demo models, attack them, and write ``report.md``.
@@ -111,6 +106,7 @@ def run_demo(
         batch_size: attack batch size.
         progress: show progress bars.
         models: training configs by name (default :data:`DEMO_MODELS`).
+        attacks: attack specs by name (default :func:`demo_attacks`).
         curve_examples: images used for the accuracy-vs-iterations plot.
 
     Returns:
@@ -129,7 +125,7 @@ def run_demo(
         raise ValueError(f"bad n {n}; the test set has {len(test_x)} images")
     images = test_x[:n].astype(np.float32) / np.float32(255.0)
     labels = test_y[:n].astype(np.int32)
-    specs = demo_attacks()
+    specs = demo_attacks() if attacks is None else dict(attacks)
 
     results: dict[str, dict[str, dict]] = {}
     diagnostics: dict[str, dict] = {}
@@ -161,16 +157,17 @@ def run_demo(
             results[name][key] = rec
         hessian_curves[name] = _hessian_curve(logits_fn, images, labels)
         m = min(curve_examples, n)
-        for key in ("pgd_linf", "pgd_linf++njs", "pgd_linf++hns"):
-            acc = accuracy_curve(logits_fn, images[:m], labels[:m], specs[key], calib_images=images)
-            iter_curves[f"{name}: {specs[key].label}"] = (np.arange(len(acc)), acc)
+        for spec in specs.values():
+            if spec.norm == "linf" and spec.steps > 1:
+                acc = accuracy_curve(logits_fn, images[:m], labels[:m], spec, calib_images=images)
+                iter_curves[f"{name}: {_column(spec)}"] = (np.arange(len(acc)), acc)
 
-    header = ["model", "clean", *(label for _, label in _COLUMNS)]
+    header = ["model", "clean", *(_column(spec) for spec in specs.values())]
     rows = [
         [
             name,
             diagnostics[name]["clean_accuracy"],
-            *(results[name][k]["adversarial_accuracy"] for k, _ in _COLUMNS),
+            *(results[name][k]["adversarial_accuracy"] for k in specs),
         ]
         for name in models
     ]
@@ -193,7 +190,7 @@ def run_demo(
     )
     wall = time.time() - t0
     env = report.environment()
-    text = _report_markdown(models, trained, diagnostics, results, table, n, wall, env)
+    text = _report_markdown(models, specs, trained, diagnostics, results, table, n, wall, env)
     (out_dir / "report.md").write_text(text)
     report.atomic_write_json(
         out_dir / "demo.json",
@@ -223,13 +220,23 @@ def _hessian_curve(logits_fn, images, labels) -> tuple[np.ndarray, np.ndarray]:
     return betas, np.asarray(norms)[0]
 
 
-def _report_markdown(models, trained, diagnostics, results, table, n, wall, env) -> str:
+def _report_markdown(models, specs, trained, diagnostics, results, table, n, wall, env) -> str:
     lines = [
         "# qadv demo: fake robustness of binary networks on Fashion-MNIST",
         "",
         f"Adversarial accuracy (%) on the first {n} Fashion-MNIST test images "
-        "(misclassified clean images count as failures). FGSM ε=8/255; PGD-L∞ ε=8/255, "
-        "η=2/255, 20 steps; PGD-L2 ε=120/255, η=15/255, 20 steps; one random start each.",
+        "(misclassified clean images count as failures; every attack starts from one "
+        "random point). Settings, in [0, 1] pixel units: "
+        + "; ".join(
+            sorted(
+                {
+                    f"{_column(sp).split(' ')[0].rstrip('+')} {sp.norm} ε={sp.eps * 255:.4g}/255, "
+                    f"η={sp.step_size * 255:.4g}/255, {sp.steps} step(s)"
+                    for sp in specs.values()
+                }
+            )
+        )
+        + ".",
         "",
         table,
         "",
@@ -277,9 +284,9 @@ def _report_markdown(models, trained, diagnostics, results, table, n, wall, env)
     ]
     brows = []
     for name in models:
-        for key, label in _COLUMNS:
-            rec = results[name][key]
-            if rec["config"]["temperature"] != "none":
+        for key, spec in specs.items():
+            rec, label = results[name][key], _column(spec)
+            if spec.temperature != "none":
                 b = rec["beta"]
                 brows.append(
                     [
@@ -304,7 +311,7 @@ def _report_markdown(models, trained, diagnostics, results, table, n, wall, env)
                     name,
                     c.policy + (f" ({c.wq_method})" if c.wq_method else ""),
                     c.epochs,
-                    trained[name]["clean_accuracy"],
+                    100 * trained[name]["clean_accuracy"],
                     trained[name]["wall_time_s"],
                 ]
                 for name, c in models.items()

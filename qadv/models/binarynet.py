@@ -34,8 +34,8 @@ class BinaryNetResNet(nn.Module):
         >>> import jax, jax.numpy as jnp
         >>> from qadv.quant import get_policy
         >>> m = BinaryNetResNet(num_classes=10, policy=get_policy("bnn_waq"), depth=8, width=4)
-        >>> v = m.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
-        >>> m.apply(v, jnp.zeros((2, 8, 8, 3))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((2, 8, 8, 3))).shape
         (2, 10)
     """
 
@@ -81,8 +81,8 @@ class BinaryNetVGG(nn.Module):
         >>> from qadv.quant import get_policy
         >>> m = BinaryNetVGG(num_classes=10, policy=get_policy("bnn_waq"), infl_ratio=1,
         ...                  base=2, fc=8)
-        >>> v = m.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
-        >>> m.apply(v, jnp.zeros((2, 8, 8, 3))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((2, 8, 8, 3))).shape
         (2, 10)
     """
 

@@ -27,8 +27,8 @@ class DenseNet(nn.Module):
         >>> import jax, jax.numpy as jnp
         >>> from qadv.quant import get_policy
         >>> m = DenseNet(num_classes=10, policy=get_policy("ref"), blocks=(1, 1), growth=4)
-        >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-        >>> m.apply(v, jnp.zeros((1, 8, 8, 3))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((1, 8, 8, 3))).shape
         (1, 10)
     """
 

@@ -38,8 +38,8 @@ class MobileNetV2(nn.Module):
         >>> from qadv.quant import get_policy
         >>> m = MobileNetV2(num_classes=10, policy=get_policy("ref"), cfg=((2, 8, 1, 2),),
         ...                 stem=4, head=16)
-        >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-        >>> m.apply(v, jnp.zeros((1, 8, 8, 3))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((1, 8, 8, 3))).shape
         (1, 10)
     """
 

@@ -82,8 +82,8 @@ class ResNet(nn.Module):
         >>> import jax, jax.numpy as jnp
         >>> from qadv.quant import get_policy
         >>> m = ResNet(num_classes=10, policy=get_policy("ref"), stage_sizes=(1,), width=4)
-        >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-        >>> m.apply(v, jnp.zeros((1, 8, 8, 3))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((1, 8, 8, 3))).shape
         (1, 10)
     """
 
@@ -120,8 +120,8 @@ class CifarResNet(nn.Module):
         >>> import jax, jax.numpy as jnp
         >>> from qadv.quant import get_policy
         >>> m = CifarResNet(num_classes=10, policy=get_policy("xnor"), depth=8, width=4)
-        >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-        >>> m.apply(v, jnp.zeros((1, 8, 8, 3))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((1, 8, 8, 3))).shape
         (1, 10)
     """
 

@@ -26,8 +26,8 @@ class MLP(nn.Module):
         >>> import jax, jax.numpy as jnp
         >>> from qadv.quant import get_policy
         >>> m = MLP(num_classes=10, policy=get_policy("bnn_waq"), widths=(8,))
-        >>> v = m.init(jax.random.key(0), jnp.zeros((2, 4, 4, 1)))
-        >>> m.apply(v, jnp.zeros((2, 4, 4, 1))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((2, 4, 4, 1)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((2, 4, 4, 1))).shape
         (2, 10)
     """
 
@@ -67,8 +67,8 @@ class CNN(nn.Module):
         >>> import jax, jax.numpy as jnp
         >>> from qadv.quant import get_policy
         >>> m = CNN(num_classes=10, policy=get_policy("ref"), widths=(4, 8))
-        >>> v = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-        >>> m.apply(v, jnp.zeros((1, 28, 28, 1))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((1, 28, 28, 1))).shape
         (1, 10)
     """
 

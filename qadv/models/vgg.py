@@ -29,8 +29,8 @@ class VGG(nn.Module):
         >>> import jax, jax.numpy as jnp
         >>> from qadv.quant import get_policy
         >>> m = VGG(num_classes=10, policy=get_policy("ref"), cfg=(4, "M", 8, "M"))
-        >>> v = m.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
-        >>> m.apply(v, jnp.zeros((1, 4, 4, 3))).shape
+        >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
+        >>> jax.eval_shape(m.apply, v, jnp.zeros((1, 4, 4, 3))).shape
         (1, 10)
     """
 

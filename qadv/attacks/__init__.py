@@ -13,8 +13,8 @@ Example:
     (1, 1, 1, 1)
 """
 
+from qadv.attacks.gradient import Attack, AttackInfo, PGDState, fgsm, make_pgd, pgd, run_attack
 from qadv.attacks.norms import L2, LINF, NORMS, Norm, get_norm
-from qadv.attacks.pgd import Attack, AttackInfo, PGDState, fgsm, make_pgd, pgd, run_attack
 from qadv.attacks.temperature import HNS, NJS, BetaInfo, Fixed, fixed, hns, njs
 
 __all__ = [

@@ -235,9 +235,9 @@ class HNS:
         """Grid rule: Hessian-norm argmax; ``beta = 1`` at an end point or if misclassified."""
         k = self.grid_size
         ln = jnp.where(jnp.isnan(log_norms), -jnp.inf, log_norms)
-        idx = jnp.argmax(ln, axis=-1)
+        idx = jnp.argmax(ln, axis=-1).astype(jnp.int32)
         chosen = jnp.take_along_axis(grid, idx[:, None], axis=1)[:, 0]
-        misclassified = jnp.argmax(logits, axis=-1) != y
+        misclassified = jnp.argmax(logits, axis=-1).astype(y.dtype) != y
         valid = jnp.all(jnp.isfinite(grid), axis=-1) & (grid[:, 0] > 0)
         default = misclassified | (idx == 0) | (idx == k - 1)
         beta = jnp.where(default, jnp.ones_like(chosen), chosen)

@@ -166,7 +166,7 @@ def _single_run(attack, logits_fn, key, x, y, steps, r):
     state = run_attack(attack, attack.init(key, x, y), steps)
     logits = logits_fn(state.x_adv)
     margin = cw_margin(logits, y)
-    success = jnp.argmax(logits, axis=-1) != y
+    success = jnp.argmax(logits, axis=-1).astype(y.dtype) != y
     info = AttackInfo(
         state.beta.beta,
         state.fallback,

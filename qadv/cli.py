@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--wq-method", default=None, help="bnn_wq weight binarizer: bc, gd_tanh, md_tanh_s"
     )
+    t.add_argument(
+        "--anneal-end",
+        type=float,
+        default=None,
+        help="gd_tanh/md_tanh_s: grow the tanh β per step up to this value (e.g. 100)",
+    )
     t.add_argument("--m-bases", type=_positive_int("m-bases"), default=None)
     t.add_argument("--n-bases", type=_positive_int("n-bases"), default=None)
     t.add_argument("--bits", type=_positive_int("bits"), default=None)
@@ -151,6 +157,7 @@ def _cmd_train(args) -> None:
         schedule=args.schedule,
         weight_decay=args.weight_decay,
         wq_method=args.wq_method,
+        anneal_end=args.anneal_end,
     )
     policy_opts = dict(
         m_bases=args.m_bases,

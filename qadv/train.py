@@ -22,7 +22,11 @@ Quantization details:
 * ``anneal``: the tanh sharpness ``beta`` of ``gd_tanh``/``md_tanh_s`` weights
   is constant within an epoch and grows geometrically across epochs:
   ``beta_e = anneal_start * anneal_growth ** e`` (``e`` = 0-based epoch),
-  capped at ``anneal_max`` when set.
+  capped at ``anneal_max`` when set. With ``anneal_end`` set, ``beta`` instead grows
+  geometrically at every step, from ``anneal_start`` at the first step to
+  ``anneal_end`` at the last, so that ``tanh(beta w)`` is saturated (nearly ±1) when
+  training ends whatever the schedule length; short schedules need this, because
+  evaluation uses hard ±1 weights.
 * BinaryConnect (``wq_method="bc"`` with ``bnn_wq`` or ``bnn_waq``): after each
   optimizer update the latent binarised parameters (``kernel``, and ``bias`` for
   ``bnn_wq`` without ``float_bias``) are projected onto ``[-1, 1]``
@@ -161,6 +165,9 @@ class TrainConfig:
         anneal_start: tanh ``beta`` in epoch 0.
         anneal_growth: factor applied to ``beta`` every epoch.
         anneal_max: optional cap on ``beta``.
+        anneal_end: if set, ``beta`` grows geometrically per step from
+            ``anneal_start`` to ``anneal_end`` over the whole run (overrides
+            ``anneal_growth``).
         augment: random crop + flip; ``None`` means on for CIFAR, off otherwise.
         seed: seed of initialization, data order, augmentation and step keys.
         eval_batch_size: batch size of the test evaluation.
@@ -200,6 +207,7 @@ class TrainConfig:
     anneal_start: float = 1.0
     anneal_growth: float = 1.2
     anneal_max: float | None = None
+    anneal_end: float | None = None
     augment: bool | None = None
     seed: int = 0
     eval_batch_size: int = 500
@@ -230,6 +238,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"invalid {name} {value!r}; choose a positive number")
+        if self.anneal_end is not None and not self.anneal_end >= self.anneal_start:
+            raise ValueError(
+                f"invalid anneal_end {self.anneal_end!r}; choose a number >= anneal_start"
+            )
         if self.anneal_max is not None and not self.anneal_max > 0:
             raise ValueError(f"invalid anneal_max {self.anneal_max!r}; choose a positive number")
         if not self.weight_decay >= 0:
@@ -339,13 +351,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     return optax.chain(*parts)
 
 
-def anneal_value(config: TrainConfig, epoch: int) -> float:
-    """Tanh annealing ``beta`` of (0-based) ``epoch``.
+def anneal_value(config: TrainConfig, epoch: int, *, step: int = 0, total_steps: int = 1) -> float:
+    """Tanh annealing ``beta`` of (0-based) ``epoch``, or of ``step`` with ``anneal_end``.
 
     Example:
         >>> anneal_value(TrainConfig(arch="mlp", anneal_start=1.0, anneal_growth=2.0), 3)
         8.0
     """
+    if config.anneal_end is not None:
+        frac = min(step / max(total_steps - 1, 1), 1.0)
+        return float(config.anneal_start * (config.anneal_end / config.anneal_start) ** frac)
     beta = config.anneal_start * config.anneal_growth**epoch
     return float(min(beta, config.anneal_max) if config.anneal_max is not None else beta)
 
@@ -710,8 +725,7 @@ def train(
             start_batch = step - epoch * steps_per_epoch
             if start_batch == 0:
                 state = {**state, "acc": _zero_accumulators()}
-            anneal = anneal_value(config, epoch)
-            anneal_arr = jnp.asarray(anneal, jnp.float32)
+            total_steps = config.epochs * steps_per_epoch
             t_epoch = time.time()
             batches: Iterator = iterate_batches(
                 train_x,
@@ -732,7 +746,8 @@ def train(
                 dynamic_ncols=True,
             )
             for x, y in bar:
-                state = train_step(state, x, y, anneal_arr)
+                anneal = anneal_value(config, epoch, step=step, total_steps=total_steps)
+                state = train_step(state, x, y, jnp.asarray(anneal, jnp.float32))
                 step += 1
                 if progress and step % 20 == 0:
                     acc = state["acc"]

@@ -319,3 +319,12 @@ def test_tfds_mock_cifar_one_epoch(tmp_path):
         summary = train.train(config, tmp_path, progress=False)
     assert summary["steps"] == 2 and 0.0 <= summary["clean_accuracy"] <= 1.0
     assert config.use_augment
+
+
+def test_anneal_end_grows_per_step_to_the_end_value():
+    cfg = _config(anneal_start=1.0, anneal_end=100.0)
+    assert train.anneal_value(cfg, 0, step=0, total_steps=11) == pytest.approx(1.0)
+    assert train.anneal_value(cfg, 0, step=5, total_steps=11) == pytest.approx(10.0)
+    assert train.anneal_value(cfg, 1, step=10, total_steps=11) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="anneal_end"):
+        _config(anneal_start=2.0, anneal_end=1.0)

@@ -1,6 +1,5 @@
 """FGSM/PGD and the NJS/HNS temperature strategies."""
 
-import doctest
 import functools
 import math
 
@@ -82,7 +81,7 @@ def test_pgd_stays_in_ball(strict_dtypes, norm, temp):
         key=KEY,
         eps=eps,
         step_size=eps / 3,
-        steps=3,
+        steps=2,
         norm=norm,
         temperature=TEMPS[temp],
         return_info=True,
@@ -95,15 +94,16 @@ def test_pgd_stays_in_ball(strict_dtypes, norm, temp):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_fgsm_stays_in_ball(strict_dtypes, norm):
     eps = 8 / 255 if norm == "linf" else 0.5
-    for key in (None, KEY):
-        adv = attacks.fgsm(relu_mlp, X, Y, eps=eps, norm=norm, key=key, temperature=TEMPS["hns"])
-        _check_ball(adv, X, eps, norm)
-    # without a random start, L-inf FGSM moves every pixel with a non-zero gradient by eps
-    adv = attacks.fgsm(relu_mlp, X, Y, eps=0.01)
-    g = qadv.signal.input_gradient(relu_mlp, X, Y)
-    moved = np.abs(np.asarray(adv - X))
-    interior = (np.asarray(X) > 0.011) & (np.asarray(X) < 0.989) & (np.asarray(g) != 0)
-    np.testing.assert_allclose(moved[interior], 0.01, rtol=1e-4)
+    temp = TEMPS["hns"] if norm == "linf" else None
+    adv = attacks.fgsm(relu_mlp, X, Y, eps=eps, norm=norm, key=KEY, temperature=temp)
+    _check_ball(adv, X, eps, norm)
+    if norm == "linf":
+        # without a random start, L-inf FGSM moves every pixel with a non-zero gradient by eps
+        adv = attacks.fgsm(relu_mlp, X, Y, eps=0.01)
+        g = qadv.signal.input_gradient(relu_mlp, X, Y)
+        moved = np.abs(np.asarray(adv - X))
+        interior = (np.asarray(X) > 0.011) & (np.asarray(X) < 0.989) & (np.asarray(g) != 0)
+        np.testing.assert_allclose(moved[interior], 0.01, rtol=1e-4)
 
 
 @settings(max_examples=10, deadline=None)
@@ -111,13 +111,12 @@ def test_fgsm_stays_in_ball(strict_dtypes, norm):
     seed=st.integers(0, 2**31 - 1),
     eps=st.floats(0.0, 1.0),
     frac=st.floats(0.0, 2.0),
-    steps=st.integers(1, 2),
     norm=st.sampled_from(["linf", "l2"]),
     edge=st.sampled_from([None, 0.0, 1.0]),
 )
-def test_ball_invariant_hypothesis(seed, eps, frac, steps, norm, edge):
+def test_ball_invariant_hypothesis(seed, eps, frac, norm, edge):
     with jax.numpy_dtype_promotion("strict"):
-        x = jax.random.uniform(jax.random.key(seed), (3, *SHAPE), jnp.float32)
+        x = jax.random.uniform(jax.random.key(seed), (B, *SHAPE), jnp.float32)
         if edge is not None:  # images on the boundary of [0, 1]
             x = x.at[:, :2].set(edge)
         y = jnp.argmax(relu_mlp(x), axis=1).astype(jnp.int32)
@@ -128,7 +127,7 @@ def test_ball_invariant_hypothesis(seed, eps, frac, steps, norm, edge):
             key=jax.random.key(seed),
             eps=eps,
             step_size=frac * eps + 1e-3,
-            steps=steps,
+            steps=2,  # statics shared with the tests above: no recompiles
             norm=norm,
         )
         _check_ball(adv, x, eps, norm)
@@ -147,8 +146,8 @@ def test_l2_ball_is_total_norm_not_per_channel(strict_dtypes):
 
 
 def test_restarts_never_weaker_per_example(strict_dtypes):
-    x, y = _data(seed=3, b=12)
-    kw = dict(key=KEY, eps=0.08, step_size=0.03, steps=3)
+    x, y = _data(seed=3)
+    kw = dict(key=KEY, eps=0.08, step_size=0.03, steps=2)
     a1, i1 = attacks.pgd(relu_mlp, x, y, restarts=1, return_info=True, **kw)
     a4, i4 = attacks.pgd(relu_mlp, x, y, restarts=4, return_info=True, **kw)
     s1, s4 = np.asarray(i1.success), np.asarray(i4.success)
@@ -300,17 +299,13 @@ def _slow_hns_beta(f, x, y, grid_size):
 
 
 def test_hns_matches_slow_reference(strict_dtypes):
-    x, y = _data(seed=11, b=5)
-    y = y.at[4].set((y[4] + 1) % D)  # one misclassified example -> beta = 1
+    x, y = _data(seed=11)
+    y = y.at[3].set((y[3] + 1) % D)  # one misclassified example -> beta = 1
     x_start = attacks.LINF.random_start(jax.random.fold_in(KEY, 0), x, jnp.float32(0.03))
-    info = attacks.hns(grid_size=25).init(relu_mlp, x_start, y)
-    slow = [_slow_hns_beta(relu_mlp, x_start[i], y[i], 25) for i in range(5)]
+    info = attacks.hns(grid_size=20).init(relu_mlp, x_start, y)
+    slow = [_slow_hns_beta(relu_mlp, x_start[i], y[i], 20) for i in range(B)]
     np.testing.assert_allclose(np.asarray(info.beta), slow, rtol=1e-4)
-    assert (
-        float(info.beta[4]) == 1.0 and bool(info.default_beta[4])
-        if hasattr(info, "default_beta")
-        else True
-    )
+    assert float(info.beta[3]) == 1.0 and bool(info.default[3])
     # the attack chooses beta once, at its random-start point
     _, ainfo = attacks.pgd(
         relu_mlp,
@@ -320,7 +315,7 @@ def test_hns_matches_slow_reference(strict_dtypes):
         eps=0.03,
         step_size=0.01,
         steps=2,
-        temperature=attacks.hns(grid_size=25),
+        temperature=TEMPS["hns"],
         return_info=True,
     )
     np.testing.assert_allclose(np.asarray(ainfo.beta), slow, rtol=1e-4)
@@ -329,7 +324,12 @@ def test_hns_matches_slow_reference(strict_dtypes):
 # ---------------------------------------------------------------------- differentiability
 
 
+def _tanh_apply(params, x):
+    return mlp_apply(params, x, act=jnp.tanh)
+
+
 def test_grad_through_l2_pgd_matches_finite_differences():
+    """d/d(params) and d/dx of a function of the L2-PGD output vs central differences."""
     with jax.enable_x64(True), jax.numpy_dtype_promotion("strict"):
         params = _mlp_params(2, dtype=jnp.float64)
         x = jax.random.uniform(jax.random.key(4), (3, *SHAPE), jnp.float64) * 0.5 + 0.25
@@ -337,9 +337,8 @@ def test_grad_through_l2_pgd_matches_finite_differences():
         key = jax.random.key(5)
 
         def objective(w1, x):
-            def f(z):
-                return mlp_apply((w1, *params[1:]), z, act=jnp.tanh)
-
+            # a Partial is a pytree: new weights reuse the compiled attack
+            f = jax.tree_util.Partial(_tanh_apply, (w1, *params[1:]))
             adv = attacks.pgd(f, x, y, key=key, eps=0.2, step_size=0.05, steps=3, norm="l2")
             return jnp.sum(jnp.sin(3.0 * adv)) + jnp.sum(f(adv)[:, 0])
 
@@ -368,10 +367,10 @@ def test_saturated_model_pgd_stalls_pgdpp_succeeds(strict_dtypes):
     def saturated(x):
         return 1000.0 * (x.reshape(x.shape[0], -1) @ w)
 
-    x = jax.random.uniform(jax.random.key(13), (32, *SHAPE), jnp.float32)
+    x = jax.random.uniform(jax.random.key(13), (24, *SHAPE), jnp.float32)
     y = jnp.argmax(saturated(x), 1).astype(jnp.int32)
     zero = qadv.signal.zero_gradient_fraction(saturated, x, y)
-    kw = dict(key=KEY, eps=0.15, step_size=0.05, steps=10)
+    kw = dict(key=KEY, eps=0.15, step_size=0.05, steps=6)
     plain = attacks.pgd(saturated, x, y, **kw)
     start = attacks.LINF.random_start(jax.random.fold_in(KEY, 0), x, jnp.float32(0.15))
     never_moved = np.all(np.asarray(plain == start), axis=(1, 2, 3))
@@ -409,9 +408,7 @@ def test_nan_safety_ties_one_hot_two_classes_and_inf(strict_dtypes):
     cases = [
         (_pathological, attacks.hns(grid_size=12), "linf"),
         (_pathological, njs_ref, "l2"),
-        (_pathological, None, "linf"),
         (_two_class, attacks.hns(grid_size=12), "l2"),
-        (_two_class, njs_ref, "linf"),
     ]
     for f, temp, norm in cases:
         adv, info = attacks.pgd(
@@ -518,23 +515,3 @@ def test_other_losses_run_with_temperature(strict_dtypes, loss):
         temperature=TEMPS["njs"],
     )
     _check_ball(adv, X, 0.05, "linf")
-
-
-# ------------------------------------------------------------------------------ doctests
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        qadv.losses,
-        qadv.signal,
-        qadv.attacks,
-        qadv.attacks.norms,
-        qadv.attacks.gradient,
-        qadv.attacks.temperature,
-    ],
-    ids=lambda m: m.__name__,
-)
-def test_docstring_examples(module):
-    result = doctest.testmod(module, verbose=False)
-    assert result.failed == 0 and result.attempted > 0

@@ -1,5 +1,7 @@
 """Signal-propagation diagnostics: Jacobians, the closed-form input Hessian norm, Prop. 1."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +54,8 @@ def _images(seed, b=3):
     return jax.random.uniform(jax.random.key(seed), (b, *SHAPE), jnp.float32)
 
 
-def _hessian_fro(f, x, y, beta, dtype=jnp.float32):
+@functools.partial(jax.jit, static_argnums=0)
+def _hessian_fro(f, x, y, beta):
     def loss(xi, yi):
         z = beta * f(xi[None])[0]
         return -jax.nn.log_softmax(z)[yi]
@@ -64,9 +67,9 @@ def _hessian_fro(f, x, y, beta, dtype=jnp.float32):
 def test_jacobian_matches_jacrev(strict_dtypes):
     f = make_cnn()
     x = _images(0)
-    jac = signal.jacobian(f, x)
+    jac = jax.jit(signal.jacobian, static_argnums=0)(f, x)
     assert jac.shape == (3, D, *SHAPE)
-    full = jax.jacrev(f)(x)  # (B, d, B, H, W, C)
+    full = jax.jit(jax.jacrev(f))(x)  # (B, d, B, H, W, C)
     for i in range(3):
         np.testing.assert_allclose(jac[i], full[i, :, i], rtol=1e-5, atol=1e-6)
 
@@ -74,12 +77,13 @@ def test_jacobian_matches_jacrev(strict_dtypes):
 def test_singular_values_match_numpy_svd(strict_dtypes):
     f = make_net(jnp.tanh)
     x = _images(1)
-    sv = signal.jacobian_singular_values(f, x)
-    jac = np.asarray(signal.jacobian(f, x)).reshape(3, D, -1)
+    sv = jax.jit(signal.jacobian_singular_values, static_argnums=0)(f, x)
+    jac = np.asarray(jax.jit(signal.jacobian, static_argnums=0)(f, x)).reshape(3, D, -1)
     for i in range(3):
         np.testing.assert_allclose(sv[i], np.linalg.svd(jac[i], compute_uv=False), rtol=1e-4)
 
 
+_hessian_norm = jax.jit(signal.hessian_norm, static_argnums=0, static_argnames="exact")
 BETAS = jnp.array([0.05, 0.3, 1.0, 4.0], jnp.float32)
 
 
@@ -108,7 +112,7 @@ def _reference(make, x, y):
 )
 def test_hessian_norm_closed_form_equals_jax_hessian(strict_dtypes, name, make):
     x, y = _images(5), jnp.array([0, 1, 3], jnp.int32)
-    got = signal.hessian_norm(make(jnp.float32), x, y, BETAS)
+    got = _hessian_norm(make(jnp.float32), x, y, BETAS)
     assert got.shape == (3, 4)
     np.testing.assert_allclose(got, _reference(make, x, y), rtol=2e-4, atol=0, err_msg=name)
 
@@ -120,8 +124,8 @@ def test_hessian_norm_exact_mode_on_tanh(strict_dtypes):
     f = make(jnp.float32)
     x, y = _images(7), jnp.array([2, 0, 1], jnp.int32)
     betas = jnp.broadcast_to(BETAS[None, :], (3, 4))
-    exact = signal.hessian_norm(f, x, y, betas, exact=True)
-    approx = signal.hessian_norm(f, x, y, betas)
+    exact = _hessian_norm(f, x, y, betas, exact=True)
+    approx = _hessian_norm(f, x, y, betas)
     np.testing.assert_allclose(exact, _reference(make, x, y), rtol=5e-4, atol=0)
     # for tanh the curvature term matters: the Gauss-Newton part alone is off
     assert float(jnp.max(jnp.abs(approx - exact) / exact)) > 1e-2
@@ -130,7 +134,7 @@ def test_hessian_norm_exact_mode_on_tanh(strict_dtypes):
 def test_hessian_norm_nearly_one_hot_is_finite_and_nonnegative(strict_dtypes):
     f = make_net(jax.nn.relu, seed=8)
     x, y = _images(9), jnp.array([0, 0, 0], jnp.int32)
-    hn = signal.hessian_norm(f, x, y, jnp.array([1e-3, 1.0, 1e2, 1e4, 1e6], jnp.float32))
+    hn = _hessian_norm(f, x, y, jnp.array([1e-3, 1.0, 1e2, 1e4, 1e6], jnp.float32))
     assert bool(jnp.all(jnp.isfinite(hn))) and bool(jnp.all(hn >= 0))
 
 

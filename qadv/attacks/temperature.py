@@ -36,6 +36,7 @@ Strategies:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -168,6 +169,16 @@ jax.tree_util.register_dataclass(
 )
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _mean_singular_value(logits_fn, x, std):
+    """Mean of all ``d`` Jacobian singular values over the batch (optionally ``J * std``)."""
+    jac = signal.jacobian(logits_fn, x)
+    if std is not None:
+        jac = jac * std.astype(jac.dtype).reshape((1,) * (jac.ndim - 1) + (std.shape[0],))
+    ev = jnp.linalg.eigvalsh(signal.gram(jac))
+    return jnp.mean(jnp.sqrt(jnp.clip(ev, 0.0, None)))
+
+
 def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None) -> NJS:
     """Network Jacobian scaling; ``beta1`` is computed here, once, from ``x_calib``.
 
@@ -194,13 +205,8 @@ def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None) -> 
     x_calib = jnp.asarray(x_calib)
     if x_calib.ndim < 2 or x_calib.shape[0] == 0:
         raise ValueError(f"x_calib must be a non-empty batch (M, H, W, C), got {x_calib.shape}")
-    jac = signal.jacobian(logits_fn, x_calib)
-    if input_std is not None:
-        std = jnp.asarray(input_std, jac.dtype).reshape(-1)
-        std = std.reshape((1,) * (jac.ndim - 1) + (std.shape[0],))
-        jac = jac * std
-    ev = jnp.linalg.eigvalsh(signal.gram(jac))
-    mean_sv = jnp.mean(jnp.sqrt(jnp.clip(ev, 0.0, None)))
+    std = None if input_std is None else jnp.asarray(input_std, jnp.float32).reshape(-1)
+    mean_sv = _mean_singular_value(logits_fn, x_calib, std)
     if _is_concrete(mean_sv):
         m = float(mean_sv)
         if not (np.isfinite(m) and m > 0):

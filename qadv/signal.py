@@ -40,6 +40,7 @@ from qadv.losses import get_loss, temperature_scaled
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 __all__ = [
+    "curvature_terms",
     "error_signal_norm",
     "gram",
     "hessian_norm",
@@ -234,7 +235,7 @@ def log_hessian_norm_from_gram(
         logits: ``(B, d)`` logits ``a``.
         betas: ``(B, K)`` temperatures.
         curvature: ``None`` (piecewise-linear network: curvature term dropped) or a pair
-            ``(Q (B, d, d), R (B, d, d, d))`` from ``_curvature_terms`` (exact mode).
+            ``(Q (B, d, d), R (B, d, d, d))`` from ``curvature_terms`` (exact mode).
         labels: ``(B,)`` labels, needed only with ``curvature``.
 
     Returns:
@@ -266,7 +267,7 @@ def log_hessian_norm_from_gram(
     return 2.0 * jnp.log(betas) + jnp.log(scale)[:, None] + 0.5 * log_inner
 
 
-def _curvature_terms(logits_fn: LogitsFn, x: jax.Array, jac: jax.Array):
+def curvature_terms(logits_fn: LogitsFn, x: jax.Array, jac: jax.Array):
     """``Q_kl = <d2a_k, d2a_l>_F`` ``(B,d,d)`` and ``R_kij = J_i d2a_k J_j^T`` ``(B,d,d,d)``."""
     jac_fn = jax.jacrev(_single(logits_fn))
 
@@ -334,7 +335,7 @@ def hessian_norm(
     logits = logits_fn(x)
     jac = jacobian(logits_fn, x)
     betas = _as_beta_grid(betas, x.shape[0], logits.dtype)
-    curv = _curvature_terms(logits_fn, x, jac) if exact else None
+    curv = curvature_terms(logits_fn, x, jac) if exact else None
     return jnp.exp(log_hessian_norm_from_gram(gram(jac), logits, betas, curv, y))
 
 

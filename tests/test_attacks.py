@@ -515,3 +515,20 @@ def test_other_losses_run_with_temperature(strict_dtypes, loss):
         temperature=TEMPS["njs"],
     )
     _check_ball(adv, X, 0.05, "linf")
+
+
+def test_hns_exact_mode_uses_the_full_hessian(strict_dtypes):
+    """On a tanh net, exact HNS picks the grid argmax of the exact Hessian norm."""
+    x, _ = _data(seed=15, b=3)
+
+    def f(z):
+        return _tanh_apply(PARAMS, z)
+
+    y = jnp.argmax(f(x), 1).astype(jnp.int32)
+    strat = attacks.hns(grid_size=12, exact=True)
+    info = strat.init(f, x, y)
+    grid = strat.grid(f(x))
+    norms = np.asarray(qadv.signal.hessian_norm(f, x, y, grid, exact=True))
+    k = norms.argmax(1)
+    expected = np.where((k == 0) | (k == 11), 1.0, np.asarray(grid)[np.arange(3), k])
+    np.testing.assert_allclose(np.asarray(info.beta), expected, rtol=1e-5)

@@ -257,7 +257,7 @@ class HNS:
         valid = jnp.all(jnp.isfinite(grid), axis=-1) & (grid[:, 0] > 0)
         safe_grid = jnp.where(valid[:, None], grid, jnp.ones_like(grid))
         safe_logits = jnp.where(jnp.isfinite(logits), logits, jnp.zeros_like(logits))
-        curv = signal._curvature_terms(logits_fn, x, jac) if self.exact else None
+        curv = signal.curvature_terms(logits_fn, x, jac) if self.exact else None
         log_norms = signal.log_hessian_norm_from_gram(
             signal.gram(jac), safe_logits, safe_grid, curv, y
         )

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", default="cnn")
     t.add_argument("--quant", default="ref", help="ref, bnn_wq, bnn_waq, mbn, pact or xnor")
     t.add_argument(
-        "--wq-method", default=None, help="bnn_wq weight binarizer: bc, gd_tanh, md_tanh_s"
+        "--wq-method",
+        default=None,
+        help="BNN weight binarizer: bc (default), gd_tanh, md_tanh_s (use with --anneal-end)",
     )
     t.add_argument(
         "--anneal-end",

@@ -1,7 +1,7 @@
 """The main job: does binarisation give *fake* robustness on real Fashion-MNIST?
 
 ``qadv demo`` trains three small CNNs on Fashion-MNIST — float (``ref``), binary
-weights (``bnn_wq``, MD-tanh-S) and binary weights + activations (``bnn_waq``) —
+weights (``bnn_wq``, BinaryConnect) and binary weights + activations (``bnn_waq``) —
 then evaluates FGSM, FGSM++ (NJS, HNS), PGD-L∞, PGD++ L∞ (NJS, HNS), PGD-L2 and
 PGD++ L2 (NJS, HNS) on the first ``n`` test images with the paper's CIFAR-10
 settings (Table 6), and writes ``report.md`` with a Table-2-style table, the
@@ -38,7 +38,7 @@ DEMO_MODELS: dict[str, TrainConfig] = {
         dataset="fashion_mnist",
         arch="cnn",
         policy="bnn_wq",
-        wq_method="md_tanh_s",
+        wq_method="bc",
         epochs=3,
         lr=1e-3,
     ),

@@ -356,8 +356,12 @@ class QuantPolicy:
             weights and activations, real image into the first layer, affine BatchNorm,
             real biases and logits), ``"mbn"`` (ABC-Net M×N), ``"pact"`` (PACT k-bit
             activations + DoReFa k-bit weights), ``"xnor"`` (XNOR-Net).
-        wq_method: BNN weight method during training: ``"bc"``, ``"gd_tanh"`` or
-            ``"md_tanh_s"`` (evaluation always uses hard ±1 weights).
+        wq_method: BNN weight method during training: ``"bc"`` (default), ``"gd_tanh"``
+            or ``"md_tanh_s"``. Evaluation always uses hard ±1 weights. BinaryConnect
+            trains with the same ±1 forward pass that evaluation uses; the tanh methods
+            train on ``tanh(beta w)`` and need ``beta`` annealed until it saturates
+            (``TrainConfig.anneal_end``), else the hard network differs from the trained
+            one (BatchNorm statistics included).
         m_bases: MBN weight bases M.
         n_bases: MBN activation bases N.
         bits: PACT bits for weights and activations.
@@ -372,7 +376,7 @@ class QuantPolicy:
     """
 
     kind: str = "ref"
-    wq_method: str = "md_tanh_s"
+    wq_method: str = "bc"
     m_bases: int = 3
     n_bases: int = 1
     bits: int = 4

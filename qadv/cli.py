@@ -1,4 +1,4 @@
-"""The ``qadv`` command line: train, eval, attack, diagnose, demo.
+"""The ``qadv`` command line: train, eval, attack, diagnose, table, demo.
 
 Every user error (unknown names, bad numbers, missing data or checkpoints) is
 reported as one line on stderr, with exit status 2 and no traceback.
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="JSON file for the statistics")
     _add_data_dir(g)
 
+    s = sub.add_parser("table", help="Table-2-style summary of a folder of attack results")
+    s.add_argument("folder", help="folder with the JSON files written by `qadv attack`")
+
     d = sub.add_parser("demo", help="the main job: train ref/BNN-WQ/BNN-WAQ CNNs and attack them")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--n", type=_positive_int("n"), default=1000, help="test images to attack")
@@ -261,6 +264,12 @@ def _cmd_diagnose(args) -> None:
         report.atomic_write_json(args.out, {"checkpoint": args.checkpoint, **stats})
 
 
+def _cmd_table(args) -> None:
+    from qadv.report import results_table
+
+    print(results_table(args.folder))
+
+
 def _cmd_demo(args) -> None:
     from qadv.demo import run_demo
 
@@ -281,6 +290,7 @@ COMMANDS = {
     "eval": _cmd_eval,
     "attack": _cmd_attack,
     "diagnose": _cmd_diagnose,
+    "table": _cmd_table,
     "demo": _cmd_demo,
 }
 

@@ -24,6 +24,7 @@ __all__ = [
     "parse_fraction",
     "plot_curves",
     "read_json",
+    "results_table",
 ]
 
 
@@ -184,3 +185,40 @@ def plot_curves(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def results_table(folder: str | os.PathLike) -> str:
+    """A Table-2-style Markdown table of every attack result JSON in ``folder``.
+
+    Rows are checkpoints, columns attacks (in a fixed paper order where known), cells
+    adversarial accuracy in percent; a ``clean`` column and ``n`` come first.
+    """
+    records = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            rec = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if "adversarial_accuracy" in rec and "config" in rec:
+            records.append(rec)
+    if not records:
+        raise ValueError(f"no attack results (*.json with adversarial_accuracy) in {folder}")
+    order = [
+        "FGSM linf", "FGSM++ (NJS) linf", "FGSM++ (HNS) linf",
+        "PGD linf", "PGD++ (NJS) linf", "PGD++ (HNS) linf",
+        "PGD l2", "PGD++ (NJS) l2", "PGD++ (HNS) l2",
+    ]  # fmt: skip
+    labels = sorted(
+        {r["attack"] for r in records},
+        key=lambda a: (order.index(a) if a in order else len(order), a),
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        name = str(r.get("checkpoint", "?"))
+        row = rows.setdefault(name, {"clean": r["clean_accuracy"], "n": r["n"]})
+        row[r["attack"]] = r["adversarial_accuracy"]
+    body = [
+        [name, row["n"], row["clean"], *(row.get(a, "–") for a in labels)]
+        for name, row in rows.items()
+    ]
+    return format_table(["checkpoint", "n", "clean", *labels], body)

@@ -95,6 +95,11 @@ def test_train_eval_attack_diagnose(run, capsys, tmp_path):
         == 0
     )
     assert "zero_gradient_fraction" in json.loads(diag.read_text())
+    capsys.readouterr()
+    assert cli.main(["table", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "PGD++ (HNS) linf" in table and str(out) in table
+    assert cli.main(["table", str(tmp_path / "empty")]) == 2
 
 
 @pytest.mark.parametrize(

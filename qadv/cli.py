@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--n", type=_positive_int("n"), default=None, help="first N test images")
     a.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
+    a.add_argument(
+        "--shard",
+        action="store_true",
+        help="shard each batch over all local devices (GPUs/TPU cores); params replicated",
+    )
     a.add_argument("--out", required=True, help="result JSON (partial progress resumes)")
     _add_data_dir(a)
     _add_progress(a)
@@ -208,6 +213,12 @@ def _cmd_eval(args) -> None:
     print(f"{args.checkpoint}: clean accuracy {acc:.2f}% on {len(labels)} test images")
 
 
+def _devices() -> list:
+    import jax
+
+    return jax.local_devices()
+
+
 def _default_step(args) -> float:
     """The paper's ratios (Table 6): FGSM η = ε, PGD-L∞ η = ε/4, PGD-L2 η = ε/8."""
     if args.attack == "fgsm":
@@ -244,6 +255,7 @@ def _cmd_attack(args) -> None:
         out=args.out,
         progress=not args.no_progress,
         extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
+        devices=_devices() if args.shard else None,
     )
     print(
         f"{spec.label}: clean {record['clean_accuracy']:.2f}%, adversarial "

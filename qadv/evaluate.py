@@ -170,6 +170,7 @@ def evaluate_attack(
     out: str | Path | None = None,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    devices: list | None = None,
 ) -> dict[str, Any]:
     """Attack ``images`` batch by batch and return (and optionally save) the result record.
 
@@ -185,6 +186,9 @@ def evaluate_attack(
             with the same spec and data resumes from it.
         progress: show a progress bar.
         extra: extra fields merged into the record (e.g. checkpoint metadata).
+        devices: shard every batch over these devices (a 1-D ``jax.sharding.Mesh``
+            over the batch axis; parameters are replicated). ``batch_size`` must be a
+            multiple of their number. ``None``: the default device.
 
     Returns:
         A dict with the config, ``n``, clean and adversarial accuracy (percent),
@@ -219,6 +223,7 @@ def evaluate_attack(
             if str(saved["key"]) == f"{spec.fingerprint()}:{data_id}:{batch_size}":
                 state = {k: saved[k].copy() for k in state}
 
+    put = _batch_placer(devices, batch_size)
     temperature = make_temperature(spec, logits_fn, calib_images)
     base_key = jax.random.key(spec.seed)
     predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
@@ -232,15 +237,16 @@ def evaluate_attack(
         xb, m = _pad(images[sl], batch_size)
         yb, _ = _pad(labels[sl], batch_size)
         key = jax.random.fold_in(base_key, b)
+        xd, yd = put(xb), put(yb)
         if spec.attack == "fgsm":
             x_adv, info = attacks.fgsm(
-                logits_fn, xb, yb, key=key if spec.random_init else None, return_info=True, **kwargs
+                logits_fn, xd, yd, key=key if spec.random_init else None, return_info=True, **kwargs
             )
         else:
             x_adv, info = attacks.pgd(
                 logits_fn,
-                xb,
-                yb,
+                xd,
+                yd,
                 key=key,
                 step_size=spec.step_size,
                 steps=spec.steps,
@@ -251,8 +257,8 @@ def evaluate_attack(
             )
         x_adv = np.asarray(x_adv)
         _check_ball(xb, x_adv, spec)
-        state["adv_correct"][sl] = (np.asarray(predict(jnp.asarray(x_adv))) == yb)[:m]
-        state["clean_correct"][sl] = (np.asarray(predict(jnp.asarray(xb))) == yb)[:m]
+        state["adv_correct"][sl] = (np.asarray(predict(put(x_adv))) == yb)[:m]
+        state["clean_correct"][sl] = (np.asarray(predict(xd)) == yb)[:m]
         state["beta"][sl] = np.asarray(info.beta)[:m]
         state["fallback"][sl] = np.asarray(info.fallback)[:m]
         state["done"][b] = True
@@ -288,6 +294,20 @@ def evaluate_attack(
         if partial_path is not None:
             partial_path.unlink(missing_ok=True)
     return record
+
+
+def _batch_placer(devices: list | None, batch_size: int) -> Callable[[np.ndarray], jax.Array]:
+    """``device_put`` onto one device, or sharded over ``devices`` along the batch axis."""
+    if devices is None or len(devices) <= 1:
+        return jnp.asarray
+    if batch_size % len(devices):
+        raise ValueError(
+            f"bad batch size {batch_size}; with {len(devices)} devices it must be a multiple "
+            f"of {len(devices)}"
+        )
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    return lambda a: jax.device_put(np.asarray(a), sharding)
 
 
 def _save_partial(path: Path, state: dict[str, np.ndarray], key: str) -> None:

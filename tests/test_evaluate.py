@@ -180,3 +180,17 @@ def test_diagnose_counts_saturated_examples():
     assert hard["logit_gap_median"] > 88
     assert hard["psi_norm_mean"] < soft["psi_norm_mean"]
     assert soft["jsv_examples"] == 5 and np.isfinite(soft["jsv_mean"])
+
+
+def test_sharded_evaluation_equals_single_device():
+    devices = jax.devices()
+    assert len(devices) == 8, "tests run with 8 host devices (tests/conftest.py)"
+    f = _model(scale=3.0)
+    x, y = _data(n=20)
+    spec = AttackSpec(eps=0.1, step_size=0.03, steps=3, temperature="hns")
+    one = evaluate.evaluate_attack(f, x, y, spec, batch_size=16, progress=False)
+    many = evaluate.evaluate_attack(f, x, y, spec, batch_size=16, progress=False, devices=devices)
+    for k in ("clean_accuracy", "adversarial_accuracy", "beta", "fallback_count"):
+        assert many[k] == one[k]
+    with pytest.raises(ValueError, match="multiple of 8"):
+        evaluate.evaluate_attack(f, x, y, spec, batch_size=10, progress=False, devices=devices)

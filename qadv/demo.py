@@ -66,7 +66,7 @@ def demo_attacks(seed: int = 0) -> dict[str, AttackSpec]:
 
 
 def _column(spec: AttackSpec) -> str:
-    name = "FGSM" if spec.steps == 1 else f"PGD {'L∞' if spec.norm == 'linf' else 'L2'}"
+    name = "FGSM" if spec.attack == "fgsm" else f"PGD {'L∞' if spec.norm == 'linf' else 'L2'}"
     if spec.temperature == "none":
         return name
     return name.replace("FGSM", "FGSM++").replace("PGD", "PGD++") + f" {spec.temperature.upper()}"

@@ -29,9 +29,8 @@ def tiny(tmp_path_factory):
     }
     attacks = {
         "fgsm": AttackSpec(attack="fgsm", eps=8 / 255),
-        "pgd_linf": AttackSpec(eps=8 / 255, step_size=2 / 255, steps=3),
-        "pgd_linf++hns": AttackSpec(eps=8 / 255, step_size=2 / 255, steps=3, temperature="hns"),
-        "pgd_l2++njs": AttackSpec(norm="l2", eps=1.0, step_size=0.25, steps=2, temperature="njs"),
+        "pgd_linf++hns": AttackSpec(eps=8 / 255, step_size=2 / 255, steps=2, temperature="hns"),
+        "pgd_l2++njs": AttackSpec(norm="l2", eps=1.0, step_size=0.25, steps=1, temperature="njs"),
     }
     kw = dict(
         n=20,

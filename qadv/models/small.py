@@ -61,7 +61,10 @@ class CNN(nn.Module):
 
     ``[QConv3x3 -> BatchNorm -> act -> maxpool2] * len(widths)`` (28 → 14 → 7 → 3 for three
     stages), flatten, QDense to the classes. Default widths (32, 64, 128): about 7.5 M
-    multiply-accumulates per 28×28 image.
+    multiply-accumulates per 28×28 image. Measured on Fashion-MNIST (Adam, cosine learning
+    rate, batch 128, BinaryConnect weights for the BNNs; 75-170 s per epoch on 2 shared CPU
+    cores): ``ref`` 90.9% test accuracy after 3 epochs, ``bnn_wq`` 86.7% after 3,
+    ``bnn_waq`` 83.0% after 5.
 
     Example:
         >>> import jax, jax.numpy as jnp

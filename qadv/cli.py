@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", type=_positive_int("steps"), default=20)
     a.add_argument("--restarts", type=_positive_int("restarts"), default=1)
     a.add_argument("--rho", type=float, default=0.01, help="NJS threshold ρ")
+    a.add_argument(
+        "--njs-space",
+        default="pixel",
+        help="NJS Jacobian w.r.t. [0,1] pixels (pixel) or normalised inputs (normalized)",
+    )
     a.add_argument("--grid-size", type=int, default=100, help="HNS grid points")
     a.add_argument("--hns-exact", action="store_true", help="HNS with the ψ·∂J/∂x term")
     a.add_argument("--no-random-init", action="store_true")
@@ -242,6 +247,7 @@ def _cmd_attack(args) -> None:
         rho=args.rho,
         grid_size=args.grid_size,
         hns_exact=args.hns_exact,
+        njs_space=args.njs_space,
         random_init=not args.no_random_init,
         seed=args.seed,
     )
@@ -256,6 +262,7 @@ def _cmd_attack(args) -> None:
         progress=not args.no_progress,
         extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
         devices=_devices() if args.shard else None,
+        input_std=tuple(loaded.metadata["std"]),
     )
     print(
         f"{spec.label}: clean {record['clean_accuracy']:.2f}%, adversarial "

@@ -36,6 +36,7 @@ ATTACKS = ("fgsm", "pgd")
 NORMS = ("linf", "l2")
 TEMPERATURES = ("none", "njs", "hns", "fixed")
 LOSSES = ("ce", "dlr", "cw")
+NJS_SPACES = ("pixel", "normalized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,10 @@ class AttackSpec:
 
     ``temperature`` is ``"none"`` (β = 1), ``"njs"``, ``"hns"`` or ``"fixed"``
     (with ``beta``). ``eps`` and ``step_size`` are in [0, 1] pixel units.
-    For FGSM ``steps`` is 1 and the step size is ε.
+    For FGSM ``steps`` is 1 and the step size is ε. ``njs_space`` picks the input
+    space of the NJS Jacobian: ``"pixel"`` ([0, 1] images, qadv's default) or
+    ``"normalized"`` (mean/std-normalised inputs, as the authors' release; β₁ is then
+    about 1/std larger).
     """
 
     attack: str = "pgd"
@@ -60,6 +64,7 @@ class AttackSpec:
     grid_size: int = 100
     hns_exact: bool = False
     calib_size: int = 101
+    njs_space: str = "pixel"
     random_init: bool = True
     seed: int = 0
 
@@ -85,6 +90,7 @@ class AttackSpec:
             raise ValueError(f"bad beta {self.beta!r}; a fixed temperature must be positive")
         if self.grid_size < 3:
             raise ValueError(f"bad grid size {self.grid_size!r}; it must be >= 3")
+        _choice("NJS Jacobian space", self.njs_space, NJS_SPACES)
         if self.calib_size < 1:
             raise ValueError(f"bad calibration size {self.calib_size!r}; it must be >= 1")
 
@@ -108,8 +114,18 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
 
 
-def make_temperature(spec: AttackSpec, logits_fn: Callable, calib_images: np.ndarray | None):
-    """Build the temperature strategy of ``spec`` (NJS is calibrated once, here)."""
+def make_temperature(
+    spec: AttackSpec,
+    logits_fn: Callable,
+    calib_images: np.ndarray | None,
+    *,
+    input_std: tuple[float, ...] | None = None,
+):
+    """Build the temperature strategy of ``spec`` (NJS is calibrated once, here).
+
+    ``input_std`` is the model's per-channel normalisation std, needed when
+    ``spec.njs_space == "normalized"``.
+    """
     if spec.temperature == "none":
         return None
     if spec.temperature == "fixed":
@@ -118,7 +134,13 @@ def make_temperature(spec: AttackSpec, logits_fn: Callable, calib_images: np.nda
         return attacks.hns(grid_size=spec.grid_size, exact=spec.hns_exact)
     if calib_images is None or len(calib_images) == 0:
         raise ValueError("NJS needs calibration images (the first test images, in order)")
-    return attacks.njs(logits_fn, jnp.asarray(calib_images[: spec.calib_size]), rho=spec.rho)
+    std = None
+    if spec.njs_space == "normalized":
+        if input_std is None:
+            raise ValueError("NJS in normalized space needs the model's input std")
+        std = tuple(float(s) for s in input_std)
+    calib = jnp.asarray(calib_images[: spec.calib_size])
+    return attacks.njs(logits_fn, calib, rho=spec.rho, input_std=std)
 
 
 def clean_predictions(
@@ -171,6 +193,7 @@ def evaluate_attack(
     progress: bool = True,
     extra: dict[str, Any] | None = None,
     devices: list | None = None,
+    input_std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """Attack ``images`` batch by batch and return (and optionally save) the result record.
 
@@ -189,6 +212,7 @@ def evaluate_attack(
         devices: shard every batch over these devices (a 1-D ``jax.sharding.Mesh``
             over the batch axis; parameters are replicated). ``batch_size`` must be a
             multiple of their number. ``None``: the default device.
+        input_std: the model's normalisation std (for ``njs_space="normalized"``).
 
     Returns:
         A dict with the config, ``n``, clean and adversarial accuracy (percent),
@@ -224,7 +248,7 @@ def evaluate_attack(
                 state = {k: saved[k].copy() for k in state}
 
     put = _batch_placer(devices, batch_size)
-    temperature = make_temperature(spec, logits_fn, calib_images)
+    temperature = make_temperature(spec, logits_fn, calib_images, input_std=input_std)
     base_key = jax.random.key(spec.seed)
     predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
     kwargs = dict(eps=spec.eps, norm=spec.norm, temperature=temperature, loss=spec.loss)

@@ -194,3 +194,16 @@ def test_sharded_evaluation_equals_single_device():
         assert many[k] == one[k]
     with pytest.raises(ValueError, match="multiple of 8"):
         evaluate.evaluate_attack(f, x, y, spec, batch_size=10, progress=False, devices=devices)
+
+
+def test_njs_normalized_space_scales_beta_by_std():
+    f = _model(scale=3.0)
+    x, _ = _data()
+    pix = evaluate.make_temperature(AttackSpec(temperature="njs"), f, x)
+    spec = AttackSpec(temperature="njs", njs_space="normalized")
+    nrm = evaluate.make_temperature(spec, f, x, input_std=(0.25,))
+    assert float(nrm.beta1) == pytest.approx(float(pix.beta1) / 0.25, rel=1e-4)
+    with pytest.raises(ValueError, match="input std"):
+        evaluate.make_temperature(spec, f, x)
+    with pytest.raises(ValueError, match="NJS Jacobian space"):
+        AttackSpec(njs_space="logit")

@@ -9,10 +9,10 @@ DEMO_ARGS ?=
 
 .PHONY: demo test test-all bench data env lint
 
-$(BIN)/qadv: pyproject.toml
+$(BIN)/qadv: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 env: $(BIN)/qadv

@@ -33,17 +33,17 @@ __all__ = ["DEMO_MODELS", "demo_attacks", "run_demo"]
 
 #: Short training schedules of the three demo models (CPU friendly).
 DEMO_MODELS: dict[str, TrainConfig] = {
-    "ref": TrainConfig(dataset="fashion_mnist", arch="cnn", policy="ref", epochs=3, lr=1e-3),
+    "ref": TrainConfig(dataset="fashion_mnist", arch="cnn", policy="ref", epochs=2, lr=1e-3),
     "bnn_wq": TrainConfig(
         dataset="fashion_mnist",
         arch="cnn",
         policy="bnn_wq",
         wq_method="bc",
-        epochs=3,
+        epochs=2,
         lr=1e-3,
     ),
     "bnn_waq": TrainConfig(
-        dataset="fashion_mnist", arch="cnn", policy="bnn_waq", epochs=3, lr=1e-3
+        dataset="fashion_mnist", arch="cnn", policy="bnn_waq", epochs=2, lr=1e-3
     ),
 }
 

@@ -173,15 +173,20 @@ def make_logits_fn(
         (5, 3)
     """
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    apply = functools.partial(
+        _apply_eval, model, None if image_shape is None else tuple(image_shape), check_values
+    )
+    # A Partial is a pytree: jitted attacks receive the weights as arguments instead of
+    # baking them into the compiled program as constants.
+    return jax.tree_util.Partial(apply, variables)
 
-    def logits_fn(x: jax.Array) -> jax.Array:
-        if check_values:
-            check_images(x, image_shape)
-        elif np.ndim(x) != 4:
-            raise ValueError(f"expected images of rank 4 (B, H, W, C), got shape {np.shape(x)}")
-        return model.apply(variables, x, train=False)
 
-    return logits_fn
+def _apply_eval(model, image_shape, check_values, variables, x: jax.Array) -> jax.Array:
+    if check_values:
+        check_images(x, image_shape)
+    elif np.ndim(x) != 4:
+        raise ValueError(f"expected images of rank 4 (B, H, W, C), got shape {np.shape(x)}")
+    return model.apply(variables, x, train=False)
 
 
 def layer_costs(model: nn.Module, *, input_shape: Sequence[int]) -> list[LayerCost]:

@@ -94,7 +94,7 @@ def run_demo(
     progress: bool = True,
     models: dict[str, TrainConfig] | None = None,
     attacks: dict[str, AttackSpec] | None = None,
-    curve_examples: int = 500,
+    curve_examples: int = 200,
 ) -> dict[str, Any]:
     """Train (or reuse) the demo models, attack them, and write ``report.md``.
 

@@ -54,6 +54,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from qadv import report
 from qadv.checkpoint import (
     CHECKPOINT_SUBDIR,
     VARIABLE_COLLECTIONS,
@@ -810,6 +811,9 @@ def train(
         "dataset": config.dataset,
         "out_dir": str(out_dir),
         "qadv_version": _qadv_version(),
+        "config": config.to_dict(),
+        "environment": report.environment(),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    text = json.dumps(summary, indent=2) + "\n"
+    (out_dir / "summary.json").write_text(text)
+    return json.loads(text)

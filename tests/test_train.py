@@ -181,6 +181,7 @@ def test_run_outputs_and_metadata(full_run, data_dir):
     assert set(lines[0]) >= {"epoch", "step", "train_loss", "train_acc", "test_acc", "lr"}
     assert {"anneal", "wall_time_s"} <= set(lines[0])
     assert lines[-1]["test_acc"] == summary["clean_accuracy"]
+    assert summary["config"]["arch"] == "mlp" and summary["environment"]["git_commit"]
 
     loaded = checkpoint.load_checkpoint(out)
     meta = loaded.metadata

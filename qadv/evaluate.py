@@ -163,6 +163,16 @@ def _pad(a: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     return np.concatenate([a, reps], axis=0), n
 
 
+def _padded_batch(
+    images: np.ndarray, labels: np.ndarray, b: int, batch_size: int
+) -> tuple[slice, np.ndarray, np.ndarray, int]:
+    """Batch ``b`` padded to ``batch_size`` (one compiled shape); ``m`` real examples."""
+    sl = slice(b * batch_size, min((b + 1) * batch_size, len(images)))
+    xb, m = _pad(images[sl], batch_size)
+    yb, _ = _pad(labels[sl], batch_size)
+    return sl, xb, yb, m
+
+
 def _check_ball(x: np.ndarray, x_adv: np.ndarray, spec: AttackSpec) -> None:
     tol = 1e-5
     if not np.all(np.isfinite(x_adv)):
@@ -257,9 +267,7 @@ def evaluate_attack(
     bar = _progress(len(todo), spec.label, progress)
     t0, seconds0 = time.perf_counter(), float(state["seconds"])
     for b in todo:
-        sl = slice(b * batch_size, min((b + 1) * batch_size, n))
-        xb, m = _pad(images[sl], batch_size)
-        yb, _ = _pad(labels[sl], batch_size)
+        sl, xb, yb, m = _padded_batch(images, labels, b, batch_size)
         key = jax.random.fold_in(base_key, b)
         xd, yd = put(xb), put(yb)
         if spec.attack == "fgsm":
@@ -409,9 +417,8 @@ def accuracy_curve(
 
     base_key = jax.random.key(spec.seed)
     total = np.zeros(spec.steps + 1)
-    for b, start in enumerate(range(0, n, batch_size)):
-        xb, m = _pad(images[start : start + batch_size], batch_size)
-        yb, _ = _pad(labels[start : start + batch_size], batch_size)
+    for b in range(-(-n // batch_size)):
+        _, xb, yb, m = _padded_batch(images, labels, b, batch_size)
         hits = np.asarray(
             trajectory(jax.random.fold_in(base_key, b), jnp.asarray(xb), jnp.asarray(yb))
         )
@@ -454,9 +461,8 @@ def diagnose(
         )
 
     parts = []
-    for start in range(0, n, batch_size):
-        xb, m = _pad(images[start : start + batch_size], batch_size)
-        yb, _ = _pad(labels[start : start + batch_size], batch_size)
+    for b in range(-(-n // batch_size)):
+        _, xb, yb, m = _padded_batch(images, labels, b, batch_size)
         parts.append([np.asarray(a)[:m] for a in stats(jnp.asarray(xb), jnp.asarray(yb))])
     gap, correct, psi, gnorm, sgnorm, zero = (np.concatenate(c) for c in zip(*parts, strict=True))
 

@@ -72,11 +72,12 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:300] if text else ''}"
 
 
-def _tuples(value: Any) -> Any:
+def json_tuples(value: Any) -> Any:
+    """Turns lists into tuples, recursively (options come back from JSON as lists)."""
     if isinstance(value, list | tuple):
-        return tuple(_tuples(v) for v in value)
+        return tuple(json_tuples(v) for v in value)
     if isinstance(value, Mapping):
-        return {k: _tuples(v) for k, v in value.items()}
+        return {k: json_tuples(v) for k, v in value.items()}
     return value
 
 
@@ -236,7 +237,7 @@ def build_model(metadata: Mapping[str, Any]):
             policy=policy,
             mean=tuple(metadata["mean"]),
             std=tuple(metadata["std"]),
-            **{k: _tuples(v) for k, v in metadata.get("arch_opts", {}).items()},
+            **{k: json_tuples(v) for k, v in metadata.get("arch_opts", {}).items()},
         )
     except (KeyError, TypeError) as e:
         raise ValueError(f"checkpoint metadata cannot describe a model ({_one_line(e)})") from None

@@ -60,6 +60,7 @@ from qadv.checkpoint import (
     VARIABLE_COLLECTIONS,
     LoadedModel,
     complete_steps,
+    json_tuples,
     load_checkpoint,
     open_manager,
     read_metadata,
@@ -112,15 +113,6 @@ _RESUMABLE_CHANGES = frozenset(
         "eval_batch_size",
     }
 )
-
-
-def _tuples(value: Any) -> Any:
-    """Turns lists into tuples, recursively (config options come back from JSON as lists)."""
-    if isinstance(value, list | tuple):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, Mapping):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -254,7 +246,7 @@ class TrainConfig:
             "arch_opts",
             "policy_opts",
         ):  # JSON lists -> tuples, so round trips compare equal
-            object.__setattr__(self, name, _tuples(dict(getattr(self, name))))
+            object.__setattr__(self, name, json_tuples(dict(getattr(self, name))))
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise ValueError(
                 f"invalid lr_milestones {self.lr_milestones!r}; choose fractions in (0, 1)"

@@ -298,10 +298,15 @@ def _slow_hns_beta(f, x, y, grid_size):
     return 1.0 if k in (0, grid_size - 1) else float(grid[k])
 
 
+def _restart_keys(key, x, r):
+    """The keys of restart ``r``: example ``i`` uses ``fold_in(fold_in(key, i), r)``."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, r))(attacks.example_keys(key, x.shape[0]))
+
+
 def test_hns_matches_slow_reference(strict_dtypes):
     x, y = _data(seed=11)
     y = y.at[3].set((y[3] + 1) % D)  # one misclassified example -> beta = 1
-    x_start = attacks.LINF.random_start(jax.random.fold_in(KEY, 0), x, jnp.float32(0.03))
+    x_start = attacks.LINF.random_start(_restart_keys(KEY, x, 0), x, jnp.float32(0.03))
     info = attacks.hns(grid_size=20).init(relu_mlp, x_start, y)
     slow = [_slow_hns_beta(relu_mlp, x_start[i], y[i], 20) for i in range(B)]
     np.testing.assert_allclose(np.asarray(info.beta), slow, rtol=1e-4)
@@ -372,7 +377,7 @@ def test_saturated_model_pgd_stalls_pgdpp_succeeds(strict_dtypes):
     zero = qadv.signal.zero_gradient_fraction(saturated, x, y)
     kw = dict(key=KEY, eps=0.15, step_size=0.05, steps=6)
     plain = attacks.pgd(saturated, x, y, **kw)
-    start = attacks.LINF.random_start(jax.random.fold_in(KEY, 0), x, jnp.float32(0.15))
+    start = attacks.LINF.random_start(_restart_keys(KEY, x, 0), x, jnp.float32(0.15))
     never_moved = np.all(np.asarray(plain == start), axis=(1, 2, 3))
     rates = {"pgd": float(jnp.mean(jnp.argmax(saturated(plain), 1) != y))}
     for name, temp in (("njs", attacks.njs(saturated, x)), ("hns", attacks.hns())):

@@ -1,7 +1,13 @@
-"""Gradient attacks for (quantized) networks: FGSM/PGD and FGSM++/PGD++.
+"""Attacks for (quantized) networks, all on one protocol (``qadv.attacks.protocol``).
 
 Any JAX ``logits_fn`` mapping ``[0, 1]`` images ``(B, H, W, C)`` to logits ``(B, d)``
 works; this package never imports ``qadv.models``.
+
+- functions: ``pgd``, ``fgsm`` (PGD++/FGSM++ with ``temperature=njs(...)/hns()/fixed(β)``),
+  ``make_pgd`` for custom loops;
+- the protocol: ``registry.make(name, **options)`` builds any registered attack config,
+  ``attack(config, logits_fn, x, y, key=...)`` runs it and returns an ``AttackResult``
+  (per-example adversarial image, success, margin, perturbation norm, queries).
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -13,9 +19,32 @@ Example:
     (1, 1, 1, 1)
 """
 
-from qadv.attacks.gradient import Attack, AttackInfo, PGDState, fgsm, make_pgd, pgd, run_attack
+from qadv.attacks import registry
+from qadv.attacks.gradient import (
+    Attack,
+    AttackInfo,
+    FGSMConfig,
+    PGDConfig,
+    PGDState,
+    fgsm,
+    make_pgd,
+    pgd,
+    run_attack,
+    scaled_loss_grad,
+)
 from qadv.attacks.norms import L2, LINF, NORMS, Norm, get_norm
+from qadv.attacks.protocol import (
+    AttackContext,
+    AttackResult,
+    attack,
+    example_keys,
+    execute,
+    prepare,
+)
 from qadv.attacks.temperature import HNS, NJS, BetaInfo, Fixed, fixed, hns, njs
+
+# Attack modules register themselves on import; keep them below the core imports.
+from qadv.attacks import apgd, fab, presets, square  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "HNS",
@@ -24,11 +53,18 @@ __all__ = [
     "NJS",
     "NORMS",
     "Attack",
+    "AttackContext",
     "AttackInfo",
+    "AttackResult",
     "BetaInfo",
+    "FGSMConfig",
     "Fixed",
     "Norm",
+    "PGDConfig",
     "PGDState",
+    "attack",
+    "example_keys",
+    "execute",
     "fgsm",
     "fixed",
     "get_norm",
@@ -36,5 +72,8 @@ __all__ = [
     "make_pgd",
     "njs",
     "pgd",
+    "prepare",
+    "registry",
     "run_attack",
+    "scaled_loss_grad",
 ]

@@ -37,30 +37,36 @@ smooth away from the projection's kinks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qadv.attacks import registry
 from qadv.attacks.norms import NORMS, get_norm
-from qadv.attacks.temperature import HNS, NJS, BetaInfo, Fixed, fixed
+from qadv.attacks.protocol import example_keys, finish, split_logits_fn
+from qadv.attacks.temperature import BetaInfo, Fixed, NoTemperature, fixed
+from qadv.attacks.validation import check_batch, check_choice, check_int, check_scalar
 from qadv.losses import LOSS_NAMES, cw_margin, get_loss, temperature_scaled
 
 __all__ = [
     "Attack",
     "AttackInfo",
+    "FGSMConfig",
+    "PGDConfig",
     "PGDState",
     "fgsm",
     "make_pgd",
     "pgd",
     "run_attack",
+    "scaled_loss_grad",
 ]
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-_STRATEGIES = (Fixed, NJS, HNS)
 
 
 class PGDState(NamedTuple):
@@ -103,6 +109,36 @@ class AttackInfo(NamedTuple):
     restart: jax.Array
 
 
+def scaled_loss_grad(logits_fn: LogitsFn, strategy, tstate, loss_fn, z, y):
+    """Temperature-scaled loss and its input gradient at ``z``, in one forward pass.
+
+    ``beta`` comes from ``strategy.beta(tstate, logits, y)`` on the logits at ``z`` and is
+    held fixed inside the derivative. Non-finite gradient entries become 0 (no move).
+    Every gradient attack (PGD, APGD, FAB, ...) takes its gradients here, so each of them
+    composes with every temperature strategy.
+
+    Args:
+        logits_fn: the model.
+        strategy: a temperature strategy (``fixed``/``njs``/``hns``), never ``None``.
+        tstate: its state (``strategy.init(...)``).
+        loss_fn: per-example loss ``(logits (B, d), y (B,)) -> (B,)``.
+        z: ``(B, H, W, C)`` current point.
+        y: ``(B,)`` labels.
+
+    Returns:
+        ``(loss (B,), grad (B, H, W, C), logits (B, d), BetaInfo)``.
+    """
+    logits, vjp_fn = jax.vjp(logits_fn, z)
+    binfo = strategy.beta(tstate, logits, y)
+    scaled = temperature_scaled(loss_fn, binfo.beta)
+    value, pullback = jax.vjp(lambda a: scaled(a, y), logits)
+    (g_logits,) = pullback(jnp.ones_like(value))
+    g_logits = jnp.where(jnp.isfinite(g_logits), g_logits, jnp.zeros_like(g_logits))
+    (g,) = vjp_fn(g_logits)
+    g = jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
+    return value, g, logits, binfo
+
+
 def make_pgd(
     logits_fn: LogitsFn,
     *,
@@ -115,6 +151,10 @@ def make_pgd(
 ) -> Attack:
     """Build the ``(init, step)`` pair of (temperature-scaled) PGD. No validation, no jit.
 
+    ``init(key, x, y)`` takes one PRNG key (example ``i`` draws its random start from
+    ``fold_in(key, i)``), a ``(B,)`` batch of per-example keys, or ``None`` without
+    ``random_init``.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> f = lambda x: jnp.concatenate([x.reshape(1, -1), -x.reshape(1, -1)], axis=1)
@@ -124,12 +164,15 @@ def make_pgd(
         0.4
     """
     geometry = get_norm(norm)
-    base_loss = get_loss(loss)
+    base_loss = get_loss(loss) if isinstance(loss, str) else loss
     strategy = fixed(1.0) if temperature is None else temperature
 
     def init(key, x, y) -> PGDState:
         e = jnp.asarray(eps, x.dtype)
-        x_adv = geometry.random_start(key, x, e) if random_init else x
+        if random_init:
+            x_adv = geometry.random_start(example_keys(key, x.shape[0]), x, e)
+        else:
+            x_adv = x
         tstate = strategy.init(logits_fn, x_adv, y)
         b = x.shape[0]
         zeros = jnp.zeros((b,), jnp.bool_)
@@ -138,13 +181,7 @@ def make_pgd(
 
     def step(state: PGDState) -> PGDState:
         x, y, x_adv = state.x, state.y, state.x_adv
-        logits, vjp_fn = jax.vjp(logits_fn, x_adv)
-        binfo = strategy.beta(state.tstate, logits, y)
-        scaled = temperature_scaled(base_loss, binfo.beta)
-        g_logits = jax.grad(lambda z: jnp.sum(scaled(z, y)))(logits)
-        g_logits = jnp.where(jnp.isfinite(g_logits), g_logits, jnp.zeros_like(g_logits))
-        (g,) = vjp_fn(g_logits)
-        g = jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
+        _, g, _, binfo = scaled_loss_grad(logits_fn, strategy, state.tstate, base_loss, x_adv, y)
         eta = jnp.asarray(step_size, x.dtype)
         e = jnp.asarray(eps, x.dtype)
         x_new = geometry.project(x_adv + eta * geometry.normalize(g), x, e)
@@ -192,6 +229,34 @@ def _select(mask, new, best):
     return jax.tree_util.tree_map(pick, new, best)
 
 
+def _pgd_core(
+    logits_fn, x, y, keys, strategy, *, eps, step_size, norm, loss, steps, restarts, random_init
+):
+    """Restarted PGD with the per-example worst case; ``keys`` is ``(B,)`` or ``None``."""
+    attack = make_pgd(
+        logits_fn,
+        eps=eps,
+        step_size=step_size,
+        norm=norm,
+        temperature=strategy,
+        loss=loss,
+        random_init=random_init,
+    )
+
+    def key_for(r):
+        return None if keys is None else jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+
+    best = _single_run(attack, logits_fn, key_for(0), x, y, steps, 0)
+    if restarts == 1:
+        return best
+
+    def body(carry, r):
+        new = _single_run(attack, logits_fn, key_for(r), x, y, steps, r)
+        return _select(_better(new[1], carry[1]), new, carry), None
+
+    return jax.lax.scan(body, best, jnp.arange(1, restarts, dtype=jnp.int32))[0]
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("fn_static", "norm", "loss", "steps", "restarts", "random_init"),
@@ -213,111 +278,53 @@ def _pgd_compiled(
     random_init,
 ):
     logits_fn = fn_static if fn_static is not None else fn_dyn
-    attack = make_pgd(
+    keys = None if key is None else example_keys(key, x.shape[0])
+    return _pgd_core(
         logits_fn,
+        x,
+        y,
+        keys,
+        temperature,
         eps=eps,
         step_size=step_size,
         norm=norm,
-        temperature=temperature,
         loss=loss,
+        steps=steps,
+        restarts=restarts,
         random_init=random_init,
     )
-
-    def key_for(r):
-        return None if key is None else jax.random.fold_in(key, r)
-
-    best = _single_run(attack, logits_fn, key_for(0), x, y, steps, 0)
-    if restarts == 1:
-        return best
-
-    def body(carry, r):
-        new = _single_run(attack, logits_fn, key_for(r), x, y, steps, r)
-        return _select(_better(new[1], carry[1]), new, carry), None
-
-    return jax.lax.scan(body, best, jnp.arange(1, restarts, dtype=jnp.int32))[0]
 
 
 # -------------------------------------------------------------------------- validation
 
 
-def _concrete(v) -> bool:
-    return not isinstance(v, jax.core.Tracer)
-
-
-def _check_scalar(name, v, *, allow_zero=True):
-    if isinstance(v, bool):
-        raise ValueError(f"{name} must be a number, got {v!r}")
-    arr = jnp.asarray(v) if not isinstance(v, (int, float, np.number)) else np.asarray(v)
-    if arr.ndim != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating) and not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise ValueError(f"{name} must be a real number, got dtype {arr.dtype}")
-    if _concrete(arr):
-        val = float(arr)
-        if not np.isfinite(val) or val < 0 or (val == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise ValueError(f"{name} must be finite and {bound}, got {val}")
-
-
-def _check_int(name, v, minimum):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-
 def _validate(
     logits_fn, x, y, *, eps, step_size, steps, norm, restarts, temperature, loss, key, random_init
 ):
-    if not callable(logits_fn):
-        raise ValueError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
-    if not isinstance(norm, str) or norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    if not isinstance(loss, str) or loss not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSS_NAMES)}")
-    if temperature is not None and not isinstance(temperature, _STRATEGIES):
+    check_choice("norm", norm, NORMS)
+    check_choice("loss", loss, LOSS_NAMES)
+    if temperature is not None and not all(
+        callable(getattr(temperature, m, None)) for m in ("init", "beta", "validate")
+    ):
         raise ValueError(
             f"unknown temperature {temperature!r}; use None, qadv.attacks.fixed(beta), "
-            "qadv.attacks.njs(...) or qadv.attacks.hns(...)"
+            "qadv.attacks.njs(...), qadv.attacks.hns(...) or an object with "
+            "init/beta/validate methods"
         )
-    _check_scalar("eps", eps)
-    _check_scalar("step_size", step_size)
-    _check_int("steps", steps, 1)
-    _check_int("restarts", restarts, 1)
+    check_scalar("eps", eps)
+    check_scalar("step_size", step_size)
+    check_int("steps", steps, 1)
+    check_int("restarts", restarts, 1)
     if not isinstance(random_init, bool):
         raise ValueError(f"random_init must be a bool, got {random_init!r}")
     if random_init and key is None:
         raise ValueError("key is required when random_init=True (pass key=jax.random.key(...))")
-    x = x if isinstance(x, jax.Array) else jnp.asarray(x)
-    y = y if isinstance(y, jax.Array) else jnp.asarray(y)
-    if x.ndim < 2:
-        raise ValueError(f"x must be a batch of images (B, H, W, C), got shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x must be floating point in [0, 1], got dtype {x.dtype}")
-    if y.ndim != 1 or not jnp.issubdtype(y.dtype, jnp.integer):
-        raise ValueError(f"y must be integer labels of shape (B,), got {y.dtype} {y.shape}")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"batch sizes differ: x has {x.shape[0]} images, y has {y.shape[0]}")
-    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
-        got = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"logits_fn must map (B, ...) images to (B, d) logits, got {got}")
-    d = int(out.shape[1])
-    if d < 2:
-        raise ValueError(f"need at least 2 classes, logits_fn returns d={d}")
+    x, y, d = check_batch(logits_fn, x, y)
     if loss == "dlr" and d < 3:
         raise ValueError(f"dlr loss needs at least 3 classes, got d={d}")
     if temperature is not None:
         temperature.validate(d, x.shape[0])
-    if _concrete(x):
-        xa = np.asarray(x)
-        if np.isnan(xa).any():
-            raise ValueError("x contains NaN; images must lie in [0, 1]")
-        if xa.size and (xa.min() < 0 or xa.max() > 1):
-            raise ValueError(f"x must lie in [0, 1], got range [{xa.min():.4g}, {xa.max():.4g}]")
-    if _concrete(y):
-        ya = np.asarray(y)
-        if ya.size and (ya.min() < 0 or ya.max() >= d):
-            raise ValueError(f"labels must lie in [0, {d}), got range [{ya.min()}, {ya.max()}]")
-    return x, y.astype(jnp.int32)
+    return x, y
 
 
 def pgd(
@@ -343,7 +350,9 @@ def pgd(
             must be independent (eval mode). Static under jit: reuse the same object.
         x: ``(B, H, W, C)`` clean images in ``[0, 1]``.
         y: ``(B,)`` integer labels in ``[0, d)``.
-        key: PRNG key for the random start (may be ``None`` if ``random_init=False``).
+        key: PRNG key for the random start (may be ``None`` if ``random_init=False``);
+            example ``i`` draws from ``fold_in(key, i)``, so its result does not depend
+            on the batch. A ``(B,)`` batch of per-example keys is accepted too.
         eps: radius (L-inf: per pixel; L2: total norm over ``H*W*C``), in ``[0, 1]`` units.
         step_size: step length ``eta``.
         steps: number of iterations ``T >= 1``.
@@ -390,10 +399,7 @@ def pgd(
         key=key,
         random_init=random_init,
     )
-    if isinstance(logits_fn, jax.tree_util.Partial):
-        fn_static, fn_dyn = None, logits_fn
-    else:
-        fn_static, fn_dyn = logits_fn, None
+    fn_static, fn_dyn = split_logits_fn(logits_fn)
     strategy = temperature if temperature is not None else Fixed(jnp.ones((), jnp.float32))
     x_adv, info = _pgd_compiled(
         fn_static,
@@ -451,3 +457,90 @@ def fgsm(
         loss=loss,
         return_info=return_info,
     )
+
+
+# ------------------------------------------------------------------ registry configs
+
+
+@registry.register("pgd")
+@dataclasses.dataclass(frozen=True)
+class PGDConfig(registry.AttackConfig):
+    """PGD / PGD++ (temperature-scaled) as a registered attack.
+
+    ``step_size=None`` takes the norm's default (paper Table 6: ε/4 for L∞, 2.5·ε/T for
+    L2). Queries per example: ``restarts * (steps + 1)``.
+    """
+
+    kind: ClassVar[str] = "pgd"
+
+    step_size: float | None = None
+    steps: int = 20
+    restarts: int = 1
+    loss: str = "ce"
+    temperature: registry.TemperatureConfig = NoTemperature()
+    random_init: bool = True
+
+    def __post_init__(self):
+        if self.step_size is None and self.norm in NORMS and isinstance(self.steps, int):
+            step = get_norm(self.norm).default_step(float(self.eps), self.steps)
+            object.__setattr__(self, "step_size", float(step))
+
+    def validate(self) -> None:
+        super().validate()
+        check_scalar("step_size", self.step_size, allow_zero=False)
+        check_int("steps", self.steps, 1)
+        check_int("restarts", self.restarts, 1)
+        check_choice("loss", self.loss, LOSS_NAMES)
+        if not isinstance(self.random_init, bool):
+            raise ValueError(f"random_init must be a bool, got {self.random_init!r}")
+        self.temperature.validate()
+
+    @property
+    def label(self) -> str:
+        loss = "" if self.loss == "ce" else f"-{self.loss.upper()}"
+        return f"{self.kind.upper()}{loss}{self.temperature.suffix} {self.geometry.label}"
+
+    def prepare(self, logits_fn, context):
+        strategy = self.temperature.build(logits_fn, context)
+        return fixed(1.0) if strategy is None else strategy
+
+    def run(self, data, logits_fn, x, y, keys):
+        x_adv, info = _pgd_core(
+            logits_fn,
+            x,
+            y,
+            keys if self.random_init else None,
+            data,
+            eps=self.eps,
+            step_size=self.step_size,
+            norm=self.norm,
+            loss=self.loss,
+            steps=self.steps,
+            restarts=self.restarts,
+            random_init=self.random_init,
+        )
+        aux = {"beta": info.beta, "fallback": info.fallback, "restart": info.restart}
+        return finish(
+            logits_fn,
+            x,
+            y,
+            x_adv,
+            norm=self.geometry,
+            queries=self.restarts * (self.steps + 1),
+            aux=aux,
+        )
+
+
+@registry.register("fgsm")
+@dataclasses.dataclass(frozen=True)
+class FGSMConfig(PGDConfig):
+    """FGSM / FGSM++: one step of size ε from a random start (``random_init=False``: from
+    the clean point)."""
+
+    kind: ClassVar[str] = "fgsm"
+
+    steps: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "steps", 1)
+        object.__setattr__(self, "step_size", float(self.eps))

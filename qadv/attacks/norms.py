@@ -1,6 +1,6 @@
 """Threat-model geometry: three small functions per norm (as in foolbox v3).
 
-``random_start(key, x, eps)``, ``normalize(g)`` (steepest-ascent direction of unit norm)
+``random_start(keys, x, eps)``, ``normalize(g)`` (steepest-ascent direction of unit norm)
 and ``project(x_adv, x, eps)`` (back into the ball around ``x`` and into ``[0, 1]``).
 L-inf and L2 PGD differ only here. Norms are taken per example over *all* non-batch axes
 (``H*W*C``).
@@ -22,17 +22,44 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["L2", "LINF", "NORMS", "Norm", "get_norm"]
+from qadv.attacks.keys import example_keys
+
+__all__ = ["L2", "LINF", "NORMS", "Norm", "get_norm", "per_example"]
 
 
 class Norm(NamedTuple):
-    """Geometry of one threat model."""
+    """Geometry of one threat model: everything an attack or an evaluation asks of a norm.
+
+    Attributes:
+        name: registry name (``"linf"``, ``"l2"``).
+        label: display name (``"L∞"``, ``"L2"``).
+        random_start: ``(keys (B,), x, eps) -> x0``, uniform in the ball, clipped to
+            ``[0, 1]``; example ``i`` draws from ``keys[i]`` alone.
+        normalize: ``g -> `` steepest-ascent direction of unit norm (0 where ``g == 0``).
+        project: ``(x_adv, x, eps) ->`` the point in the ball and ``[0, 1]``.
+        distance: ``(x_adv, x) -> (B,)`` per-example norm of ``x_adv - x``.
+        default_step: ``(eps, steps) ->`` the paper's step size (Table 6).
+    """
 
     name: str
+    label: str
     random_start: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
     normalize: Callable[[jax.Array], jax.Array]
     project: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    distance: Callable[[jax.Array, jax.Array], jax.Array]
+    default_step: Callable[[float, int], float]
+
+    def in_ball(self, x_adv, x, eps, *, rtol: float = 1e-4, atol: float = 1e-5) -> np.ndarray:
+        """Host-side check ``(B,)``: finite, in ``[0, 1]`` and within ``eps`` (float tolerance)."""
+        x_adv = np.asarray(x_adv, np.float64)
+        x = np.asarray(x, np.float64)
+        axes = tuple(range(1, x.ndim))
+        finite = np.all(np.isfinite(x_adv), axis=axes)
+        box = np.all((x_adv >= -atol) & (x_adv <= 1 + atol), axis=axes)
+        dist = np.asarray(self.distance(x_adv, x))
+        return finite & box & (dist <= eps * (1 + rtol) + atol)
 
 
 def _axes(x: jax.Array) -> tuple[int, ...]:
@@ -50,12 +77,25 @@ def _clip01(x: jax.Array) -> jax.Array:
     return jnp.clip(x, jnp.zeros((), x.dtype), jnp.ones((), x.dtype))
 
 
+def per_example(draw: Callable[[jax.Array, jax.Array], jax.Array], keys, x) -> jax.Array:
+    """``draw(key, x_i[None])`` for every example with its own key, stacked ``(B, ...)``.
+
+    ``keys`` is a ``(B,)`` batch of PRNG keys (one per example), or one key (example ``i``
+    then uses ``fold_in(key, i)``). A result then depends only on the example's own key,
+    never on the batch it was evaluated in.
+    """
+    keys = example_keys(keys, x.shape[0])
+    return jax.vmap(lambda k, xi: draw(k, xi[None])[0])(keys, x)
+
+
 # ------------------------------------------------------------------------------ L-inf
 
 
-def _linf_random_start(key, x, eps):
+def _linf_random_start(keys, x, eps):
     eps = jnp.asarray(eps, x.dtype)
-    delta = jax.random.uniform(key, x.shape, x.dtype, minval=-eps, maxval=eps)
+    delta = per_example(
+        lambda k, xi: jax.random.uniform(k, xi.shape, xi.dtype, minval=-eps, maxval=eps), keys, x
+    )
     return _clip01(x + delta)
 
 
@@ -68,23 +108,41 @@ def _linf_project(x_adv, x, eps):
     return _clip01(jnp.clip(x_adv, x - eps, x + eps))
 
 
+def _linf_distance(x_adv, x):
+    return jnp.max(jnp.abs(x_adv - x).reshape(x.shape[0], -1), axis=1)
+
+
+def _linf_default_step(eps, steps):
+    """Paper Table 6: eta = eps/4 (8/255 -> 2/255 and 4/255 -> 1/255)."""
+    return eps / 4
+
+
 # --------------------------------------------------------------------------------- L2
 
 
-def _l2_random_start(key, x, eps):
-    eps = jnp.asarray(eps, x.dtype)
+def _l2_draw(key, xi):
     k_dir, k_rad = jax.random.split(key)
-    u = jax.random.normal(k_dir, x.shape, x.dtype)
+    u = jax.random.normal(k_dir, xi.shape, xi.dtype)
     n, nonzero = _safe_norm(u)
     direction = jnp.where(nonzero, u / n, jnp.zeros_like(u))
-    dims = x[0].size
-    rshape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    r = jax.random.uniform(k_rad, rshape, x.dtype) ** jnp.asarray(1.0 / dims, x.dtype)
-    return _clip01(x + eps * r * direction)
+    r = jax.random.uniform(k_rad, (), xi.dtype) ** jnp.asarray(1.0 / xi.size, xi.dtype)
+    return r * direction
+
+
+def _l2_random_start(keys, x, eps):
+    eps = jnp.asarray(eps, x.dtype)
+    return _clip01(x + eps * per_example(_l2_draw, keys, x))
 
 
 def _l2_normalize(g):
-    n, nonzero = _safe_norm(g)
+    """``g / ||g||_2``, scale-invariant: divided by ``max |g|`` first, so gradients far below
+    the float32 square-root range (e.g. 1e-30, whose squares underflow) still give a unit
+    direction."""
+    axes = _axes(g)
+    scale = jnp.max(jnp.abs(g), axis=axes, keepdims=True)
+    nonzero = scale > 0
+    g = g / jnp.where(nonzero, scale, jnp.ones_like(scale))
+    n, _ = _safe_norm(g)
     return jnp.where(nonzero, g / n, jnp.zeros_like(g))
 
 
@@ -97,8 +155,27 @@ def _l2_project(x_adv, x, eps):
     return _clip01(x + delta * factor)
 
 
-LINF = Norm("linf", _linf_random_start, _linf_normalize, _linf_project)
-L2 = Norm("l2", _l2_random_start, _l2_normalize, _l2_project)
+def _l2_distance(x_adv, x):
+    d = (x_adv - x).reshape(x.shape[0], -1)
+    return jnp.sqrt(jnp.sum(d * d, axis=1))
+
+
+def _l2_default_step(eps, steps):
+    """The authors' rule eta = 2.5 eps / T (Table 6: 120/255, T=20 -> 15/255; 60/255,
+    T=10 -> 15/255)."""
+    return 2.5 * eps / steps
+
+
+LINF = Norm(
+    "linf",
+    "L∞",
+    _linf_random_start,
+    _linf_normalize,
+    _linf_project,
+    _linf_distance,
+    _linf_default_step,
+)
+L2 = Norm("l2", "L2", _l2_random_start, _l2_normalize, _l2_project, _l2_distance, _l2_default_step)
 NORMS: dict[str, Norm] = {"linf": LINF, "l2": L2}
 
 

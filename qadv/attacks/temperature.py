@@ -37,15 +37,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from qadv import signal
+from qadv.attacks import registry
 
-__all__ = ["HNS", "NJS", "BetaInfo", "Fixed", "fixed", "hns", "njs"]
+__all__ = [
+    "HNS",
+    "NJS",
+    "BetaInfo",
+    "Fixed",
+    "FixedTemperature",
+    "HNSTemperature",
+    "NJSTemperature",
+    "NoTemperature",
+    "fixed",
+    "hns",
+    "njs",
+]
 
 
 class BetaInfo(NamedTuple):
@@ -287,3 +300,98 @@ def hns(*, grid_size: int = 100, exact: bool = False) -> HNS:
     if not isinstance(exact, bool):
         raise ValueError(f"hns exact must be a bool, got {exact!r}")
     return HNS(int(grid_size), exact)
+
+
+# ------------------------------------------------------------- configs (the registry)
+# A temperature *config* is the hashable description a gradient attack config holds;
+# ``build`` turns it into the strategy above (NJS calibrates here, once per model).
+
+
+@registry.register_temperature
+@dataclasses.dataclass(frozen=True)
+class NoTemperature(registry.TemperatureConfig):
+    """β = 1: the plain attack."""
+
+    kind: ClassVar[str] = "none"
+
+    @property
+    def suffix(self) -> str:
+        return ""
+
+    def build(self, logits_fn, context) -> None:
+        return None
+
+
+@registry.register_temperature
+@dataclasses.dataclass(frozen=True)
+class FixedTemperature(registry.TemperatureConfig):
+    """A constant β > 0 (the paper's fixed-β rows)."""
+
+    kind: ClassVar[str] = "fixed"
+    beta: float = 1.0
+
+    def validate(self) -> None:
+        if isinstance(self.beta, bool) or not (np.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"bad beta {self.beta!r}; a fixed temperature must be > 0")
+
+    @property
+    def suffix(self) -> str:
+        return f" (β={self.beta:g})"
+
+    def build(self, logits_fn, context) -> Fixed:
+        return fixed(self.beta)
+
+
+NJS_SPACES = ("pixel", "normalized")
+
+
+@registry.register_temperature
+@dataclasses.dataclass(frozen=True)
+class NJSTemperature(registry.TemperatureConfig):
+    """NJS: ``beta1`` from the first ``calib_size`` calibration images, threshold ``rho``;
+    ``njs_space`` is the Jacobian's input space (``pixel`` or ``normalized``)."""
+
+    kind: ClassVar[str] = "njs"
+    rho: float = 0.01
+    calib_size: int = 101
+    njs_space: str = "pixel"
+
+    def validate(self) -> None:
+        if not (isinstance(self.rho, int | float) and 0.0 < self.rho < 1.0):
+            raise ValueError(f"bad rho {self.rho!r}; it must lie in (0, 1)")
+        if isinstance(self.calib_size, bool) or int(self.calib_size) != self.calib_size or (
+            self.calib_size < 1
+        ):
+            raise ValueError(f"bad calibration size {self.calib_size!r}; it must be >= 1")
+        if self.njs_space not in NJS_SPACES:
+            raise ValueError(
+                f"unknown NJS Jacobian space {self.njs_space!r}; choose one of: "
+                + ", ".join(NJS_SPACES)
+            )
+
+    def build(self, logits_fn, context) -> NJS:
+        calib = None if context is None else context.calib_images
+        if calib is None or len(calib) == 0:
+            raise ValueError("NJS needs calibration images (the first test images, in order)")
+        std = None
+        if self.njs_space == "normalized":
+            if context.input_std is None:
+                raise ValueError("NJS in normalized space needs the model's input std")
+            std = tuple(float(s) for s in context.input_std)
+        return njs(logits_fn, jnp.asarray(calib[: self.calib_size]), rho=self.rho, input_std=std)
+
+
+@registry.register_temperature
+@dataclasses.dataclass(frozen=True)
+class HNSTemperature(registry.TemperatureConfig):
+    """HNS: per-example Hessian-norm grid search over ``grid_size`` β values."""
+
+    kind: ClassVar[str] = "hns"
+    grid_size: int = 100
+    hns_exact: bool = False
+
+    def validate(self) -> None:
+        hns(grid_size=self.grid_size, exact=self.hns_exact)
+
+    def build(self, logits_fn, context) -> HNS:
+        return hns(grid_size=self.grid_size, exact=self.hns_exact)

@@ -1,0 +1,183 @@
+"""The one shape every attack fits: a config that builds a pure, jitted run with a
+per-example result.
+
+An attack is a small frozen dataclass, its **config** (hashable: it is a static argument
+of the compiled run), registered by name in :mod:`qadv.attacks.registry`. It has
+
+- ``validate()``: raises ``ValueError`` naming the bad value and what is allowed;
+- ``label``: its column name in tables (e.g. ``"APGD-CE L∞"``);
+- ``norm`` and ``eps``: the threat model it is scored in;
+- ``prepare(logits_fn, context) -> data``: everything computed *once* per model and not
+  per batch (NJS's calibrated ``beta1``, a surrogate's weights); a pytree of arrays,
+  ``()`` if nothing;
+- ``run(data, logits_fn, x, y, keys) -> AttackResult``: the attack itself, pure and
+  jit-able, on a batch with one PRNG key per example.
+
+:func:`execute` compiles ``run`` once per (config, model function, shapes) and reuses it;
+:func:`attack` is the one-call convenience. Randomness is per example: example ``i`` of
+an evaluated set gets ``fold_in(key, i)`` (:func:`example_keys`), so results do not depend
+on the batch size, on which other examples share the batch, or on the device count.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from qadv.attacks import registry
+    >>> f = lambda x: jnp.concatenate([x.reshape(x.shape[0], -1), -x.reshape(x.shape[0], -1)], 1)
+    >>> cfg = registry.make("pgd", eps=0.1, steps=3)
+    >>> res = attack(cfg, f, jnp.full((2, 1, 1, 1), 0.5), jnp.array([0, 1]), key=jax.random.key(0))
+    >>> res.x_adv.shape, res.success.shape, res.queries.tolist()
+    ((2, 1, 1, 1), (2,), [4, 4])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qadv.attacks.keys import example_keys
+from qadv.losses import cw_margin
+
+__all__ = [
+    "AttackContext",
+    "AttackResult",
+    "attack",
+    "example_keys",
+    "execute",
+    "finish",
+    "prepare",
+    "split_logits_fn",
+]
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+class AttackResult(NamedTuple):
+    """Per-example outcome of an attack on a batch of ``B`` examples.
+
+    Attributes:
+        x_adv: ``(B, H, W, C)`` the attack's best point; always in the ``eps``-ball of its
+            norm and in ``[0, 1]``.
+        success: ``(B,)`` bool, ``argmax f(x_adv) != y``.
+        margin: ``(B,)`` ``max_{i != y} f_i - f_y`` at ``x_adv`` (positive iff success,
+            ties aside).
+        distance: ``(B,)`` norm of the smallest adversarial perturbation found, ``+inf``
+            where none was found. Bounded attacks report ``||x_adv - x||`` where they
+            succeed; minimum-norm attacks (FAB, DeepFool) report what they found even
+            beyond ``eps``, so robust accuracy can be read at every radius from one run.
+        queries: ``(B,)`` int32 model evaluations spent (a forward or a
+            forward-and-backward pass counts one).
+        aux: dict of attack-specific ``(B,)`` arrays (e.g. ``beta``, ``fallback``).
+    """
+
+    x_adv: jax.Array
+    success: jax.Array
+    margin: jax.Array
+    distance: jax.Array
+    queries: jax.Array
+    aux: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackContext:
+    """What ``prepare`` may need besides the model (all optional).
+
+    Attributes:
+        calib_images: NJS calibration images (the paper's release: the first 101 test
+            images, in order).
+        input_std: the model's per-channel normalisation std (NJS in normalised space).
+        surrogate: a surrogate model's logits function (transfer attacks).
+    """
+
+    calib_images: Any = None
+    input_std: tuple[float, ...] | None = None
+    surrogate: LogitsFn | None = None
+
+
+def finish(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    x_adv: jax.Array,
+    *,
+    norm,
+    queries,
+    aux: Mapping[str, jax.Array] | None = None,
+    distance: jax.Array | None = None,
+) -> AttackResult:
+    """Score ``x_adv`` on the model and fill an :class:`AttackResult` (inside ``run``).
+
+    ``distance`` defaults to ``||x_adv - x||`` where successful and ``+inf`` elsewhere.
+    """
+    logits = logits_fn(x_adv)
+    success = jnp.argmax(logits, axis=-1).astype(y.dtype) != y
+    margin = cw_margin(logits, y)
+    if distance is None:
+        dist = norm.distance(x_adv, x)
+        distance = jnp.where(success, dist, jnp.full_like(dist, jnp.inf))
+    q = jnp.broadcast_to(jnp.asarray(queries, jnp.int32), y.shape)
+    return AttackResult(x_adv, success, margin, distance, q, dict(aux or {}))
+
+
+def split_logits_fn(logits_fn: LogitsFn) -> tuple[Any, Any]:
+    """``(static, dynamic)``: a ``jax.tree_util.Partial`` travels as a pytree (its bound
+    weights are arguments, not compiled-in constants), any other callable as a static
+    argument (pass the same object to reuse the compiled attack)."""
+    if isinstance(logits_fn, jax.tree_util.Partial):
+        return None, logits_fn
+    return logits_fn, None
+
+
+@functools.partial(jax.jit, static_argnames=("config", "fn_static"))
+def _execute(config, data, fn_static, fn_dyn, x, y, keys) -> AttackResult:
+    logits_fn = fn_static if fn_static is not None else fn_dyn
+    return config.run(data, logits_fn, x, y, keys)
+
+
+def execute(config, data, logits_fn: LogitsFn, x, y, keys) -> AttackResult:
+    """Run a prepared attack, compiled once per (config, model function, shapes).
+
+    Args:
+        config: a validated attack config (see :mod:`qadv.attacks.registry`).
+        data: ``config.prepare(...)``'s output.
+        logits_fn: images ``(B, H, W, C)`` in ``[0, 1]`` -> logits ``(B, d)``.
+        x: ``(B, H, W, C)`` float images in ``[0, 1]``.
+        y: ``(B,)`` integer labels.
+        keys: ``(B,)`` per-example PRNG keys (:func:`example_keys`).
+    """
+    fn_static, fn_dyn = split_logits_fn(logits_fn)
+    return _execute(config, data, fn_static, fn_dyn, x, jnp.asarray(y).astype(jnp.int32), keys)
+
+
+def prepare(config, logits_fn: LogitsFn, context: AttackContext | None = None):
+    """Validate ``config`` and compute its once-per-model data."""
+    config.validate()
+    return config.prepare(logits_fn, context if context is not None else AttackContext())
+
+
+def attack(
+    config,
+    logits_fn: LogitsFn,
+    x,
+    y,
+    *,
+    key,
+    context: AttackContext | None = None,
+) -> AttackResult:
+    """Validate, prepare and run ``config`` on one batch (per-example keys from ``key``).
+
+    ``key`` is one PRNG key (example ``i`` of the batch then uses ``fold_in(key, i)``) or
+    a ``(B,)`` batch of keys. NJS calibrates on ``context.calib_images`` (default:
+    ``x`` itself).
+    """
+    from qadv.attacks.validation import check_batch
+
+    x, y, _ = check_batch(logits_fn, x, y)
+    if context is None or context.calib_images is None:
+        context = dataclasses.replace(context or AttackContext(), calib_images=x)
+    data = prepare(config, logits_fn, context)
+    return execute(config, data, logits_fn, x, y, example_keys(key, x.shape[0]))

@@ -1,4 +1,4 @@
-"""The ``qadv`` command line: train, eval, attack, diagnose, table, demo.
+"""The ``qadv`` command line: train, eval, attack, evaluate, attacks, diagnose, table, demo.
 
 Every user error (unknown names, bad numbers, missing data or checkpoints) is
 reported as one line on stderr, with exit status 2 and no traceback.
@@ -7,6 +7,7 @@ reported as one line on stderr, with exit status 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -53,9 +54,75 @@ def _add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from qadv.evaluate import ATTACKS, LOSSES, NORMS, TEMPERATURES
+def _option_parser(annotation: str, name: str):
+    """Parse an attack option from its dataclass annotation (fractions like 8/255 ok)."""
+    if "float" in annotation:
+        return _fraction(name)
+    if annotation.strip() == "int":
 
+        def parse_int(text: str) -> int:
+            try:
+                return int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"bad {name} {text!r}; use an integer") from None
+
+        return parse_int
+    return str
+
+
+def _attack_options() -> dict[str, tuple[str, object]]:
+    """Every option of every registered attack and temperature: name -> (annotation, default)."""
+    from qadv.attacks import registry
+
+    opts: dict[str, tuple[str, object]] = {}
+    classes = [registry._lookup(n)[0] for n in registry.attack_names()]
+    classes += [registry._TEMPERATURES[t] for t in registry.temperature_names()]
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name in ("norm", "eps", "temperature", "source"):
+                continue
+            opts.setdefault(f.name, (str(f.type), f.default))
+    return opts
+
+
+def _add_attack_options(p: argparse.ArgumentParser) -> None:
+    """The threat model plus one flag per registered attack/temperature option."""
+    p.add_argument("--norm", default="linf", help="linf or l2")
+    p.add_argument("--eps", type=_fraction("eps"), default=8 / 255, help="radius, e.g. 8/255")
+    p.add_argument("--temperature", default=None, help="none, fixed, njs or hns (PGD++, APGD++)")
+    p.add_argument("--source", default=None, help="transfer: the attack run on the surrogate")
+    group = p.add_argument_group("attack options (each applies to the attacks that have it)")
+    for name, (annotation, default) in _attack_options().items():
+        flag = "--" + name.replace("_", "-")
+        if annotation == "bool":
+            if default is True:
+                group.add_argument(
+                    "--no-" + name.replace("_", "-"), dest=name, action="store_false", default=None
+                )
+            else:
+                group.add_argument(flag, dest=name, action="store_true", default=None)
+            continue
+        aliases = [flag, "--step"] if name == "step_size" else [flag]
+        group.add_argument(*aliases, dest=name, type=_option_parser(annotation, name), default=None)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--surrogate", default=None, help="run folder of a surrogate model (transfer attacks)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="example i uses fold_in(key(seed), i)")
+    p.add_argument("--n", type=_positive_int("n"), default=None, help="first N test images")
+    p.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
+    p.add_argument(
+        "--shard",
+        action="store_true",
+        help="shard each batch over all local devices (GPUs/TPU cores); params replicated",
+    )
+    _add_data_dir(p)
+    _add_progress(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qadv",
         description="Honest robustness evaluation of quantized networks (FGSM++/PGD++).",
@@ -100,42 +167,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int("batch size"), default=500)
     _add_data_dir(e)
 
-    a = sub.add_parser("attack", help="adversarial accuracy of a checkpoint under one attack")
+    a = sub.add_parser("attack", help="robust accuracy of a checkpoint under one attack")
     a.add_argument("--checkpoint", required=True)
-    a.add_argument("--attack", default="pgd", help=f"one of: {', '.join(ATTACKS)}")
-    a.add_argument("--norm", default="linf", help=f"one of: {', '.join(NORMS)}")
-    a.add_argument("--temperature", default="none", help=f"one of: {', '.join(TEMPERATURES)}")
-    a.add_argument("--beta", type=float, default=1.0, help="β for --temperature fixed")
-    a.add_argument("--loss", default="ce", help=f"one of: {', '.join(LOSSES)}")
-    a.add_argument("--eps", type=_fraction("eps"), default=8 / 255, help="radius, e.g. 8/255")
-    a.add_argument(
-        "--step",
-        type=_fraction("step"),
-        default=None,
-        help="step size, e.g. 2/255 (default: the paper's ratio, ε/4 for L∞, ε/8 for L2)",
-    )
-    a.add_argument("--steps", type=_positive_int("steps"), default=20)
-    a.add_argument("--restarts", type=_positive_int("restarts"), default=1)
-    a.add_argument("--rho", type=float, default=0.01, help="NJS threshold ρ")
-    a.add_argument(
-        "--njs-space",
-        default="pixel",
-        help="NJS Jacobian w.r.t. [0,1] pixels (pixel) or normalised inputs (normalized)",
-    )
-    a.add_argument("--grid-size", type=int, default=100, help="HNS grid points")
-    a.add_argument("--hns-exact", action="store_true", help="HNS with the ψ·∂J/∂x term")
-    a.add_argument("--no-random-init", action="store_true")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--n", type=_positive_int("n"), default=None, help="first N test images")
-    a.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
-    a.add_argument(
-        "--shard",
-        action="store_true",
-        help="shard each batch over all local devices (GPUs/TPU cores); params replicated",
-    )
+    a.add_argument("--attack", default="pgd", help="a registered attack (see `qadv attacks`)")
+    _add_attack_options(a)
+    _add_run_options(a)
     a.add_argument("--out", required=True, help="result JSON (partial progress resumes)")
-    _add_data_dir(a)
-    _add_progress(a)
+
+    v = sub.add_parser(
+        "evaluate", help="ensemble evaluation (AutoAttack's cascade) of a checkpoint"
+    )
+    v.add_argument("--checkpoint", required=True)
+    v.add_argument(
+        "--preset",
+        default=None,
+        help="standard (APGD-CE, APGD-T, FAB-T, Square), plus-temperature, gradient",
+    )
+    v.add_argument(
+        "--attacks",
+        default=None,
+        help="comma-separated attack names instead of a preset, e.g. apgd-ce,square,pgd++hns",
+    )
+    v.add_argument("--norm", default="linf", help="linf or l2")
+    v.add_argument("--eps", type=_fraction("eps"), default=8 / 255, help="radius, e.g. 8/255")
+    v.add_argument(
+        "--steps", type=_positive_int("steps"), default=None, help="iterations of each member"
+    )
+    v.add_argument(
+        "--queries", type=_positive_int("queries"), default=None, help="Square query budget"
+    )
+    _add_run_options(v)
+    v.add_argument("--out", required=True, help="result JSON; members go to <out>.members/")
+
+    ls = sub.add_parser("attacks", help="list the registered attacks, temperatures and presets")
+    ls.add_argument("name", nargs="?", default=None, help="show one attack's options")
 
     g = sub.add_parser("diagnose", help="signal-propagation diagnostics (paper Table 13)")
     g.add_argument("--checkpoint", required=True)
@@ -224,51 +289,118 @@ def _devices() -> list:
     return jax.local_devices()
 
 
-def _default_step(args) -> float:
-    """The paper's ratios (Table 6): FGSM η = ε, PGD-L∞ η = ε/4, PGD-L2 η = ε/8."""
-    if args.attack == "fgsm":
-        return args.eps
-    return args.eps / (4 if args.norm == "linf" else 8)
+def _context(loaded, args, images):
+    from qadv.attacks import AttackContext
+    from qadv.checkpoint import load_checkpoint
+
+    surrogate = None
+    if args.surrogate is not None:
+        surrogate = load_checkpoint(args.surrogate).logits_fn
+    return AttackContext(
+        calib_images=images, input_std=tuple(loaded.metadata["std"]), surrogate=surrogate
+    )
 
 
 def _cmd_attack(args) -> None:
-    from qadv.evaluate import AttackSpec, evaluate_attack
+    from qadv.attacks import registry
+    from qadv.evaluate import evaluate_attack
 
-    spec = AttackSpec(
-        attack=args.attack,
+    options = {k: getattr(args, k, None) for k in _attack_options()}
+    config = registry.make(
+        args.attack,
         norm=args.norm,
         eps=args.eps,
-        step_size=args.step if args.step is not None else _default_step(args),
-        steps=args.steps,
-        restarts=args.restarts,
         temperature=args.temperature,
-        beta=args.beta,
-        loss=args.loss,
-        rho=args.rho,
-        grid_size=args.grid_size,
-        hns_exact=args.hns_exact,
-        njs_space=args.njs_space,
-        random_init=not args.no_random_init,
-        seed=args.seed,
+        source=args.source,
+        **options,
     )
     loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
     record = evaluate_attack(
         loaded.logits_fn,
         images,
         labels,
-        spec,
-        batch_size=args.batch_size,
+        config,
+        batch_size=min(args.batch_size, len(images)),
+        seed=args.seed,
+        context=_context(loaded, args, images),
         out=args.out,
         progress=not args.no_progress,
         extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
         devices=_devices() if args.shard else None,
-        input_std=tuple(loaded.metadata["std"]),
+    )
+    fallbacks = f", {record['fallback_count']} β fallbacks" if "fallback_count" in record else ""
+    print(
+        f"{config.label}: clean {record['clean_accuracy']:.2f}%, robust "
+        f"{record['robust_accuracy']:.2f}% on n={record['n']}{fallbacks} "
+        f"({record['wall_time_s']:.1f}s) -> {args.out}"
+    )
+
+
+def _cmd_evaluate(args) -> None:
+    from qadv import report
+    from qadv.attacks import presets, registry
+    from qadv.evaluate import evaluate_ensemble
+
+    if (args.preset is None) == (args.attacks is None):
+        raise ValueError(
+            "give exactly one of --preset (one of: "
+            + ", ".join(registry.preset_names())
+            + ") or --attacks NAME,NAME,..."
+        )
+    overrides = {k: v for k, v in (("steps", args.steps), ("queries", args.queries)) if v}
+    if args.preset is not None:
+        configs = registry.preset(args.preset, norm=args.norm, eps=args.eps, **overrides)
+        name = args.preset
+    else:
+        names = [a.strip() for a in args.attacks.split(",") if a.strip()]
+        configs = presets.ensemble_members(names, norm=args.norm, eps=args.eps, **overrides)
+        name = "+".join(names)
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    record = evaluate_ensemble(
+        loaded.logits_fn,
+        images,
+        labels,
+        configs,
+        batch_size=min(args.batch_size, len(images)),
+        seed=args.seed,
+        context=_context(loaded, args, images),
+        out=args.out,
+        progress=not args.no_progress,
+        extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
+        devices=_devices() if args.shard else None,
+        name=name,
+    )
+    rows = [
+        [m["attack"], m["attacked"], m["broken"], m["robust_accuracy_after"], m["wall_time_s"]]
+        for m in record["attacks"]
+    ]
+    print(
+        report.format_table(
+            ["attack", "attacked", "broken", "robust % after", "time (s)"], rows, markdown=False
+        )
     )
     print(
-        f"{spec.label}: clean {record['clean_accuracy']:.2f}%, adversarial "
-        f"{record['adversarial_accuracy']:.2f}% on n={record['n']} "
-        f"({record['fallback_count']} β fallbacks, {record['wall_time_s']:.1f}s) -> {args.out}"
+        f"{name}: clean {record['clean_accuracy']:.2f}%, robust {record['robust_accuracy']:.2f}% "
+        f"on n={record['n']} ({record['wall_time_s']:.1f}s) -> {args.out}"
     )
+
+
+def _cmd_attacks(args) -> None:
+    from qadv.attacks import registry
+
+    if args.name is not None:
+        cfg = registry.make(args.name)
+        print(f"{args.name}: {cfg.label}")
+        for opt in registry.option_names(args.name):
+            value = getattr(cfg, opt, None)
+            shown = registry.to_dict(value) if dataclasses.is_dataclass(value) else value
+            print(
+                f"  --{opt.replace('_', '-')}" + ("" if value is None else f"  (default {shown})")
+            )
+        return
+    print("attacks:      " + ", ".join(registry.attack_names()))
+    print("temperatures: " + ", ".join(registry.temperature_names()) + "  (e.g. pgd++hns)")
+    print("presets:      " + ", ".join(registry.preset_names()))
 
 
 def _cmd_diagnose(args) -> None:
@@ -308,6 +440,8 @@ COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "attack": _cmd_attack,
+    "evaluate": _cmd_evaluate,
+    "attacks": _cmd_attacks,
     "diagnose": _cmd_diagnose,
     "table": _cmd_table,
     "demo": _cmd_demo,

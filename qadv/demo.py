@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from qadv import data, report, signal
+from qadv.attacks import AttackContext, PGDConfig, registry
 from qadv.checkpoint import load_checkpoint
-from qadv.evaluate import AttackSpec, accuracy_curve, diagnose, evaluate_attack
+from qadv.evaluate import accuracy_curve, diagnose, evaluate_attack
 from qadv.train import TrainConfig, train
 
 __all__ = ["DEMO_MODELS", "demo_attacks", "run_demo"]
@@ -48,40 +49,35 @@ DEMO_MODELS: dict[str, TrainConfig] = {
 }
 
 
-def demo_attacks(seed: int = 0) -> dict[str, AttackSpec]:
+def demo_attacks(seed: int = 0) -> dict[str, PGDConfig]:
     """The nine attacks of the paper's Table 2 with its CIFAR-10 settings (Table 6).
 
     FGSM ε = 8/255; PGD-L∞ ε = 8/255, η = 2/255, T = 20; PGD-L2 ε = 120/255,
     η = 15/255, T = 20. Every attack starts from one random point.
     """
-    linf = dict(norm="linf", eps=8 / 255, step_size=2 / 255, steps=20)
-    l2 = dict(norm="l2", eps=120 / 255, step_size=15 / 255, steps=20)
-    fgsm = dict(attack="fgsm", norm="linf", eps=8 / 255, step_size=8 / 255, steps=1)
+    settings = {
+        "fgsm": ("fgsm", dict(norm="linf", eps=8 / 255)),
+        "pgd_linf": ("pgd", dict(norm="linf", eps=8 / 255, step_size=2 / 255, steps=20)),
+        "pgd_l2": ("pgd", dict(norm="l2", eps=120 / 255, step_size=15 / 255, steps=20)),
+    }
     specs = {}
-    for name, base in (("fgsm", fgsm), ("pgd_linf", linf), ("pgd_l2", l2)):
+    for key, (name, opts) in settings.items():
         for temp in ("none", "njs", "hns"):
-            key = name if temp == "none" else f"{name}++{temp}"
-            specs[key] = AttackSpec(**{"attack": "pgd", **base}, temperature=temp, seed=seed)
+            specs[key if temp == "none" else f"{key}++{temp}"] = registry.make(
+                name, temperature=temp, **opts
+            )
     return specs
 
 
-def _column(spec: AttackSpec) -> str:
-    name = "FGSM" if spec.attack == "fgsm" else f"PGD {'L∞' if spec.norm == 'linf' else 'L2'}"
-    if spec.temperature == "none":
-        return name
-    return name.replace("FGSM", "FGSM++").replace("PGD", "PGD++") + f" {spec.temperature.upper()}"
-
-
-def _cached_attack(path: Path, spec: AttackSpec, n: int) -> dict | None:
+def _cached_attack(path: Path, config, n: int, seed: int) -> dict | None:
     if not path.exists():
         return None
     try:
         rec = report.read_json(path)
     except (OSError, ValueError):
         return None
-    if rec.get("config") == dataclasses.asdict(spec) and rec.get("n") == n:
-        return rec
-    return None
+    same = rec.get("config") == registry.to_dict(config) and rec.get("seed") == seed
+    return rec if same and rec.get("n") == n else None
 
 
 def run_demo(
@@ -93,7 +89,8 @@ def run_demo(
     batch_size: int = 250,
     progress: bool = True,
     models: dict[str, TrainConfig] | None = None,
-    attacks: dict[str, AttackSpec] | None = None,
+    attacks: dict[str, PGDConfig] | None = None,
+    seed: int = 0,
     curve_examples: int = 200,
 ) -> dict[str, Any]:
     """Train (or reuse) the demo models, attack them, and write ``report.md``.
@@ -106,7 +103,8 @@ def run_demo(
         batch_size: attack batch size.
         progress: show progress bars.
         models: training configs by name (default :data:`DEMO_MODELS`).
-        attacks: attack specs by name (default :func:`demo_attacks`).
+        attacks: attack configs by name (default :func:`demo_attacks`).
+        seed: example ``i`` of the test set uses the key ``fold_in(key(seed), i)``.
         curve_examples: images used for the accuracy-vs-iterations plot.
 
     Returns:
@@ -142,7 +140,7 @@ def run_demo(
         results[name] = {}
         for key, spec in specs.items():
             path = out_dir / "results" / name / f"{key}.json"
-            rec = _cached_attack(path, spec, n)
+            rec = _cached_attack(path, spec, n, seed)
             if rec is None:
                 rec = evaluate_attack(
                     logits_fn,
@@ -150,6 +148,8 @@ def run_demo(
                     labels,
                     spec,
                     batch_size=batch_size,
+                    seed=seed,
+                    context=AttackContext(input_std=tuple(loaded.metadata["std"])),
                     out=path,
                     progress=progress,
                     extra={"model": name, "checkpoint": str(run_dir)},
@@ -159,10 +159,13 @@ def run_demo(
         m = min(curve_examples, n)
         for spec in specs.values():
             if spec.norm == "linf" and spec.steps > 1:
-                acc = accuracy_curve(logits_fn, images[:m], labels[:m], spec, calib_images=images)
-                iter_curves[f"{name}: {_column(spec)}"] = (np.arange(len(acc)), acc)
+                ctx = AttackContext(calib_images=images)
+                acc = accuracy_curve(
+                    logits_fn, images[:m], labels[:m], spec, seed=seed, context=ctx
+                )
+                iter_curves[f"{name}: {spec.label}"] = (np.arange(len(acc)), acc)
 
-    header = ["model", "clean", *(_column(spec) for spec in specs.values())]
+    header = ["model", "clean", *(spec.label for spec in specs.values())]
     rows = [
         [
             name,
@@ -230,7 +233,7 @@ def _report_markdown(models, specs, trained, diagnostics, results, table, n, wal
         + "; ".join(
             sorted(
                 {
-                    f"{_column(sp).split(' ')[0].rstrip('+')} {sp.norm} ε={sp.eps * 255:.4g}/255, "
+                    f"{sp.kind.upper()} {sp.geometry.label} ε={sp.eps * 255:.4g}/255, "
                     f"η={sp.step_size * 255:.4g}/255, {sp.steps} step(s)"
                     for sp in specs.values()
                 }
@@ -285,8 +288,8 @@ def _report_markdown(models, specs, trained, diagnostics, results, table, n, wal
     brows = []
     for name in models:
         for key, spec in specs.items():
-            rec, label = results[name][key], _column(spec)
-            if spec.temperature != "none":
+            rec, label = results[name][key], spec.label
+            if "beta" in rec and spec.temperature.kind != "none":
                 b = rec["beta"]
                 brows.append(
                     [

@@ -1,4 +1,7 @@
-"""Tests for qadv.evaluate: verified, resumable attack evaluation and diagnostics."""
+"""Tests for qadv.evaluate: verified, resumable, honest per-example evaluation; ensembles."""
+
+import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +9,9 @@ import numpy as np
 import pytest
 
 from qadv import attacks, evaluate
-from qadv.evaluate import AttackSpec
+from qadv.attacks import registry
+from qadv.attacks.protocol import AttackContext, finish
+from qadv.evaluate import core
 
 D, SHAPE = 4, (6, 6, 1)
 
@@ -29,28 +34,7 @@ def _data(n=20, seed=0):
     return x, y
 
 
-@pytest.mark.parametrize(
-    "kw, match",
-    [
-        (dict(eps=-1.0), "eps"),
-        (dict(steps=0), "steps"),
-        (dict(norm="l3"), "norm"),
-        (dict(loss="mse"), "loss"),
-        (dict(temperature="magic"), "temperature"),
-        (dict(restarts=0), "restarts"),
-        (dict(attack="cw"), "attack"),
-    ],
-)
-def test_spec_validation(kw, match):
-    with pytest.raises(ValueError, match=match):
-        AttackSpec(**kw)
-
-
-def test_fgsm_spec_is_one_step_of_eps():
-    spec = AttackSpec(attack="fgsm", eps=0.1, step_size=0.5, steps=7)
-    assert spec.steps == 1 and spec.step_size == 0.1
-    assert spec.label == "FGSM linf"
-    assert AttackSpec(temperature="hns").label == "PGD++ (HNS) linf"
+PGD = dict(eps=0.1, step_size=0.03, steps=3)
 
 
 @pytest.mark.parametrize("temperature", ["none", "njs", "hns", "fixed"])
@@ -58,48 +42,66 @@ def test_fgsm_spec_is_one_step_of_eps():
 def test_record_matches_rerun_of_the_model(temperature, norm, tmp_path):
     f = _model()
     x, y = _data()
-    spec = AttackSpec(
-        norm=norm, eps=0.1, step_size=0.03, steps=3, temperature=temperature, beta=0.5
-    )
+    opts = dict(beta=0.5) if temperature == "fixed" else {}
+    cfg = registry.make("pgd", norm=norm, temperature=temperature, **PGD, **opts)
     rec = evaluate.evaluate_attack(
-        f, x, y, spec, batch_size=8, out=tmp_path / "r.json", progress=False
+        f, x, y, cfg, batch_size=8, out=tmp_path / "r.json", progress=False
     )
     assert rec["n"] == len(x)
-    clean = 100 * np.mean(np.asarray(jnp.argmax(f(jnp.asarray(x)), -1)) == y)
-    assert rec["clean_accuracy"] == pytest.approx(clean)
-    assert rec["adversarial_accuracy"] <= rec["clean_accuracy"] + 1e-9
-    # recompute by hand: same keys per batch (fold_in of the seed key)
-    temp = evaluate.make_temperature(spec, f, x)
-    hits = []
-    for b, s in enumerate(range(0, len(x), 8)):
-        xb, m = evaluate._pad(x[s : s + 8], 8)
-        yb, _ = evaluate._pad(y[s : s + 8], 8)
-        adv = attacks.pgd(
-            f,
-            xb,
-            yb,
-            key=jax.random.fold_in(jax.random.key(0), b),
-            eps=spec.eps,
-            step_size=spec.step_size,
-            steps=spec.steps,
-            norm=norm,
-            temperature=temp,
-        )
-        hits.append((np.asarray(jnp.argmax(f(adv), -1)) == yb)[:m])
-    assert rec["adversarial_accuracy"] == pytest.approx(100 * np.mean(np.concatenate(hits)))
+    clean = np.asarray(jnp.argmax(f(jnp.asarray(x)), -1)) == y
+    assert rec["clean_accuracy"] == pytest.approx(100 * clean.mean())
+    # by hand: the public pgd() with key fold_in(key(0), i) for example i, run on all at once
+    temp = cfg.temperature.build(f, AttackContext(calib_images=x))
+    keys = attacks.example_keys(jax.random.key(0), len(x))
+    kw = dict(step_size=cfg.step_size, steps=cfg.steps, norm=norm, temperature=temp)
+    adv = attacks.pgd(f, jnp.asarray(x), jnp.asarray(y), key=keys, eps=cfg.eps, **kw)
+    robust = clean & (np.asarray(jnp.argmax(f(adv), -1)) == y)
+    assert rec["robust_accuracy"] == pytest.approx(100 * robust.mean())
+    assert rec["examples"]["robust"] == robust.tolist()
     assert (tmp_path / "r.json").exists() and not (tmp_path / "r.json.partial.npz").exists()
     assert set(rec["beta"]) == {"mean", "median", "min", "max"}
-    assert rec["environment"]["git_commit"]
+    assert rec["environment"]["git_commit"] and rec["config"] == registry.to_dict(cfg)
+
+
+def test_a_misclassified_clean_example_is_never_robust():
+    """A saturated model at 0% clean accuracy: its random start can land on the right
+    class, but it must still score 0% robust."""
+    w = jax.random.normal(jax.random.key(2), (int(np.prod(SHAPE)), D))
+
+    def f(x):
+        return 1e4 * (x.reshape(x.shape[0], -1) - 0.5) @ w
+
+    x, _ = _data(n=40)
+    pred = np.asarray(jnp.argmax(f(jnp.asarray(x)), -1))
+    y = ((pred + 1) % D).astype(np.int32)  # every clean image misclassified
+    cfg = registry.make("pgd", eps=0.5, step_size=0.1, steps=2)
+    rec = evaluate.evaluate_attack(f, x, y, cfg, batch_size=16, progress=False)
+    assert rec["clean_accuracy"] == 0.0 and rec["robust_accuracy"] == 0.0
+    assert rec["attacked"] == 0 and not any(rec["examples"]["robust"])
+    curve = evaluate.accuracy_curve(f, x, y, cfg, batch_size=16)
+    assert np.all(curve == 0.0)
+    ens = evaluate.evaluate_ensemble(f, x, y, [cfg], batch_size=16, progress=False)
+    assert ens["robust_accuracy"] == 0.0 and ens["examples"]["distance"] == [0.0] * 40
+
+
+def test_per_example_results_do_not_depend_on_the_batch_size():
+    f = _model(scale=3.0)
+    x, y = _data(n=64)
+    for name, opts in (("pgd", dict(PGD, temperature="hns", restarts=2)), ("fgsm", {})):
+        cfg = registry.make(name, **opts)
+        big = evaluate.evaluate_attack(f, x, y, cfg, batch_size=64, progress=False)
+        small = evaluate.evaluate_attack(f, x, y, cfg, batch_size=7, progress=False)
+        assert big["examples"] == small["examples"]
 
 
 def test_resume_skips_finished_batches(tmp_path, monkeypatch):
     f = _model()
     x, y = _data()
-    spec = AttackSpec(eps=0.1, step_size=0.03, steps=2)
+    cfg = registry.make("pgd", eps=0.1, step_size=0.03, steps=2)
     out = tmp_path / "r.json"
-    full = evaluate.evaluate_attack(f, x, y, spec, batch_size=5, progress=False)
+    full = evaluate.evaluate_attack(f, x, y, cfg, batch_size=5, progress=False)
 
-    real = attacks.pgd
+    real = core.execute
     calls = []
 
     def dies_on_third(*a, **kw):
@@ -108,67 +110,118 @@ def test_resume_skips_finished_batches(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(attacks, "pgd", dies_on_third)
+    monkeypatch.setattr(core, "execute", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.evaluate_attack(f, x, y, spec, batch_size=5, out=out, progress=False)
+        evaluate.evaluate_attack(f, x, y, cfg, batch_size=5, out=out, progress=False)
     assert (tmp_path / "r.json.partial.npz").exists() and not out.exists()
 
     calls.clear()
-    monkeypatch.setattr(attacks, "pgd", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
-    resumed = evaluate.evaluate_attack(f, x, y, spec, batch_size=5, out=out, progress=False)
-    assert len(calls) == 2  # only the two unfinished batches ran
-    assert resumed["adversarial_accuracy"] == full["adversarial_accuracy"]
+    resumed = evaluate.evaluate_attack(f, x, y, cfg, batch_size=5, out=out, progress=False)
+    attacked = full["attacked"]
+    assert len(calls) == -(-attacked // 5) - 2  # only the unfinished batches ran
+    assert resumed["examples"] == full["examples"]
 
 
-def test_a_changed_spec_does_not_reuse_partial_results(tmp_path, monkeypatch):
+def test_a_changed_attack_does_not_reuse_partial_results(tmp_path, monkeypatch):
     f = _model()
     x, y = _data()
     out = tmp_path / "r.json"
-    evaluate.evaluate_attack(
-        f, x, y, AttackSpec(eps=0.1, steps=1), batch_size=10, out=out, progress=False
-    )
-    evaluate._save_partial(
-        tmp_path / "r.json.partial.npz",
-        {
-            "adv_correct": np.zeros(20, bool),
-            "clean_correct": np.zeros(20, bool),
-            "beta": np.ones(20, np.float32),
-            "fallback": np.zeros(20, bool),
-            "done": np.ones(2, bool),
-            "seconds": np.zeros(()),
-        },
-        "stale-key",
-    )
-    rec = evaluate.evaluate_attack(
-        f, x, y, AttackSpec(eps=0.1, steps=2), batch_size=10, out=out, progress=False
-    )
-    assert rec["clean_accuracy"] > 0  # recomputed, not read from the stale partial file
+    one = registry.make("pgd", eps=0.1, steps=1)
+    two = registry.make("pgd", eps=0.1, steps=2)
+    monkeypatch.setattr(core, "execute", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate_attack(f, x, y, one, batch_size=10, out=out, progress=False)
+    monkeypatch.undo()
+    rec = evaluate.evaluate_attack(f, x, y, two, batch_size=10, out=out, progress=False)
+    ref = evaluate.evaluate_attack(f, x, y, two, batch_size=10, progress=False)
+    assert rec["examples"] == ref["examples"]
 
 
-def test_an_attack_leaving_the_ball_is_caught(monkeypatch):
+@registry.register("test-leaves-ball")
+@dataclasses.dataclass(frozen=True)
+class _LeavesBall(registry.AttackConfig):
+    """A broken attack for the tests: it returns images outside its ε-ball."""
+
+    kind: ClassVar[str] = "test-leaves-ball"
+
+    def run(self, data, logits_fn, x, y, keys):
+        x_adv = jnp.clip(x + 0.5, 0.0, 1.0)
+        return finish(logits_fn, x, y, x_adv, norm=self.geometry, queries=1)
+
+
+def test_an_attack_leaving_the_ball_is_caught():
     f = _model()
     x, y = _data()
-    monkeypatch.setattr(
-        attacks, "pgd", lambda logits_fn, x, y, **kw: (np.clip(x + 0.5, 0, 1), _info(len(x)))
-    )
-    with pytest.raises(RuntimeError, match="exceeds eps"):
-        evaluate.evaluate_attack(f, x, y, AttackSpec(eps=0.1), batch_size=10, progress=False)
-
-
-def _info(b):
-    z = jnp.zeros((b,), bool)
-    return attacks.AttackInfo(jnp.ones((b,)), z, z, z, jnp.zeros((b,)), jnp.zeros((b,), jnp.int32))
+    with pytest.raises(RuntimeError, match="outside the L∞ ball"):
+        evaluate.evaluate_attack(
+            f, x, y, registry.make("test-leaves-ball", eps=0.1), progress=False
+        )
 
 
 def test_accuracy_curve_ends_at_the_attack_result():
     f = _model(scale=3.0)
     x, y = _data()
-    spec = AttackSpec(eps=0.2, step_size=0.05, steps=4, temperature="hns")
-    curve = evaluate.accuracy_curve(f, x, y, spec, batch_size=10)
-    rec = evaluate.evaluate_attack(f, x, y, spec, batch_size=10, progress=False)
+    cfg = registry.make("pgd", eps=0.2, step_size=0.05, steps=4, temperature="hns")
+    curve = evaluate.accuracy_curve(f, x, y, cfg, batch_size=10)
+    rec = evaluate.evaluate_attack(f, x, y, cfg, batch_size=7, progress=False)
     assert curve.shape == (5,)
-    assert curve[-1] == pytest.approx(rec["adversarial_accuracy"])
-    assert curve[-1] <= curve[0] + 20  # a sanity bound: attacking does not add accuracy wholesale
+    assert curve[-1] == pytest.approx(rec["robust_accuracy"])
+    assert curve[0] <= rec["clean_accuracy"]
+
+
+def test_ensemble_is_the_per_example_minimum_of_its_members(tmp_path):
+    f = _model(scale=3.0)
+    x, y = _data(n=30)
+    members = [
+        registry.make("fgsm", eps=0.08),
+        registry.make("pgd", eps=0.08, steps=2, loss="cw"),
+        registry.make("pgd", eps=0.08, steps=4, temperature="hns"),
+    ]
+    alone = [
+        np.asarray(
+            evaluate.evaluate_attack(f, x, y, c, batch_size=8, progress=False)["examples"]["robust"]
+        )
+        for c in members
+    ]
+    out = tmp_path / "ens.json"
+    ens = evaluate.evaluate_ensemble(f, x, y, members, batch_size=8, out=out, progress=False)
+    robust = np.asarray(ens["examples"]["robust"])
+    np.testing.assert_array_equal(robust, np.logical_and.reduce(alone))
+    assert ens["robust_accuracy"] == pytest.approx(100 * robust.mean())
+    # who broke what: the first member (in order) that breaks an example gets it
+    for i, by in enumerate(ens["examples"]["broken_by"]):
+        first = next((k for k in range(3) if not alone[k][i]), None)
+        clean_ok = ens["examples"]["clean_correct"][i]
+        assert by == (members[first].label if (first is not None and clean_ok) else None)
+    after = [m["robust_accuracy_after"] for m in ens["attacks"]]
+    assert after == sorted(after, reverse=True) and after[-1] == ens["robust_accuracy"]
+    assert out.exists() and len(list((tmp_path / "ens.json.members").glob("*.json"))) == 3
+
+
+def test_ensemble_resumes_attack_by_attack(tmp_path, monkeypatch):
+    f = _model(scale=3.0)
+    x, y = _data(n=20)
+    members = [registry.make("fgsm", eps=0.08), registry.make("pgd", eps=0.08, steps=3)]
+    out = tmp_path / "ens.json"
+    first = evaluate.evaluate_ensemble(f, x, y, members, batch_size=8, out=out, progress=False)
+    out.unlink()
+    ran = []
+    real = core.execute
+    monkeypatch.setattr(
+        core, "execute", lambda *a, **kw: (ran.append(a[0].label), real(*a, **kw))[1]
+    )
+    again = evaluate.evaluate_ensemble(f, x, y, members, batch_size=8, out=out, progress=False)
+    assert ran == [] and again["examples"] == first["examples"]
+
+
+def test_robust_accuracy_at_radii_from_distances():
+    rec = {
+        "examples": {
+            "clean_correct": [True, True, True, False],
+            "distance": [0.05, 0.2, None, 0.0],
+        }
+    }
+    np.testing.assert_allclose(evaluate.robust_accuracy_at(rec, [0.0, 0.1, 0.3]), [75, 50, 25])
 
 
 def test_diagnose_counts_saturated_examples():
@@ -187,23 +240,59 @@ def test_sharded_evaluation_equals_single_device():
     assert len(devices) == 8, "tests run with 8 host devices (tests/conftest.py)"
     f = _model(scale=3.0)
     x, y = _data(n=20)
-    spec = AttackSpec(eps=0.1, step_size=0.03, steps=3, temperature="hns")
-    one = evaluate.evaluate_attack(f, x, y, spec, batch_size=16, progress=False)
-    many = evaluate.evaluate_attack(f, x, y, spec, batch_size=16, progress=False, devices=devices)
-    for k in ("clean_accuracy", "adversarial_accuracy", "beta", "fallback_count"):
+    cfg = registry.make("pgd", temperature="hns", **PGD)
+    one = evaluate.evaluate_attack(f, x, y, cfg, batch_size=16, progress=False)
+    many = evaluate.evaluate_attack(f, x, y, cfg, batch_size=16, progress=False, devices=devices)
+    for k in ("clean_accuracy", "robust_accuracy", "beta", "fallback_count", "examples"):
         assert many[k] == one[k]
     with pytest.raises(ValueError, match="multiple of 8"):
-        evaluate.evaluate_attack(f, x, y, spec, batch_size=10, progress=False, devices=devices)
+        evaluate.evaluate_attack(f, x, y, cfg, batch_size=10, progress=False, devices=devices)
 
 
 def test_njs_normalized_space_scales_beta_by_std():
     f = _model(scale=3.0)
     x, _ = _data()
-    pix = evaluate.make_temperature(AttackSpec(temperature="njs"), f, x)
-    spec = AttackSpec(temperature="njs", njs_space="normalized")
-    nrm = evaluate.make_temperature(spec, f, x, input_std=(0.25,))
+    pix = registry.make_temperature("njs").build(f, AttackContext(calib_images=x))
+    spec = registry.make_temperature("njs", njs_space="normalized")
+    nrm = spec.build(f, AttackContext(calib_images=x, input_std=(0.25,)))
     assert float(nrm.beta1) == pytest.approx(float(pix.beta1) / 0.25, rel=1e-4)
     with pytest.raises(ValueError, match="input std"):
-        evaluate.make_temperature(spec, f, x)
+        spec.build(f, AttackContext(calib_images=x))
     with pytest.raises(ValueError, match="NJS Jacobian space"):
-        AttackSpec(njs_space="logit")
+        registry.make_temperature("njs", njs_space="logit")
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: registry.make("pgd", eps=-1.0), "eps"),
+        (lambda: registry.make("pgd", steps=0), "steps"),
+        (lambda: registry.make("pgd", norm="l3"), "unknown norm 'l3'; choose one of: linf, l2"),
+        (lambda: registry.make("pgd", loss="mse"), "loss"),
+        (lambda: registry.make("pgd", temperature="magic"), "temperature 'magic'; choose"),
+        (lambda: registry.make("pgd", restarts=0), "restarts"),
+        (lambda: registry.make("cw-l0"), "unknown attack 'cw-l0'; choose one of: pgd"),
+        (lambda: registry.make("pgd", queries=10), "has no option 'queries'"),
+        (lambda: registry.make("pgd", temperature="fixed", beta=-1.0), "beta"),
+        (lambda: registry.preset("strongest"), "unknown preset 'strongest'"),
+        (lambda: registry.make("transfer", source="nope"), "unknown attack 'nope'"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_transfer_needs_a_surrogate_and_crafts_on_it():
+    x, y = _data()
+    f = _model(scale=1e4)  # saturated: white-box PGD cannot move
+    g = _model(scale=1.0)  # its unsaturated twin
+    cfg = registry.make("transfer", source="pgd", eps=0.3, steps=5)
+    with pytest.raises(ValueError, match="surrogate"):
+        evaluate.evaluate_attack(f, x, y, cfg, progress=False)
+    white = evaluate.evaluate_attack(
+        f, x, y, registry.make("pgd", eps=0.3, steps=5), progress=False
+    )
+    rec = evaluate.evaluate_attack(f, x, y, cfg, context=AttackContext(surrogate=g), progress=False)
+    assert rec["attack"] == "Transfer from PGD L∞"
+    assert rec["robust_accuracy"] < white["robust_accuracy"]

@@ -44,7 +44,6 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from qadv.attacks import registry
 from qadv.attacks.norms import NORMS, get_norm

@@ -37,7 +37,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from qadv.attacks.keys import example_keys
 from qadv.losses import cw_margin

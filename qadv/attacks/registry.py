@@ -165,9 +165,19 @@ def _fields(cls) -> tuple[str, ...]:
 
 
 def option_names(name: str) -> tuple[str, ...]:
-    """Options ``make(name, ...)`` accepts (temperature options included where it has one)."""
-    cls, _ = _lookup(name)
+    """Options ``make(name, ...)`` accepts (temperature options included where it has one;
+    a wrapper with a ``source`` attack accepts its source's options too)."""
+    cls, defaults = _lookup(name)
     opts = _fields(cls)
+    src = (
+        defaults.get(
+            "source", next(f.default for f in dataclasses.fields(cls) if f.name == "source")
+        )
+        if "source" in opts
+        else None
+    )
+    if isinstance(src, str):
+        opts = opts + tuple(o for o in option_names(src) if o not in opts)
     if "temperature" in opts:
         extra = {f for t in _TEMPERATURES.values() for f in _fields(t)}
         opts = opts + tuple(sorted(extra - set(opts)))
@@ -214,6 +224,12 @@ def make(name: str, **options) -> AttackConfig:
     cls, defaults = _lookup(name)
     options = {k: v for k, v in options.items() if v is not None}
     fields = _fields(cls)
+    if "source" in fields and isinstance(options.get("source", defaults.get("source")), str):
+        # a wrapper attack (transfer): options it lacks configure its source attack
+        defaults_of = {f.name: f.default for f in dataclasses.fields(cls)}
+        threat = {k: options.get(k, defaults_of[k]) for k in ("norm", "eps")}
+        s_opts = {k: options.pop(k) for k in list(options) if k not in fields}
+        options["source"] = make(options.pop("source", defaults.get("source")), **threat, **s_opts)
     if "temperature" in fields:
         t_fields = {f for t in _TEMPERATURES.values() for f in _fields(t)} - set(fields)
         t_opts = {k: options.pop(k) for k in list(options) if k in t_fields}
@@ -221,9 +237,8 @@ def make(name: str, **options) -> AttackConfig:
         options["temperature"] = make_temperature(t_name, **t_opts)
     bad = sorted(set(options) - set(fields))
     if bad:
-        raise ValueError(
-            f"attack {name!r} has no option {bad[0]!r}; its options: {', '.join(option_names(name))}"
-        )
+        known = ", ".join(option_names(name))
+        raise ValueError(f"attack {name!r} has no option {bad[0]!r}; its options: {known}")
     cfg = cls(**{**defaults, **options})
     cfg.validate()
     return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 
@@ -173,20 +174,26 @@ def make_logits_fn(
         (5, 3)
     """
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-    apply = functools.partial(
-        _apply_eval, model, None if image_shape is None else tuple(image_shape), check_values
-    )
+    apply = _EvalApply(model, None if image_shape is None else tuple(image_shape), check_values)
     # A Partial is a pytree: jitted attacks receive the weights as arguments instead of
-    # baking them into the compiled program as constants.
+    # baking them into the compiled program as constants. Its function is a hashable
+    # value (equal for equal models), so two logits functions of the same model share
+    # every compiled attack.
     return jax.tree_util.Partial(apply, variables)
 
 
-def _apply_eval(model, image_shape, check_values, variables, x: jax.Array) -> jax.Array:
-    if check_values:
-        check_images(x, image_shape)
-    elif np.ndim(x) != 4:
-        raise ValueError(f"expected images of rank 4 (B, H, W, C), got shape {np.shape(x)}")
-    return model.apply(variables, x, train=False)
+@dataclasses.dataclass(frozen=True)
+class _EvalApply:
+    model: nn.Module
+    image_shape: tuple[int, ...] | None
+    check_values: bool
+
+    def __call__(self, variables, x: jax.Array) -> jax.Array:
+        if self.check_values:
+            check_images(x, self.image_shape)
+        elif np.ndim(x) != 4:
+            raise ValueError(f"expected images of rank 4 (B, H, W, C), got shape {np.shape(x)}")
+        return self.model.apply(variables, x, train=False)
 
 
 def layer_costs(model: nn.Module, *, input_shape: Sequence[int]) -> list[LayerCost]:

@@ -1,0 +1,348 @@
+"""One attack over a test set: verified, resumable, scored honestly, per example.
+
+Protocol (DESIGN §2, AutoAttack):
+
+- robust accuracy is taken over *all* evaluated images; an example is robust only if
+  the model classifies it correctly *and* the attack's image, re-run through the model,
+  is still classified correctly. A misclassified clean image is never robust (it is not
+  even attacked);
+- every returned image is checked to lie in the ε-ball of the attack's norm and in
+  ``[0, 1]`` before it is scored; a violation is an attack bug and raises;
+- example ``i`` of the evaluated set uses the PRNG key ``fold_in(key(seed), i)``, so each
+  per-example result is the same for any batch size, device count, or subset it is
+  evaluated in (the ensemble relies on this);
+- partial results are saved after every batch; a rerun with the same attack, data and
+  seed resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qadv import report
+from qadv.attacks import registry
+from qadv.attacks.protocol import (
+    AttackContext,
+    example_keys,
+    execute,
+    prepare,
+    split_logits_fn,
+)
+
+__all__ = [
+    "batch_placer",
+    "clean_predictions",
+    "data_fingerprint",
+    "evaluate_attack",
+    "padded",
+    "predict",
+    "progress_bar",
+]
+
+
+def padded(a: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """``a`` padded to ``size`` rows by repeating its last row (one compiled shape)."""
+    n = len(a)
+    if n == size:
+        return a, n
+    reps = np.repeat(a[-1:], size - n, axis=0)
+    return np.concatenate([a, reps], axis=0), n
+
+
+def batch_placer(devices: list | None, batch_size: int) -> Callable[[Any], jax.Array]:
+    """``device_put`` onto one device, or sharded over ``devices`` along the batch axis."""
+    if devices is None or len(devices) <= 1:
+        return jnp.asarray
+    if batch_size % len(devices):
+        raise ValueError(
+            f"bad batch size {batch_size}; with {len(devices)} devices it must be a multiple "
+            f"of {len(devices)}"
+        )
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    return lambda a: jax.device_put(a if isinstance(a, jax.Array) else np.asarray(a), sharding)
+
+
+@functools.partial(jax.jit, static_argnames="fn_static")
+def _predict(fn_static, fn_dyn, x) -> jax.Array:
+    logits_fn = fn_static if fn_static is not None else fn_dyn
+    return jnp.argmax(logits_fn(x), axis=-1).astype(jnp.int32)
+
+
+def predict(logits_fn: Callable, x) -> jax.Array:
+    """``argmax logits_fn(x)``, compiled once per model function and shape."""
+    fn_static, fn_dyn = split_logits_fn(logits_fn)
+    return _predict(fn_static, fn_dyn, x)
+
+
+def clean_predictions(
+    logits_fn: Callable, images: np.ndarray, *, batch_size: int = 500
+) -> np.ndarray:
+    """Predicted labels for ``images`` (float in [0, 1]), one compiled call per batch size."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        xb, n = padded(np.asarray(images[start : start + batch_size]), batch_size)
+        out.append(np.asarray(predict(logits_fn, jnp.asarray(xb)))[:n])
+    return np.concatenate(out).astype(np.int32) if out else np.zeros((0,), np.int32)
+
+
+def data_fingerprint(*arrays: np.ndarray) -> str:
+    """Short hash of the evaluated data (images, labels, indices)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar over batches, or a silent stand-in."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False)
+
+
+def _check_inputs(images, labels, indices, batch_size):
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels, np.int32)
+    if images.ndim != 4 or labels.shape != (len(images),):
+        raise ValueError(
+            f"images must be (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}"
+        )
+    if len(images) == 0:
+        raise ValueError("no images to evaluate")
+    if images.min() < 0 or images.max() > 1 or np.isnan(images).any():
+        raise ValueError(
+            f"images must lie in [0, 1], got range [{images.min():.4g}, {images.max():.4g}]"
+        )
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise ValueError(f"bad batch size {batch_size!r}; it must be an integer >= 1")
+    indices = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
+    if indices.shape != (len(images),):
+        raise ValueError(f"indices must have shape ({len(images)},), got {indices.shape}")
+    return images, labels, indices
+
+
+def _stats(a: np.ndarray) -> dict[str, float]:
+    a = np.asarray(a, np.float64)
+    if not a.size:
+        return {}
+    return {
+        "mean": float(a.mean()),
+        "median": float(np.median(a)),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+
+
+def _json_floats(a: np.ndarray) -> list:
+    """Per-example floats for JSON: ``inf`` (nothing found) becomes ``None``."""
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, np.float64)]
+
+
+def evaluate_attack(
+    logits_fn: Callable,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config,
+    *,
+    batch_size: int = 250,
+    seed: int = 0,
+    indices: np.ndarray | None = None,
+    context: AttackContext | None = None,
+    calib_images: np.ndarray | None = None,
+    input_std: tuple[float, ...] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+    devices: list | None = None,
+) -> dict[str, Any]:
+    """Attack ``images`` batch by batch; return (and optionally save) the scored record.
+
+    Args:
+        logits_fn: pure function, images ``(B, H, W, C)`` in [0, 1] -> logits ``(B, d)``.
+        images: float32 ``(N, H, W, C)`` in [0, 1].
+        labels: int ``(N,)``.
+        config: an attack config (``qadv.attacks.registry.make(name, ...)``).
+        batch_size: examples per compiled attack call (the last batch is padded).
+        seed: example ``i`` uses the PRNG key ``fold_in(key(seed), indices[i])``.
+        indices: each example's index in the full evaluated set (default ``0..N-1``);
+            pass it when evaluating a subset so that the keys stay the same.
+        context: what the attack's ``prepare`` may need (NJS calibration images, the
+            model's input std, a surrogate model); ``calib_images``/``input_std`` fill it
+            in; calibration defaults to ``images`` (the first test images, in order).
+        out: JSON path. Partial progress goes to ``<out>.partial.npz``; a rerun with the
+            same attack, data and seed resumes from it.
+        progress: show a progress bar.
+        extra: extra fields merged into the record (e.g. checkpoint metadata).
+        devices: shard every batch over these devices (a 1-D mesh over the batch axis,
+            parameters replicated); ``batch_size`` must be a multiple of their number.
+
+    Returns:
+        A dict with the attack's label and config, ``n``, ``clean_accuracy`` and
+        ``robust_accuracy`` (= ``adversarial_accuracy``; percent), attack-specific
+        statistics (e.g. ``beta``), wall time, provenance, and per-example records under
+        ``examples``: ``index``, ``clean_correct``, ``robust``, ``distance`` (norm of the
+        smallest adversarial perturbation found, ``None`` if none), ``queries``.
+    """
+    images, labels, indices = _check_inputs(images, labels, indices, batch_size)
+    n = len(images)
+    context = context or AttackContext()
+    context = dataclasses.replace(
+        context,
+        calib_images=context.calib_images
+        if context.calib_images is not None
+        else (calib_images if calib_images is not None else images),
+        input_std=context.input_std if context.input_std is not None else input_std,
+    )
+    geometry = config.geometry
+    data = prepare(config, logits_fn, context)
+    cfg_dict = registry.to_dict(config)
+    run_id = (
+        hashlib.sha256(
+            json.dumps([cfg_dict, seed], sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        + ":"
+        + data_fingerprint(images, labels, indices)
+    )
+
+    partial_path = Path(str(out) + ".partial.npz") if out is not None else None
+    state = {
+        "clean_correct": np.zeros(n, bool),
+        "clean_done": np.zeros((), bool),
+        "robust": np.zeros(n, bool),
+        "distance": np.full(n, np.inf, np.float64),
+        "queries": np.zeros(n, np.int64),
+        "done": np.zeros(n, bool),
+        "seconds": np.zeros((), np.float64),
+    }
+    aux: dict[str, np.ndarray] = {}
+    if partial_path is not None and partial_path.exists():
+        with np.load(partial_path) as saved:
+            if str(saved["run_id"]) == run_id:
+                state = {k: saved[k].copy() for k in state}
+                aux = {k[4:]: saved[k].copy() for k in saved.files if k.startswith("aux_")}
+
+    t0, seconds0 = time.perf_counter(), float(state["seconds"])
+    put = batch_placer(devices, batch_size)
+    if not state["clean_done"]:
+        for start in range(0, n, batch_size):
+            xb, m = padded(images[start : start + batch_size], batch_size)
+            pred = np.asarray(predict(logits_fn, put(xb)))[:m]
+            state["clean_correct"][start : start + m] = pred == labels[start : start + m]
+        state["clean_done"] = np.asarray(True)
+        # misclassified clean images are never robust and are not attacked
+        state["done"] |= ~state["clean_correct"]
+
+    base_key = jax.random.key(seed)
+    todo = np.flatnonzero(~state["done"])
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    bar = progress_bar(len(batches), config.label, progress)
+    for sel in batches:
+        xb, m = padded(images[sel], batch_size)
+        yb, _ = padded(labels[sel], batch_size)
+        ib, _ = padded(indices[sel], batch_size)
+        keys = example_keys(base_key, jnp.asarray(ib))
+        res = execute(config, data, logits_fn, put(xb), put(yb), keys)
+        x_adv = np.asarray(res.x_adv)[:m]
+        ok = geometry.in_ball(x_adv, xb[:m], config.eps)
+        if not ok.all():
+            bad = int(indices[sel][np.flatnonzero(~ok)[0]])
+            raise RuntimeError(
+                f"{config.label}: the attack returned an image outside the {geometry.label} "
+                f"ball of radius {config.eps:.6g} or outside [0, 1] (example {bad})"
+            )
+        adv_pred = np.asarray(predict(logits_fn, put(padded(x_adv, batch_size)[0])))[:m]
+        broken = adv_pred != labels[sel]
+        dist = np.asarray(res.distance, np.float64)[:m]
+        # a verified break is at most ||x_adv - x||; an unverified one is no break
+        measured = np.asarray(geometry.distance(x_adv, xb[:m]), np.float64)
+        dist = np.where(
+            broken, np.minimum(np.where(np.isfinite(dist), dist, np.inf), measured), dist
+        )
+        state["robust"][sel] = ~broken
+        state["distance"][sel] = dist
+        state["queries"][sel] = np.asarray(res.queries)[:m]
+        for k, v in res.aux.items():
+            v = np.asarray(v)[:m]
+            if k not in aux:
+                aux[k] = np.zeros((n, *v.shape[1:]), v.dtype)
+            aux[k][sel] = v
+        state["done"][sel] = True
+        state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
+        if partial_path is not None:
+            _save_partial(partial_path, state, aux, run_id)
+        bar.update(1)
+        bar.set_postfix(robust=f"{100 * state['robust'][state['done']].mean():.1f}%")
+    bar.close()
+    state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
+
+    robust = state["robust"] & state["clean_correct"]
+    record: dict[str, Any] = {
+        "attack": config.label,
+        "config": cfg_dict,
+        "seed": seed,
+        "n": n,
+        "clean_accuracy": 100.0 * float(state["clean_correct"].mean()),
+        "robust_accuracy": 100.0 * float(robust.mean()),
+        "adversarial_accuracy": 100.0 * float(robust.mean()),
+        "attacked": int(state["clean_correct"].sum()),
+        "queries": _stats(state["queries"][state["clean_correct"]]),
+        "batch_size": batch_size,
+        "wall_time_s": float(state["seconds"]),
+        "environment": report.environment(),
+        **(extra or {}),
+    }
+    attacked = state["clean_correct"]
+    if "beta" in aux:
+        record["beta"] = _stats(aux["beta"][attacked])
+    if "fallback" in aux:
+        record["fallback_count"] = int(aux["fallback"][attacked].sum())
+    record["examples"] = {
+        "index": indices.tolist(),
+        "clean_correct": state["clean_correct"].tolist(),
+        "robust": robust.tolist(),
+        "distance": _json_floats(np.where(attacked, state["distance"], 0.0)),
+        "queries": state["queries"].tolist(),
+    }
+    if out is not None:
+        report.atomic_write_json(out, record)
+        if partial_path is not None:
+            partial_path.unlink(missing_ok=True)
+    return record
+
+
+def _save_partial(path: Path, state: dict, aux: dict, run_id: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, run_id=np.asarray(run_id), **state, **{f"aux_{k}": v for k, v in aux.items()})
+    tmp.replace(path)

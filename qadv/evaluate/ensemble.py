@@ -1,0 +1,192 @@
+"""Ensemble evaluation, AutoAttack's protocol: attacks in cascade, per-example worst case.
+
+Each member attacks only the examples that every earlier member left robust; an example
+is robust under the ensemble iff it is classified correctly and no member broke it.
+Because example ``i`` always uses the key ``fold_in(key(seed), i)`` and attacks are
+per-example, the cascade's robust set equals the intersection of the members' robust
+sets when each is run alone on every example; the cascade only saves the work.
+
+The output keeps, per example: the robust flag, which attack broke it, and the norm of
+the perturbation that did. Each member writes its own result file next to the ensemble's
+(``<out>.members/<k>_<name>.json``), so a killed run resumes attack by attack, and
+within an attack batch by batch.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qadv import report
+from qadv.attacks import registry
+from qadv.attacks.protocol import AttackContext
+from qadv.evaluate.core import _check_inputs, clean_predictions, data_fingerprint, evaluate_attack
+
+__all__ = ["evaluate_ensemble", "robust_accuracy_at"]
+
+
+def _member_path(out: Path | None, k: int, config) -> Path | None:
+    if out is None:
+        return None
+    slug = re.sub(r"[^a-z0-9+]+", "_", config.label.lower()).strip("_")
+    return Path(str(out) + ".members") / f"{k:02d}_{slug}.json"
+
+
+def _cached_member(path: Path | None, config, seed: int, fingerprint: str) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        rec = report.read_json(path)
+    except (OSError, ValueError):
+        return None
+    same = (
+        rec.get("config") == registry.to_dict(config)
+        and rec.get("seed") == seed
+        and rec.get("data_fingerprint") == fingerprint
+    )
+    return rec if same else None
+
+
+def evaluate_ensemble(
+    logits_fn,
+    images: np.ndarray,
+    labels: np.ndarray,
+    configs: list,
+    *,
+    batch_size: int = 250,
+    seed: int = 0,
+    context: AttackContext | None = None,
+    calib_images: np.ndarray | None = None,
+    input_std: tuple[float, ...] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+    devices: list | None = None,
+    name: str = "ensemble",
+) -> dict[str, Any]:
+    """Run ``configs`` in cascade over ``images``; return (and optionally save) the record.
+
+    Args:
+        logits_fn: the model, images ``(B, H, W, C)`` in [0, 1] -> logits ``(B, d)``.
+        images, labels: the evaluated set (float32 in [0, 1], int labels).
+        configs: attack configs, run in this order (e.g. ``registry.preset("standard")``).
+        batch_size, seed, context, calib_images, input_std, progress, devices: as
+            :func:`qadv.evaluate.evaluate_attack`; NJS calibrates on the first images of
+            the *full* set, never on a member's subset.
+        out: JSON path; member results go to ``<out>.members/``.
+        extra: fields merged into the record.
+        name: the ensemble's name in the record (e.g. the preset).
+
+    Returns:
+        ``clean_accuracy``, ``robust_accuracy`` (percent), ``attacks`` (per member: label,
+        config, examples attacked and broken, robust accuracy after it, wall time) and
+        ``examples`` (``robust``, ``broken_by`` (member label or ``None``), ``distance``).
+    """
+    if not configs:
+        raise ValueError("an ensemble needs at least one attack")
+    images, labels, _ = _check_inputs(images, labels, None, batch_size)
+    n = len(images)
+    for c in configs:
+        c.validate()
+    labels_seen = [c.label for c in configs]
+    if len(set(labels_seen)) != len(labels_seen):
+        raise ValueError(f"ensemble members must differ, got {labels_seen}")
+    out = Path(out) if out is not None else None
+    t0 = time.perf_counter()
+    context = context or AttackContext()
+    calib = context.calib_images if context.calib_images is not None else calib_images
+    context = AttackContext(
+        calib_images=images if calib is None else calib,
+        input_std=context.input_std if context.input_std is not None else input_std,
+        surrogate=context.surrogate,
+    )
+
+    clean_correct = clean_predictions(logits_fn, images, batch_size=batch_size) == labels
+    robust = clean_correct.copy()
+    broken_by = np.full(n, -1, np.int64)
+    distance = np.where(clean_correct, np.inf, 0.0)
+    members = []
+    for k, config in enumerate(configs):
+        sel = np.flatnonzero(robust)
+        path = _member_path(out, k, config)
+        fingerprint = data_fingerprint(images[sel], labels[sel], sel)
+        rec = _cached_member(path, config, seed, fingerprint)
+        if rec is None and len(sel):
+            rec = evaluate_attack(
+                logits_fn,
+                images[sel],
+                labels[sel],
+                config,
+                batch_size=batch_size,
+                seed=seed,
+                indices=sel,
+                context=context,
+                out=path,
+                progress=progress,
+                devices=devices,
+                extra={"data_fingerprint": fingerprint},
+            )
+        if rec is None:  # nothing left to attack
+            rec = {"wall_time_s": 0.0, "examples": {"robust": [], "distance": []}}
+        member_robust = np.asarray(rec["examples"]["robust"], bool)
+        member_dist = np.asarray(
+            [np.inf if v is None else v for v in rec["examples"]["distance"]], np.float64
+        )
+        newly = sel[~member_robust]
+        broken_by[newly] = k
+        distance[newly] = member_dist[~member_robust]
+        robust[newly] = False
+        members.append(
+            {
+                "attack": config.label,
+                "config": registry.to_dict(config),
+                "attacked": len(sel),
+                "broken": len(newly),
+                "robust_accuracy_after": 100.0 * float(robust.mean()),
+                "wall_time_s": float(rec["wall_time_s"]),
+                "result_file": None if path is None else str(path),
+            }
+        )
+
+    record = {
+        "ensemble": name,
+        "n": n,
+        "seed": seed,
+        "clean_accuracy": 100.0 * float(clean_correct.mean()),
+        "robust_accuracy": 100.0 * float(robust.mean()),
+        "adversarial_accuracy": 100.0 * float(robust.mean()),
+        "attacks": members,
+        "wall_time_s": time.perf_counter() - t0,
+        "environment": report.environment(),
+        **(extra or {}),
+        "examples": {
+            "clean_correct": clean_correct.tolist(),
+            "robust": robust.tolist(),
+            "broken_by": [None if b < 0 else configs[b].label for b in broken_by],
+            "distance": [None if not np.isfinite(v) else float(v) for v in distance],
+        },
+    }
+    if out is not None:
+        report.atomic_write_json(out, record)
+    return record
+
+
+def robust_accuracy_at(record: dict, radii) -> np.ndarray:
+    """Robust accuracy (percent) at each radius from per-example perturbation norms.
+
+    An example counts as robust at ``r`` iff it is classified correctly and the smallest
+    adversarial perturbation found is larger than ``r`` (minimum-norm attacks such as FAB
+    and DeepFool report it beyond their ``eps``). For a bounded attack the answer is
+    only meaningful up to its ``eps`` (it reports no perturbation it did not find). Works
+    on the records of
+    ``evaluate_attack`` and ``evaluate_ensemble``.
+    """
+    ex = record["examples"]
+    clean = np.asarray(ex["clean_correct"], bool)
+    dist = np.asarray([np.inf if v is None else v for v in ex["distance"]], np.float64)
+    radii = np.atleast_1d(np.asarray(radii, np.float64))
+    return np.asarray([100.0 * float(np.mean(clean & (dist > r))) for r in radii])

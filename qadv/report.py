@@ -204,9 +204,9 @@ def results_table(folder: str | os.PathLike) -> str:
     if not records:
         raise ValueError(f"no attack results (*.json with adversarial_accuracy) in {folder}")
     order = [
-        "FGSM linf", "FGSM++ (NJS) linf", "FGSM++ (HNS) linf",
-        "PGD linf", "PGD++ (NJS) linf", "PGD++ (HNS) linf",
-        "PGD l2", "PGD++ (NJS) l2", "PGD++ (HNS) l2",
+        "FGSM L∞", "FGSM++ (NJS) L∞", "FGSM++ (HNS) L∞",
+        "PGD L∞", "PGD++ (NJS) L∞", "PGD++ (HNS) L∞",
+        "PGD L2", "PGD++ (NJS) L2", "PGD++ (HNS) L2",
     ]  # fmt: skip
     labels = sorted(
         {r["attack"] for r in records},

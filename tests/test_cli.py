@@ -75,8 +75,9 @@ def test_train_eval_attack_diagnose(run, capsys, tmp_path):
     assert code == 0
     rec = json.loads(res.read_text())
     assert rec["n"] == 30 and rec["config"]["eps"] == pytest.approx(8 / 255)
-    assert rec["config"]["temperature"] == "hns" and rec["model"]["arch"] == "mlp"
-    assert 0 <= rec["adversarial_accuracy"] <= rec["clean_accuracy"]
+    assert rec["config"]["temperature"]["kind"] == "hns" and rec["model"]["arch"] == "mlp"
+    assert 0 <= rec["robust_accuracy"] <= rec["clean_accuracy"]
+    assert len(rec["examples"]["robust"]) == 30
     diag = tmp_path / "d.json"
     assert (
         cli.main(
@@ -98,7 +99,7 @@ def test_train_eval_attack_diagnose(run, capsys, tmp_path):
     capsys.readouterr()
     assert cli.main(["table", str(tmp_path)]) == 0
     table = capsys.readouterr().out
-    assert "PGD++ (HNS) linf" in table and str(out) in table
+    assert "PGD++ (HNS) L∞" in table and str(out) in table
     assert cli.main(["table", str(tmp_path / "empty")]) == 2
 
 
@@ -108,8 +109,18 @@ def test_train_eval_attack_diagnose(run, capsys, tmp_path):
         (["attack", "--norm", "l3"], "unknown norm 'l3'"),
         (["attack", "--temperature", "magic"], "unknown temperature 'magic'"),
         (["attack", "--loss", "mse"], "unknown loss 'mse'"),
-        (["attack", "--attack", "deepfool"], "unknown attack 'deepfool'"),
-        (["attack", "--eps", "-1"], "bad eps"),
+        (["attack", "--attack", "cw-l0"], "unknown attack 'cw-l0'"),
+        (["attack", "--eps", "-1"], "eps must be finite and > 0"),
+        (
+            ["attack", "--temperature", "hns", "--grid-size", "2"],
+            "grid_size must be an integer >= 3",
+        ),
+        (["attack", "--grid-size", "50"], "it belongs to temperature hns"),
+        (["attack", "--attack", "fgsm", "--queries", "9"], "attack 'fgsm' has no option 'queries'"),
+        (["attack", "--attack", "transfer"], "needs a surrogate model"),
+        (["evaluate", "--preset", "strongest"], "unknown preset 'strongest'"),
+        (["evaluate"], "give exactly one of --preset"),
+        (["evaluate", "--attacks", "pgd,warp"], "unknown attack 'warp'"),
     ],
 )
 def test_bad_attack_arguments_are_one_line(run, capsys, tmp_path, argv, needle):
@@ -146,8 +157,51 @@ def test_bad_names_are_one_line(capsys, tmp_path, argv, needle):
     assert code == 2 and needle in err and len(err.splitlines()) == 1
 
 
-def test_bad_numbers_are_rejected_by_the_parser(capsys):
+def test_evaluate_ensemble_end_to_end(run, capsys, tmp_path):
+    out, data_dir = run
+    res = tmp_path / "ens.json"
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(out),
+        "--attacks",
+        "fgsm,pgd++hns,transfer",
+        "--surrogate",
+        str(out),
+        "--steps",
+        "2",
+        "--eps",
+        "16/255",
+        "--n",
+        "24",
+        "--batch-size",
+        "16",
+        "--out",
+        str(res),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 0
+    rec = json.loads(res.read_text())
+    assert [m["attack"] for m in rec["attacks"]] == [
+        "FGSM L∞",
+        "PGD++ (HNS) L∞",
+        "Transfer from PGD L∞",
+    ]
+    assert rec["attacks"][1]["config"]["steps"] == 2
+    assert len(rec["examples"]["broken_by"]) == 24
+    assert 0 <= rec["robust_accuracy"] <= rec["clean_accuracy"]
+    assert "robust" in capsys.readouterr().out
+    assert cli.main(["attacks"]) == 0 and "standard" in capsys.readouterr().out
+
+
+def test_bad_numbers_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["attack", "--checkpoint", "x", "--out", "y", "--steps", "0"])
+        cli.main(["attack", "--checkpoint", "x", "--out", "y", "--eps", "1/0"])
     assert e.value.code == 2
-    assert "bad steps '0'" in capsys.readouterr().err
+    assert "bad eps '1/0'" in capsys.readouterr().err
+    assert cli.main(["attack", "--checkpoint", "x", "--out", "y", "--steps", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "qadv attack: error: steps must be an integer >= 1, got 0"
+    )

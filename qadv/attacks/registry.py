@@ -205,8 +205,10 @@ def make_temperature(name: str | TemperatureConfig | None = "none", **options):
     allowed = _fields(cls)
     bad = sorted(set(options) - set(allowed))
     if bad:
+        owners = [t for t, c in _TEMPERATURES.items() if bad[0] in _fields(c)]
+        hint = f"it belongs to temperature {', '.join(owners)}" if owners else "unknown option"
         raise ValueError(
-            f"temperature {name!r} has no option {bad[0]!r}; its options: "
+            f"temperature {name!r} has no option {bad[0]!r} ({hint}); its options: "
             + (", ".join(allowed) or "none")
         )
     cfg = cls(**options)
@@ -224,12 +226,12 @@ def make(name: str, **options) -> AttackConfig:
     cls, defaults = _lookup(name)
     options = {k: v for k, v in options.items() if v is not None}
     fields = _fields(cls)
-    if "source" in fields and isinstance(options.get("source", defaults.get("source")), str):
+    defaults_of = {**{f.name: f.default for f in dataclasses.fields(cls)}, **defaults}
+    if "source" in fields and isinstance(options.get("source", defaults_of["source"]), str):
         # a wrapper attack (transfer): options it lacks configure its source attack
-        defaults_of = {f.name: f.default for f in dataclasses.fields(cls)}
         threat = {k: options.get(k, defaults_of[k]) for k in ("norm", "eps")}
         s_opts = {k: options.pop(k) for k in list(options) if k not in fields}
-        options["source"] = make(options.pop("source", defaults.get("source")), **threat, **s_opts)
+        options["source"] = make(options.pop("source", defaults_of["source"]), **threat, **s_opts)
     if "temperature" in fields:
         t_fields = {f for t in _TEMPERATURES.values() for f in _fields(t)} - set(fields)
         t_opts = {k: options.pop(k) for k in list(options) if k in t_fields}

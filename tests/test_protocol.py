@@ -1,0 +1,209 @@
+"""Invariants every registered attack must keep (the attack protocol), on small models.
+
+Each test runs over every attack in the registry, so a newly registered attack is
+checked here without a line of new test code.
+"""
+
+import chex
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qadv import attacks
+from qadv.attacks import registry
+from qadv.attacks.protocol import AttackContext, example_keys, execute, prepare
+from qadv.models import get_model, init_variables, make_logits_fn
+from qadv.quant import get_policy
+
+D, SHAPE = 5, (4, 4, 1)
+N = int(np.prod(SHAPE))
+W1 = jax.random.normal(jax.random.key(1), (N, 12), jnp.float32)
+W2 = jax.random.normal(jax.random.key(2), (12, D), jnp.float32)
+
+
+def model(x):
+    return 3.0 * jnp.maximum(x.reshape(x.shape[0], -1) @ W1 - 1.0, 0.0) @ W2 / 4.0
+
+
+def _data(n, seed=0):
+    x = jax.random.uniform(jax.random.key(seed), (n, *SHAPE), jnp.float32)
+    y = jnp.argmax(model(x), -1).astype(jnp.int32)
+    return x, y
+
+
+# every attack, cheap settings (only the options each attack has)
+FAST = dict(steps=3, queries=40, n_targets=2, restarts=1)
+NAMES = [n for n in registry.attack_names() if not n.startswith("test-")]
+
+
+def _config(name, norm="linf"):
+    eps = 0.1 if norm == "linf" else 0.5
+    opts = {k: v for k, v in FAST.items() if k in registry.option_names(name)}
+    return registry.make(name, norm=norm, eps=eps, **opts)
+
+
+CONTEXT = AttackContext(surrogate=lambda x: model(x) + 0.1 * x.reshape(x.shape[0], -1)[:, :D])
+
+
+def _run(cfg, x, y, keys, fn=model):
+    data = prepare(cfg, fn, AttackContext(calib_images=x, surrogate=CONTEXT.surrogate))
+    return execute(cfg, data, fn, x, y, keys)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("name", NAMES)
+def test_result_shapes_ball_and_success_flags(name, norm):
+    cfg = _config(name, norm)
+    x, y = _data(16)
+    res = _run(cfg, x, y, example_keys(jax.random.key(0), 16))
+    assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
+    for field in (res.success, res.margin, res.distance, res.queries):
+        assert field.shape == (16,)
+    assert np.all(cfg.geometry.in_ball(res.x_adv, x, cfg.eps))
+    pred = np.asarray(jnp.argmax(model(res.x_adv), -1))
+    np.testing.assert_array_equal(np.asarray(res.success), pred != np.asarray(y))
+    dist = np.asarray(res.distance)
+    measured = np.asarray(cfg.geometry.distance(res.x_adv, x))
+    succ = np.asarray(res.success)
+    # a success reports a finite norm no larger than what it returned; no success, no norm
+    # within eps (minimum-norm attacks may report a larger one they found)
+    assert np.all(dist[succ] <= measured[succ] * (1 + 1e-5) + 1e-6)
+    assert np.all(~succ <= ((dist > cfg.eps * (1 - 1e-5)) | ~np.isfinite(dist)))
+    assert np.all(np.asarray(res.queries) >= 1)
+    assert cfg.label and isinstance(cfg.label, str)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_example_results_identical_at_batch_sizes_7_and_64(name):
+    cfg = _config(name)
+    x, y = _data(64, seed=3)
+    key = jax.random.key(7)
+    big = _run(cfg, x, y, example_keys(key, 64))
+    parts = []
+    for s in range(0, 64, 7):
+        idx = np.arange(s, min(s + 7, 64))
+        pad = np.concatenate([idx, np.full(7 - len(idx), idx[-1])])
+        res = _run(cfg, x[pad], y[pad], example_keys(key, pad))
+        parts.append(jax.tree_util.tree_map(lambda a, n=len(idx): np.asarray(a)[:n], res))
+    small = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+    np.testing.assert_array_equal(small.success, np.asarray(big.success))
+    np.testing.assert_allclose(small.x_adv, np.asarray(big.x_adv), atol=1e-6)
+    np.testing.assert_array_equal(small.queries, np.asarray(big.queries))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_equals_no_jit_and_no_retrace(name):
+    cfg = _config(name)
+    x, y = _data(6, seed=4)
+    keys = example_keys(jax.random.key(1), 6)
+    data = prepare(cfg, model, AttackContext(calib_images=x, surrogate=CONTEXT.surrogate))
+    jitted = execute(cfg, data, model, x, y, keys)
+    with jax.disable_jit():
+        eager = cfg.run(data, model, x, y, keys)
+    np.testing.assert_array_equal(np.asarray(eager.success), np.asarray(jitted.success))
+    np.testing.assert_allclose(np.asarray(eager.x_adv), np.asarray(jitted.x_adv), atol=1e-5)
+
+    chex.clear_trace_counter()
+    run = jax.jit(chex.assert_max_traces(lambda x, y, k: cfg.run(data, model, x, y, k), n=1))
+    run(x, y, keys)
+    x2, y2 = _data(6, seed=5)
+    run(x2, y2, example_keys(jax.random.key(2), 6))  # new values, same shapes: no retrace
+
+
+def test_execute_compiles_once_per_model_and_shape():
+    traces = []
+
+    def f(x):
+        traces.append(1)
+        return model(x)
+
+    cfg = registry.make("pgd", eps=0.1, steps=2)
+    x, y = _data(8)
+    data = prepare(cfg, f)
+    execute(cfg, data, f, x, y, example_keys(jax.random.key(0), 8))
+    n = len(traces)
+    x2, y2 = _data(8, seed=9)
+    execute(cfg, data, f, x2, y2, example_keys(jax.random.key(1), 8))
+    assert len(traces) == n
+
+
+def test_two_logits_fns_of_one_model_share_the_compiled_attack():
+    m = get_model("mlp", num_classes=3, policy=get_policy("bnn_wq"), widths=(8,))
+    v = init_variables(m, key=jax.random.key(0), input_shape=SHAPE)
+    x = jnp.full((4, *SHAPE), 0.5)
+    y = jnp.zeros((4,), jnp.int32)
+    cfg = registry.make("pgd", eps=0.1, steps=2)
+    from qadv.attacks import protocol
+
+    attacks.attack(cfg, make_logits_fn(m, v), x, y, key=jax.random.key(0))
+    size = protocol._execute._cache_size()
+    attacks.attack(cfg, make_logits_fn(m, v), x, y, key=jax.random.key(0))
+    assert protocol._execute._cache_size() == size
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    x=hnp.arrays(np.float32, (4, *SHAPE), elements=st.floats(0, 1, width=32)),
+    norm=st.sampled_from(["linf", "l2"]),
+)
+def test_attacks_stay_in_the_ball_for_any_images(x, norm):
+    y = jnp.argmax(model(jnp.asarray(x)), -1).astype(jnp.int32)
+    keys = example_keys(jax.random.key(0), 4)
+    for name in NAMES:
+        cfg = _config(name, norm)
+        res = _run(cfg, jnp.asarray(x), y, keys)
+        assert np.all(cfg.geometry.in_ball(res.x_adv, x, cfg.eps)), name
+
+
+# ----------------------------------------------------------------------- norm geometry
+
+
+def test_l2_step_moves_under_1e30_gradients():
+    g = jnp.full((2, *SHAPE), 1e-30, jnp.float32).at[1].set(0.0)
+    u = attacks.L2.normalize(g)
+    np.testing.assert_allclose(float(jnp.linalg.norm(u[0])), 1.0, rtol=1e-6)
+    assert float(jnp.abs(u[1]).max()) == 0.0
+
+    def tiny(x):  # input gradients of about 1e-30: their squares underflow in float32
+        return 1e-30 * model(x)
+
+    x = jnp.full((3, *SHAPE), 0.5)
+    y = jnp.zeros((3,), jnp.int32)
+    kw = dict(eps=0.5, step_size=0.1, steps=2, norm="l2", random_init=False, key=None)
+    adv = attacks.pgd(tiny, x, y, **kw)
+    assert float(jnp.abs(adv - x).max()) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "norm, eps, steps, step",
+    [("linf", 8, 20, 2), ("linf", 4, 10, 1), ("l2", 120, 20, 15), ("l2", 60, 10, 15)],
+)
+def test_default_steps_are_the_papers_table_6(norm, eps, steps, step):
+    cfg = registry.make("pgd", norm=norm, eps=eps / 255, steps=steps)
+    assert cfg.step_size * 255 == pytest.approx(step)
+
+
+def test_norm_distance_and_ball():
+    x = jnp.zeros((2, 2, 2, 1))
+    x_adv = x.at[0, 0, 0, 0].set(0.3).at[1].set(0.1)
+    np.testing.assert_allclose(attacks.LINF.distance(x_adv, x), [0.3, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(attacks.L2.distance(x_adv, x), [0.3, 0.2], rtol=1e-6)
+    assert attacks.LINF.in_ball(x_adv, x, 0.2).tolist() == [False, True]
+    assert attacks.L2.in_ball(x_adv - 1.0, x - 1.0, 1.0).tolist() == [False, False]  # box
+
+
+def test_registry_round_trip_for_every_attack():
+    for name in NAMES:
+        cfg = _config(name)
+        assert registry.from_dict(registry.to_dict(cfg)) == cfg
+
+
+def test_presets_build():
+    std = registry.preset("standard", eps=8 / 255)
+    assert [c.label for c in std] == ["APGD-CE L∞", "APGD-T L∞", "FAB-T L∞", "Square L∞"]
+    plus = registry.preset("plus-temperature", norm="l2", eps=0.5)
+    assert {c.label for c in plus} >= {"PGD++ (NJS) L2", "PGD++ (HNS) L2", "APGD-CE++ (HNS) L2"}

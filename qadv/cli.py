@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(g)
 
     s = sub.add_parser("table", help="Table-2-style summary of a folder of attack results")
-    s.add_argument("folder", help="folder with the JSON files written by `qadv attack`")
+    s.add_argument("folder", help="folder with the JSON files of `qadv attack` and `qadv evaluate`")
+    s.add_argument("--wall-time", action="store_true", help="seconds instead of accuracy")
 
     d = sub.add_parser("demo", help="the main job: train ref/BNN-WQ/BNN-WAQ CNNs and attack them")
     d.add_argument("--out", default="runs/demo")
@@ -418,7 +419,7 @@ def _cmd_diagnose(args) -> None:
 def _cmd_table(args) -> None:
     from qadv.report import results_table
 
-    print(results_table(args.folder))
+    print(results_table(args.folder, wall_time=args.wall_time))
 
 
 def _cmd_demo(args) -> None:

@@ -187,11 +187,12 @@ def plot_curves(
     plt.close(fig)
 
 
-def results_table(folder: str | os.PathLike) -> str:
-    """A Table-2-style Markdown table of every attack result JSON in ``folder``.
+def results_table(folder: str | os.PathLike, *, wall_time: bool = False) -> str:
+    """A Table-2/Table-5-style Markdown table of every result JSON in ``folder``.
 
-    Rows are checkpoints, columns attacks (in a fixed paper order where known), cells
-    adversarial accuracy in percent; a ``clean`` column and ``n`` come first.
+    Rows are checkpoints, columns attacks (in the paper's order where known, then
+    alphabetical; ensembles last), cells robust accuracy in percent (or, with
+    ``wall_time``, seconds); ``n`` and a ``clean`` column come first.
     """
     records = []
     for path in sorted(Path(folder).glob("*.json")):
@@ -199,7 +200,9 @@ def results_table(folder: str | os.PathLike) -> str:
             rec = read_json(path)
         except (OSError, ValueError):
             continue
-        if "adversarial_accuracy" in rec and "config" in rec:
+        if "adversarial_accuracy" in rec and ("config" in rec or "ensemble" in rec):
+            if "ensemble" in rec:
+                rec = {**rec, "attack": f"ensemble: {rec['ensemble']}"}
             records.append(rec)
     if not records:
         raise ValueError(f"no attack results (*.json with adversarial_accuracy) in {folder}")
@@ -207,16 +210,18 @@ def results_table(folder: str | os.PathLike) -> str:
         "FGSM L∞", "FGSM++ (NJS) L∞", "FGSM++ (HNS) L∞",
         "PGD L∞", "PGD++ (NJS) L∞", "PGD++ (HNS) L∞",
         "PGD L2", "PGD++ (NJS) L2", "PGD++ (HNS) L2",
+        "APGD-CE L∞", "APGD-DLR L∞", "APGD-T L∞", "Square L∞", "FAB-T L∞", "DeepFool L∞",
     ]  # fmt: skip
-    labels = sorted(
-        {r["attack"] for r in records},
-        key=lambda a: (order.index(a) if a in order else len(order), a),
-    )
+
+    def rank(a: str):
+        return (a.startswith("ensemble"), order.index(a) if a in order else len(order), a)
+
+    labels = sorted({r["attack"] for r in records}, key=rank)
     rows: dict[str, dict[str, Any]] = {}
     for r in records:
         name = str(r.get("checkpoint", "?"))
         row = rows.setdefault(name, {"clean": r["clean_accuracy"], "n": r["n"]})
-        row[r["attack"]] = r["adversarial_accuracy"]
+        row[r["attack"]] = r["wall_time_s"] if wall_time else r["adversarial_accuracy"]
     body = [
         [name, row["n"], row["clean"], *(row.get(a, "–") for a in labels)]
         for name, row in rows.items()

@@ -41,10 +41,10 @@ def example_keys(key, n_or_indices) -> jax.Array:
 def _as_key(key) -> jax.Array:
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
-    if isinstance(key, jax.Array | np.ndarray) and key.dtype == np.uint32 and key.shape[-1:] == (
-        2,
+    if (
+        isinstance(key, jax.Array | np.ndarray)
+        and key.dtype == np.uint32
+        and key.shape[-1:] == (2,)
     ):
         return jax.random.wrap_key_data(key)
-    raise ValueError(
-        f"key must be a PRNG key from jax.random.key(seed), got {type(key).__name__}"
-    )
+    raise ValueError(f"key must be a PRNG key from jax.random.key(seed), got {type(key).__name__}")

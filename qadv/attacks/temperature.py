@@ -359,8 +359,10 @@ class NJSTemperature(registry.TemperatureConfig):
     def validate(self) -> None:
         if not (isinstance(self.rho, int | float) and 0.0 < self.rho < 1.0):
             raise ValueError(f"bad rho {self.rho!r}; it must lie in (0, 1)")
-        if isinstance(self.calib_size, bool) or int(self.calib_size) != self.calib_size or (
-            self.calib_size < 1
+        if (
+            isinstance(self.calib_size, bool)
+            or int(self.calib_size) != self.calib_size
+            or (self.calib_size < 1)
         ):
             raise ValueError(f"bad calibration size {self.calib_size!r}; it must be >= 1")
         if self.njs_space not in NJS_SPACES:

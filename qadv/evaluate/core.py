@@ -97,6 +97,15 @@ def clean_predictions(
     return np.concatenate(out).astype(np.int32) if out else np.zeros((0,), np.int32)
 
 
+def _bucket(m: int, batch_size: int, devices: list | None) -> int:
+    """Compiled batch size for ``m`` examples: ``batch_size``, or for a short last batch
+    the next power of two (at least 8), so padding never costs more than 2x. Results are
+    per example, so the choice never changes them."""
+    if m >= batch_size or (devices is not None and len(devices) > 1):
+        return batch_size
+    return min(batch_size, max(8, 1 << (m - 1).bit_length()))
+
+
 def data_fingerprint(*arrays: np.ndarray) -> str:
     """Short hash of the evaluated data (images, labels, indices)."""
     h = hashlib.sha256()
@@ -268,9 +277,10 @@ def evaluate_attack(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     bar = progress_bar(len(batches), config.label, progress)
     for sel in batches:
-        xb, m = padded(images[sel], batch_size)
-        yb, _ = padded(labels[sel], batch_size)
-        ib, _ = padded(indices[sel], batch_size)
+        size = _bucket(len(sel), batch_size, devices)
+        xb, m = padded(images[sel], size)
+        yb, _ = padded(labels[sel], size)
+        ib, _ = padded(indices[sel], size)
         keys = example_keys(base_key, jnp.asarray(ib))
         res = execute(config, data, logits_fn, put(xb), put(yb), keys)
         x_adv = np.asarray(res.x_adv)[:m]
@@ -281,7 +291,7 @@ def evaluate_attack(
                 f"{config.label}: the attack returned an image outside the {geometry.label} "
                 f"ball of radius {config.eps:.6g} or outside [0, 1] (example {bad})"
             )
-        adv_pred = np.asarray(predict(logits_fn, put(padded(x_adv, batch_size)[0])))[:m]
+        adv_pred = np.asarray(predict(logits_fn, put(padded(x_adv, size)[0])))[:m]
         broken = adv_pred != labels[sel]
         dist = np.asarray(res.distance, np.float64)[:m]
         # a verified break is at most ||x_adv - x||; an unverified one is no break

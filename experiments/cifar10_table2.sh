@@ -41,5 +41,8 @@ for arch in $ARCHS; do
         --steps 20 --temperature "$temp" --n "$N" --out "$OUT/${a}_${policy}_pgd_l2_${temp}.json" \
         --no-progress
     done
+    # AutoAttack's standard ensemble and PGD++/APGD++ on top (paper Tables 5, 8, 10)
+    "$QADV" evaluate --checkpoint "$run" --preset plus-temperature --eps 8/255 --n "$N" \
+      --out "$OUT/${a}_${policy}_plus_temperature.json" --no-progress
   done
 done

@@ -4,7 +4,7 @@
 # transfer from the float model, and the AutoAttack `standard` ensemble, for the float
 # (ref), binary-weight (bnn_wq, BinaryConnect) and binary weight+activation (bnn_waq) CNN.
 #
-#   bash experiments/fmnist_protocol.sh              # first 500 test images, ε = 8/255
+#   bash experiments/fmnist_protocol.sh              # first 200 test images, ε = 8/255
 #   N=1000 EPS=25/255 bash experiments/fmnist_protocol.sh
 #
 # Needs the Debian package dataset-fashion-mnist (or DATA_DIR=<folder with the IDX files>).
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QADV=${QADV:-.venv/bin/qadv}
-N=${N:-500}
+N=${N:-200}
 EPS=${EPS:-8/255}
 EPOCHS=${EPOCHS:-4}
 OUT=${OUT:-results/fmnist_protocol}
@@ -45,6 +45,7 @@ ATTACKS=(
 )
 for policy in ref bnn_wq bnn_waq; do
   ckpt="runs/fmnist_cnn${EPOCHS}_${policy}"
+  [ -f "$OUT/${policy}_standard.json" ] && continue
   "$QADV" evaluate --checkpoint "$ckpt" --preset standard --eps "$EPS" --n "$N" \
     --out "$OUT/${policy}_standard.json" "${DATA[@]}" --no-progress
 done

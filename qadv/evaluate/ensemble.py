@@ -106,6 +106,7 @@ def evaluate_ensemble(
     )
 
     clean_correct = clean_predictions(logits_fn, images, batch_size=batch_size) == labels
+    clean_seconds = time.perf_counter() - t0
     robust = clean_correct.copy()
     broken_by = np.full(n, -1, np.int64)
     distance = np.where(clean_correct, np.inf, 0.0)
@@ -160,7 +161,8 @@ def evaluate_ensemble(
         "robust_accuracy": 100.0 * float(robust.mean()),
         "adversarial_accuracy": 100.0 * float(robust.mean()),
         "attacks": members,
-        "wall_time_s": time.perf_counter() - t0,
+        # the attacks' own accumulated times (they survive resumes), plus the clean pass
+        "wall_time_s": clean_seconds + sum(m["wall_time_s"] for m in members),
         "environment": report.environment(),
         **(extra or {}),
         "examples": {

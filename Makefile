@@ -35,6 +35,7 @@ test-all: env
 
 bench: env
 	$(BIN)/python benchmarks/bench_attacks.py
+	$(BIN)/python benchmarks/bench_protocol.py
 
 lint: env
 	$(BIN)/ruff check qadv tests experiments benchmarks

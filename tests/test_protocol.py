@@ -20,6 +20,7 @@ from qadv.models import get_model, init_variables, make_logits_fn
 from qadv.quant import get_policy
 
 D, SHAPE = 5, (4, 4, 1)
+B = 7  # one compiled batch shape shared by most tests (the chunk size below)
 N = int(np.prod(SHAPE))
 W1 = jax.random.normal(jax.random.key(1), (N, 12), jnp.float32)
 W2 = jax.random.normal(jax.random.key(2), (12, D), jnp.float32)
@@ -58,11 +59,11 @@ def _run(cfg, x, y, keys, fn=model):
 @pytest.mark.parametrize("name", NAMES)
 def test_result_shapes_ball_and_success_flags(name, norm):
     cfg = _config(name, norm)
-    x, y = _data(16)
-    res = _run(cfg, x, y, example_keys(jax.random.key(0), 16))
+    x, y = _data(B)
+    res = _run(cfg, x, y, example_keys(jax.random.key(0), B))
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     for field in (res.success, res.margin, res.distance, res.queries):
-        assert field.shape == (16,)
+        assert field.shape == (B,)
     assert np.all(cfg.geometry.in_ball(res.x_adv, x, cfg.eps))
     pred = np.asarray(jnp.argmax(model(res.x_adv), -1))
     np.testing.assert_array_equal(np.asarray(res.success), pred != np.asarray(y))
@@ -98,8 +99,8 @@ def test_per_example_results_identical_at_batch_sizes_7_and_64(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_equals_no_jit_and_no_retrace(name):
     cfg = _config(name)
-    x, y = _data(6, seed=4)
-    keys = example_keys(jax.random.key(1), 6)
+    x, y = _data(B, seed=4)
+    keys = example_keys(jax.random.key(1), B)
     data = prepare(cfg, model, AttackContext(calib_images=x, surrogate=CONTEXT.surrogate))
     jitted = execute(cfg, data, model, x, y, keys)
     with jax.disable_jit():
@@ -110,8 +111,8 @@ def test_jit_equals_no_jit_and_no_retrace(name):
     chex.clear_trace_counter()
     run = jax.jit(chex.assert_max_traces(lambda x, y, k: cfg.run(data, model, x, y, k), n=1))
     run(x, y, keys)
-    x2, y2 = _data(6, seed=5)
-    run(x2, y2, example_keys(jax.random.key(2), 6))  # new values, same shapes: no retrace
+    x2, y2 = _data(B, seed=5)
+    run(x2, y2, example_keys(jax.random.key(2), B))  # new values, same shapes: no retrace
 
 
 def test_execute_compiles_once_per_model_and_shape():
@@ -147,12 +148,12 @@ def test_two_logits_fns_of_one_model_share_the_compiled_attack():
 
 @settings(max_examples=6, deadline=None)
 @given(
-    x=hnp.arrays(np.float32, (4, *SHAPE), elements=st.floats(0, 1, width=32)),
+    x=hnp.arrays(np.float32, (B, *SHAPE), elements=st.floats(0, 1, width=32)),
     norm=st.sampled_from(["linf", "l2"]),
 )
 def test_attacks_stay_in_the_ball_for_any_images(x, norm):
     y = jnp.argmax(model(jnp.asarray(x)), -1).astype(jnp.int32)
-    keys = example_keys(jax.random.key(0), 4)
+    keys = example_keys(jax.random.key(0), B)
     for name in NAMES:
         cfg = _config(name, norm)
         res = _run(cfg, jnp.asarray(x), y, keys)

@@ -290,15 +290,25 @@ def _devices() -> list:
     return jax.local_devices()
 
 
-def _context(loaded, args, images):
+def _run_options(args, loaded, images) -> dict:
+    """Keyword arguments shared by ``evaluate_attack`` and ``evaluate_ensemble``."""
     from qadv.attacks import AttackContext
     from qadv.checkpoint import load_checkpoint
 
     surrogate = None
     if args.surrogate is not None:
         surrogate = load_checkpoint(args.surrogate).logits_fn
-    return AttackContext(
+    context = AttackContext(
         calib_images=images, input_std=tuple(loaded.metadata["std"]), surrogate=surrogate
+    )
+    return dict(
+        batch_size=min(args.batch_size, len(images)),
+        seed=args.seed,
+        context=context,
+        out=args.out,
+        progress=not args.no_progress,
+        extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
+        devices=_devices() if args.shard else None,
     )
 
 
@@ -317,17 +327,7 @@ def _cmd_attack(args) -> None:
     )
     loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
     record = evaluate_attack(
-        loaded.logits_fn,
-        images,
-        labels,
-        config,
-        batch_size=min(args.batch_size, len(images)),
-        seed=args.seed,
-        context=_context(loaded, args, images),
-        out=args.out,
-        progress=not args.no_progress,
-        extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
-        devices=_devices() if args.shard else None,
+        loaded.logits_fn, images, labels, config, **_run_options(args, loaded, images)
     )
     fallbacks = f", {record['fallback_count']} β fallbacks" if "fallback_count" in record else ""
     print(
@@ -358,18 +358,7 @@ def _cmd_evaluate(args) -> None:
         name = "+".join(names)
     loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
     record = evaluate_ensemble(
-        loaded.logits_fn,
-        images,
-        labels,
-        configs,
-        batch_size=min(args.batch_size, len(images)),
-        seed=args.seed,
-        context=_context(loaded, args, images),
-        out=args.out,
-        progress=not args.no_progress,
-        extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
-        devices=_devices() if args.shard else None,
-        name=name,
+        loaded.logits_fn, images, labels, configs, name=name, **_run_options(args, loaded, images)
     )
     rows = [
         [m["attack"], m["attacked"], m["broken"], m["robust_accuracy_after"], m["wall_time_s"]]

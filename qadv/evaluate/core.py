@@ -161,6 +161,18 @@ def _check_inputs(images, labels, indices, batch_size):
     return images, labels, indices
 
 
+def resolve_context(context, calib_images, input_std, images) -> AttackContext:
+    """``context`` with its gaps filled: calibration images (default: the evaluated
+    images, in order) and the model's input std."""
+    context = context or AttackContext()
+    calib = context.calib_images if context.calib_images is not None else calib_images
+    return dataclasses.replace(
+        context,
+        calib_images=images if calib is None else calib,
+        input_std=context.input_std if context.input_std is not None else input_std,
+    )
+
+
 def _stats(a: np.ndarray) -> dict[str, float]:
     a = np.asarray(a, np.float64)
     if not a.size:
@@ -225,14 +237,7 @@ def evaluate_attack(
     """
     images, labels, indices = _check_inputs(images, labels, indices, batch_size)
     n = len(images)
-    context = context or AttackContext()
-    context = dataclasses.replace(
-        context,
-        calib_images=context.calib_images
-        if context.calib_images is not None
-        else (calib_images if calib_images is not None else images),
-        input_std=context.input_std if context.input_std is not None else input_std,
-    )
+    context = resolve_context(context, calib_images, input_std, images)
     geometry = config.geometry
     data = prepare(config, logits_fn, context)
     cfg_dict = registry.to_dict(config)

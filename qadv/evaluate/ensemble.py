@@ -24,7 +24,13 @@ import numpy as np
 from qadv import report
 from qadv.attacks import registry
 from qadv.attacks.protocol import AttackContext
-from qadv.evaluate.core import _check_inputs, clean_predictions, data_fingerprint, evaluate_attack
+from qadv.evaluate.core import (
+    _check_inputs,
+    clean_predictions,
+    data_fingerprint,
+    evaluate_attack,
+    resolve_context,
+)
 
 __all__ = ["evaluate_ensemble", "robust_accuracy_at"]
 
@@ -97,13 +103,7 @@ def evaluate_ensemble(
         raise ValueError(f"ensemble members must differ, got {labels_seen}")
     out = Path(out) if out is not None else None
     t0 = time.perf_counter()
-    context = context or AttackContext()
-    calib = context.calib_images if context.calib_images is not None else calib_images
-    context = AttackContext(
-        calib_images=images if calib is None else calib,
-        input_std=context.input_std if context.input_std is not None else input_std,
-        surrogate=context.surrogate,
-    )
+    context = resolve_context(context, calib_images, input_std, images)
 
     clean_correct = clean_predictions(logits_fn, images, batch_size=batch_size) == labels
     clean_seconds = time.perf_counter() - t0

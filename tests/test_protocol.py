@@ -146,7 +146,7 @@ def test_two_logits_fns_of_one_model_share_the_compiled_attack():
     assert protocol._execute._cache_size() == size
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(
     x=hnp.arrays(np.float32, (B, *SHAPE), elements=st.floats(0, 1, width=32)),
     norm=st.sampled_from(["linf", "l2"]),

@@ -785,6 +785,11 @@ def train(
     finally:
         manager.close()
 
+    summary_path = out_dir / "summary.json"
+    wall_time = time.time() - t_start
+    if resumed_from is not None and resumed_from == step and summary_path.exists():
+        # a finished run invoked again trained nothing: keep its recorded training time
+        wall_time = json.loads(summary_path.read_text()).get("wall_time_s", wall_time)
     acc = jax.device_get(state["acc"])
     count = max(float(acc["count"]), 1.0)
     summary = {
@@ -797,7 +802,7 @@ def train(
         "steps_per_epoch": steps_per_epoch,
         "resumed_from_step": resumed_from,
         "checkpoint_step": last_saved,
-        "wall_time_s": time.time() - t_start,
+        "wall_time_s": wall_time,
         "arch": config.arch,
         "policy": policy.name,
         "dataset": config.dataset,
@@ -807,5 +812,5 @@ def train(
         "environment": report.environment(),
     }
     text = json.dumps(summary, indent=2) + "\n"
-    (out_dir / "summary.json").write_text(text)
+    summary_path.write_text(text)
     return json.loads(text)

@@ -198,6 +198,16 @@ def test_run_outputs_and_metadata(full_run, data_dir):
     x, y = load_split("fashion_mnist", "test", data_dir=data_dir)
     acc = train.evaluate_clean(loaded.logits_fn, x, y, batch_size=16)
     assert acc == pytest.approx(summary["clean_accuracy"])
+
+
+def test_a_finished_run_invoked_again_keeps_its_training_time(full_run, data_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(full_run[0], out)
+    summary = full_run[1]
+    again = train.train(_config(), out, data_dir=data_dir, progress=False)
+    assert again["wall_time_s"] == summary["wall_time_s"]  # nothing was trained
+    assert again["clean_accuracy"] == summary["clean_accuracy"]
+    assert again["resumed_from_step"] == summary["steps"]
     # every path form works
     step_dir = out / "checkpoints" / str(summary["steps"])
     assert checkpoint.read_metadata(step_dir)["step"] == summary["steps"]

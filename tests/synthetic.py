@@ -32,3 +32,21 @@ def write_mnist_like(folder, *, n_train=12, n_test=5, gz=True, seed=0, learnable
         write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", y)
         out[prefix] = (x, y)
     return out
+
+
+def relu_mlp(seed, *, n_in, hidden=12, d=5):
+    """A fixed random ReLU MLP ``x (B, ...) -> logits (B, d)`` on ``n_in`` input pixels."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    w1 = jax.random.normal(k1, (n_in, hidden), jnp.float32) * float(2.0 / math.sqrt(n_in))
+    b1 = jax.random.normal(k2, (hidden,), jnp.float32) * 0.1
+    w2 = jax.random.normal(k3, (hidden, d), jnp.float32) * float(2.0 / math.sqrt(hidden))
+
+    def logits_fn(x):
+        return jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1[None, :]) @ w2
+
+    return logits_fn

@@ -1,11 +1,10 @@
 """APGD (Auto-PGD): schedule, invariants, targets, per-example randomness, temperature."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from synthetic import relu_mlp
 
 from qadv.attacks import apgd, attack, example_keys, execute, get_norm, prepare, registry
 
@@ -14,20 +13,7 @@ N = 16
 D = 5
 
 
-def _mlp_params(seed, hidden=12, d=D):
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    w1 = jax.random.normal(k1, (N, hidden), jnp.float32) * float(2.0 / math.sqrt(N))
-    b1 = jax.random.normal(k2, (hidden,), jnp.float32) * 0.1
-    w2 = jax.random.normal(k3, (hidden, d), jnp.float32) * float(2.0 / math.sqrt(hidden))
-    return w1, b1, w2
-
-
-PARAMS = _mlp_params(0)
-
-
-def mlp(x):
-    w1, b1, w2 = PARAMS
-    return jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1[None, :]) @ w2
+mlp = relu_mlp(0, n_in=N)
 
 
 def _data(b, seed=1, f=mlp):

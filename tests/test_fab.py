@@ -1,12 +1,11 @@
 """Minimum-norm attacks: FAB / FAB-T, DeepFool and the box-constrained hyperplane projections."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.optimize import linprog
+from synthetic import relu_mlp
 
 from qadv.attacks import attack, example_keys, execute, fab, prepare, registry
 
@@ -66,20 +65,7 @@ def _linear_problem(seed=0, b=8, radii=(0.02, 0.03), spread=(1.0, 1.0, 1.0)):
 LIN_F, LIN_X, LIN_Y, LIN_EXACT = _linear_problem()
 
 
-def _mlp_params(seed, hidden=12, d=5):
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    w1 = jax.random.normal(k1, (N, hidden), jnp.float32) * float(2.0 / math.sqrt(N))
-    b1 = jax.random.normal(k2, (hidden,), jnp.float32) * 0.1
-    w2 = jax.random.normal(k3, (hidden, d), jnp.float32) * float(2.0 / math.sqrt(hidden))
-    return w1, b1, w2
-
-
-MLP = _mlp_params(0)
-
-
-def mlp(x):
-    w1, b1, w2 = MLP
-    return jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1[None, :]) @ w2
+mlp = relu_mlp(0, n_in=N)
 
 
 MLP_X = jax.random.uniform(jax.random.key(1), (64, *SHAPE), jnp.float32)

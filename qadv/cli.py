@@ -70,19 +70,20 @@ def _option_parser(annotation: str, name: str):
     return str
 
 
-def _attack_options() -> dict[str, tuple[str, object]]:
-    """Every option of every registered attack and temperature: name -> (annotation, default)."""
+def _attack_options() -> dict[str, tuple[str, object, str]]:
+    """Every option of every registered attack and temperature:
+    name -> (annotation, default, the attacks/temperatures that have it)."""
     from qadv.attacks import registry
 
-    opts: dict[str, tuple[str, object]] = {}
-    classes = [registry._lookup(n)[0] for n in registry.attack_names()]
-    classes += [registry._TEMPERATURES[t] for t in registry.temperature_names()]
-    for cls in classes:
+    opts: dict[str, tuple[str, object, list[str]]] = {}
+    owners = [(n, registry._lookup(n)[0]) for n in registry.attack_names()]
+    owners += [(t, registry._TEMPERATURES[t]) for t in registry.temperature_names()]
+    for owner, cls in owners:
         for f in dataclasses.fields(cls):
             if f.name in ("norm", "eps", "temperature", "source"):
                 continue
-            opts.setdefault(f.name, (str(f.type), f.default))
-    return opts
+            opts.setdefault(f.name, (str(f.type), f.default, []))[2].append(owner)
+    return {k: (a, d, ", ".join(o)) for k, (a, d, o) in opts.items()}
 
 
 def _add_attack_options(p: argparse.ArgumentParser) -> None:
@@ -92,18 +93,25 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", default=None, help="none, fixed, njs or hns (PGD++, APGD++)")
     p.add_argument("--source", default=None, help="transfer: the attack run on the surrogate")
     group = p.add_argument_group("attack options (each applies to the attacks that have it)")
-    for name, (annotation, default) in _attack_options().items():
+    for name, (annotation, default, owners) in _attack_options().items():
         flag = "--" + name.replace("_", "-")
+        help_ = f"for: {owners}"
         if annotation == "bool":
             if default is True:
                 group.add_argument(
-                    "--no-" + name.replace("_", "-"), dest=name, action="store_false", default=None
+                    "--no-" + name.replace("_", "-"),
+                    dest=name,
+                    action="store_false",
+                    default=None,
+                    help=help_,
                 )
             else:
-                group.add_argument(flag, dest=name, action="store_true", default=None)
+                group.add_argument(flag, dest=name, action="store_true", default=None, help=help_)
             continue
         aliases = [flag, "--step"] if name == "step_size" else [flag]
-        group.add_argument(*aliases, dest=name, type=_option_parser(annotation, name), default=None)
+        group.add_argument(
+            *aliases, dest=name, type=_option_parser(annotation, name), default=None, help=help_
+        )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -101,7 +101,7 @@ import jax.numpy as jnp
 
 from qadv.attacks import registry
 from qadv.attacks.norms import per_example
-from qadv.attacks.protocol import finish
+from qadv.attacks.protocol import finish_min_norm
 from qadv.attacks.validation import check_choice, check_int, check_scalar
 
 __all__ = ["DeepFoolConfig", "FABConfig", "fab_targets", "project_to_hyperplane"]
@@ -461,18 +461,16 @@ class FABConfig(registry.AttackConfig):
 
     def run(self, data, logits_fn, x, y, keys):
         best, best_dist, target, queries = _fab_core(self, logits_fn, x, y, keys)
-        eps = jnp.asarray(self.eps, x.dtype)
-        inside = best_dist <= eps
-        x_adv = jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), best, x)
-        return finish(
+        return finish_min_norm(
             logits_fn,
             x,
             y,
-            x_adv,
+            best,
+            best_dist,
             norm=self.geometry,
+            eps=self.eps,
             queries=queries,
             aux={"target": target},
-            distance=best_dist,
         )
 
 
@@ -556,16 +554,14 @@ class DeepFoolConfig(registry.AttackConfig):
 
     def run(self, data, logits_fn, x, y, keys):
         x_found, dist, iterations = _deepfool_core(self, logits_fn, x, y)
-        eps = jnp.asarray(self.eps, x.dtype)
-        inside = dist <= eps
-        x_adv = jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), x_found, x)
-        return finish(
+        return finish_min_norm(
             logits_fn,
             x,
             y,
-            x_adv,
+            x_found,
+            dist,
             norm=self.geometry,
+            eps=self.eps,
             queries=self.steps + 1,
             aux={"iterations": iterations},
-            distance=dist,
         )

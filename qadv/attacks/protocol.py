@@ -48,6 +48,7 @@ __all__ = [
     "example_keys",
     "execute",
     "finish",
+    "finish_min_norm",
     "prepare",
     "split_logits_fn",
 ]
@@ -120,6 +121,29 @@ def finish(
         distance = jnp.where(success, dist, jnp.full_like(dist, jnp.inf))
     q = jnp.broadcast_to(jnp.asarray(queries, jnp.int32), y.shape)
     return AttackResult(x_adv, success, margin, distance, q, dict(aux or {}))
+
+
+def finish_min_norm(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    x_found: jax.Array,
+    distance: jax.Array,
+    *,
+    norm,
+    eps,
+    queries,
+    aux: Mapping[str, jax.Array] | None = None,
+) -> AttackResult:
+    """:func:`finish` for minimum-norm attacks (FAB, DeepFool).
+
+    ``x_found`` is the smallest adversarial point found and ``distance`` its norm (``inf``
+    if none); the returned ``x_adv`` is ``x_found`` where that lies within ``eps`` and the
+    clean ``x`` elsewhere, while ``distance`` is reported as found, even beyond ``eps``.
+    """
+    inside = distance <= jnp.asarray(eps, x.dtype)
+    x_adv = jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), x_found, x)
+    return finish(logits_fn, x, y, x_adv, norm=norm, queries=queries, aux=aux, distance=distance)
 
 
 def split_logits_fn(logits_fn: LogitsFn) -> tuple[Any, Any]:

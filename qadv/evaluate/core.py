@@ -42,6 +42,7 @@ from qadv.attacks.protocol import (
 
 __all__ = [
     "batch_placer",
+    "cached_attack",
     "clean_predictions",
     "data_fingerprint",
     "evaluate_attack",
@@ -354,6 +355,43 @@ def evaluate_attack(
         if partial_path is not None:
             partial_path.unlink(missing_ok=True)
     return record
+
+
+def cached_attack(
+    path: str | Path | None,
+    logits_fn: Callable,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config,
+    *,
+    seed: int = 0,
+    indices: np.ndarray | None = None,
+    **kwargs,
+) -> dict[str, Any]:
+    """:func:`evaluate_attack`, reusing the record at ``path`` when it is for the same
+    attack config, seed and data (images, labels, indices); otherwise evaluate (resuming
+    from ``<path>.partial.npz``) and save there. ``path=None`` always evaluates.
+
+    The record carries ``data_fingerprint``, the hash its reuse is checked against.
+    """
+    images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
+    idx = np.arange(len(images)) if indices is None else np.asarray(indices)
+    fingerprint = data_fingerprint(images, labels, idx)
+    if path is not None and Path(path).exists():
+        try:
+            rec = report.read_json(path)
+        except (OSError, ValueError):
+            rec = {}
+        if (
+            rec.get("config") == registry.to_dict(config)
+            and rec.get("seed") == seed
+            and rec.get("data_fingerprint") == fingerprint
+        ):
+            return rec
+    extra = {**(kwargs.pop("extra", None) or {}), "data_fingerprint": fingerprint}
+    return evaluate_attack(
+        logits_fn, images, labels, config, seed=seed, indices=idx, out=path, extra=extra, **kwargs
+    )
 
 
 def _save_partial(path: Path, state: dict, aux: dict, run_id: str) -> None:

@@ -26,9 +26,8 @@ from qadv.attacks import registry
 from qadv.attacks.protocol import AttackContext
 from qadv.evaluate.core import (
     _check_inputs,
+    cached_attack,
     clean_predictions,
-    data_fingerprint,
-    evaluate_attack,
     resolve_context,
 )
 
@@ -40,21 +39,6 @@ def _member_path(out: Path | None, k: int, config) -> Path | None:
         return None
     slug = re.sub(r"[^a-z0-9+]+", "_", config.label.lower()).strip("_")
     return Path(str(out) + ".members") / f"{k:02d}_{slug}.json"
-
-
-def _cached_member(path: Path | None, config, seed: int, fingerprint: str) -> dict | None:
-    if path is None or not path.exists():
-        return None
-    try:
-        rec = report.read_json(path)
-    except (OSError, ValueError):
-        return None
-    same = (
-        rec.get("config") == registry.to_dict(config)
-        and rec.get("seed") == seed
-        and rec.get("data_fingerprint") == fingerprint
-    )
-    return rec if same else None
 
 
 def evaluate_ensemble(
@@ -114,10 +98,10 @@ def evaluate_ensemble(
     for k, config in enumerate(configs):
         sel = np.flatnonzero(robust)
         path = _member_path(out, k, config)
-        fingerprint = data_fingerprint(images[sel], labels[sel], sel)
-        rec = _cached_member(path, config, seed, fingerprint)
-        if rec is None and len(sel):
-            rec = evaluate_attack(
+        rec = None
+        if len(sel):
+            rec = cached_attack(
+                path,
                 logits_fn,
                 images[sel],
                 labels[sel],
@@ -126,10 +110,8 @@ def evaluate_ensemble(
                 seed=seed,
                 indices=sel,
                 context=context,
-                out=path,
                 progress=progress,
                 devices=devices,
-                extra={"data_fingerprint": fingerprint},
             )
         if rec is None:  # nothing left to attack
             rec = {"wall_time_s": 0.0, "examples": {"robust": [], "distance": []}}

@@ -1,4 +1,5 @@
-"""The ``qadv`` command line: train, eval, attack, evaluate, attacks, diagnose, table, demo.
+"""The ``qadv`` command line: train, eval, attack, evaluate, attacks, diagnose, table,
+masking, demo, study, signal, verify.
 
 Every user error (unknown names, bad numbers, missing data or checkpoints) is
 reported as one line on stderr, with exit status 2 and no traceback.
@@ -221,7 +222,106 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("folder", help="folder with the JSON files of `qadv attack` and `qadv evaluate`")
     s.add_argument("--wall-time", action="store_true", help="seconds instead of accuracy")
 
-    d = sub.add_parser("demo", help="the main job: train ref/BNN-WQ/BNN-WAQ CNNs and attack them")
+    sg = sub.add_parser(
+        "signal",
+        help="signal propagation, rho ablation, CLEVER and lower bounds (paper Tables 11-13)",
+    )
+    sg.add_argument("--checkpoint", required=True)
+    sg.add_argument("--n", type=_positive_int("n"), default=200, help="first N test images")
+    sg.add_argument("--norm", default="linf", help="linf or l2 (PGD, FAB and the bounds)")
+    sg.add_argument("--eps", type=_fraction("eps"), default=8 / 255, help="radius, e.g. 8/255")
+    sg.add_argument("--steps", type=_positive_int("steps"), default=20, help="PGD iterations")
+    sg.add_argument(
+        "--rhos", default=None, help="comma-separated NJS rho values (default: paper Table 12)"
+    )
+    sg.add_argument(
+        "--clever-examples", type=int, default=50, help="correctly classified images (0: skip)"
+    )
+    sg.add_argument("--min-norm-attack", default="fab", help="fab or deepfool")
+    sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
+    sg.add_argument("--out", required=True, help="report folder (signal.json, signal.md, plots)")
+    _add_data_dir(sg)
+    _add_progress(sg)
+
+    st = sub.add_parser(
+        "study", help="train and measure a grid of networks from a config file (one table)"
+    )
+    st.add_argument("--config", required=True, help="Python file defining config(**options)")
+    st.add_argument("--out", required=True, help="study folder (runs, cells, study.md)")
+    st.add_argument("--only", default=None, help="comma-separated cell names to run now")
+    st.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the config file's config() function, e.g. size=gpu (repeatable)",
+    )
+    _add_data_dir(st)
+    _add_progress(st)
+
+    x = sub.add_parser(
+        "verify", help="exact robustness of a small MLP by MILP, and each attack's gap to it"
+    )
+    x.add_argument("--checkpoint", required=True, help="run folder of an mlp checkpoint")
+    x.add_argument("--eps", required=True, help="comma-separated L∞ radii, e.g. 0.02,0.05,8/255")
+    x.add_argument("--n", type=_positive_int("n"), default=100, help="first N test images")
+    x.add_argument(
+        "--time-limit", type=float, default=10.0, help="MILP seconds per example and radius"
+    )
+    x.add_argument(
+        "--attacks",
+        default="pgd,pgd++njs,square",
+        help="comma-separated attack names (pgd++njs style for PGD++); '' for none",
+    )
+    x.add_argument("--steps", type=_positive_int("steps"), default=None, help="attack iterations")
+    x.add_argument("--no-iprop", action="store_true", help="skip IPROP (BNN-WAQ only)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--out", required=True, help="folder: per-example results (resume), report")
+    _add_data_dir(x)
+    _add_progress(x)
+
+    mk = sub.add_parser(
+        "masking",
+        help="gradient-masking report: checks with verdicts, accuracy against ε/iterations/step",
+    )
+    mk.add_argument("--checkpoint", required=True)
+    mk.add_argument(
+        "--surrogate", default=None, help="run folder of another model for the transfer check"
+    )
+    mk.add_argument("--n", type=_positive_int("n"), default=500, help="first N test images")
+    mk.add_argument("--norm", default="linf", help="linf or l2")
+    mk.add_argument(
+        "--eps",
+        type=_fraction("eps"),
+        default=None,
+        help="radius of the verdicts, e.g. 0.1 or 8/255 (default: 0.1 for (Fashion-)MNIST, "
+        "8/255 otherwise)",
+    )
+    mk.add_argument("--steps", type=_positive_int("steps"), default=20, help="PGD iterations")
+    mk.add_argument(
+        "--max-steps", type=_positive_int("max steps"), default=200, help="iteration curve length"
+    )
+    mk.add_argument(
+        "--queries", type=_positive_int("queries"), default=1000, help="Square query budget"
+    )
+    mk.add_argument(
+        "--tolerance", type=float, default=2.0, help="points by which an attack must beat PGD"
+    )
+    mk.add_argument(
+        "--checks", default=None, help="comma-separated subset of the checks (default: all)"
+    )
+    mk.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--out", default=None, help="report folder (default: <checkpoint>/masking)")
+    _add_data_dir(mk)
+    _add_progress(mk)
+
+    d = sub.add_parser(
+        "demo",
+        help="the main job: float and BNN-WQ MLPs, masking reports, the attacks that break it",
+    )
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--n", type=_positive_int("n"), default=1000, help="test images to attack")
     d.add_argument(
@@ -419,6 +519,142 @@ def _cmd_table(args) -> None:
     print(results_table(args.folder, wall_time=args.wall_time))
 
 
+def _cmd_study(args) -> None:
+    from qadv.study import load_study_config, run_study
+
+    options = {}
+    for item in args.options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad --set {item!r}; use KEY=VALUE, e.g. size=gpu")
+        options[key.strip()] = value.strip()
+    config = load_study_config(args.config, options)
+    only = None
+    if args.only is not None:
+        only = [c.strip() for c in args.only.split(",") if c.strip()]
+    result = run_study(
+        config, args.out, only=only, data_dir=args.data_dir, progress=not args.no_progress
+    )
+    missing = f"; not finished: {', '.join(result['missing'])}" if result["missing"] else ""
+    print(
+        f"{config.name}: {len(result['complete'])}/{len(config.cells)} cells done{missing} "
+        f"-> {Path(args.out) / 'study.md'}"
+    )
+
+
+def _cmd_signal(args) -> None:
+    from qadv.evaluate.signal_report import PAPER_RHOS, signal_report
+
+    rhos = PAPER_RHOS
+    if args.rhos is not None:
+        from qadv.report import parse_fraction
+
+        rhos = tuple(parse_fraction(r, name="rho") for r in args.rhos.split(",") if r.strip())
+    if args.clever_examples < 0:
+        raise ValueError(f"bad --clever-examples {args.clever_examples}; use an integer >= 0")
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    record = signal_report(
+        loaded,
+        images,
+        labels,
+        out_dir=args.out,
+        eps=args.eps,
+        norm=args.norm,
+        steps=args.steps,
+        rhos=rhos,
+        clever_examples=args.clever_examples,
+        min_norm_attack=args.min_norm_attack,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        model_name=str(args.checkpoint),
+    )
+    print(
+        f"{args.checkpoint}: signal report on n={record['n']} "
+        f"({record['wall_time_s']:.0f}s) -> {Path(args.out) / 'signal.md'}"
+    )
+
+
+def _cmd_verify(args) -> None:
+    from qadv.report import parse_fraction
+    from qadv.verify.network import extract_network
+    from qadv.verify.report import gap_to_truth
+
+    eps_list = [parse_fraction(e, name="eps") for e in args.eps.split(",") if e.strip()]
+    if not eps_list or any(not 0 < e <= 1 for e in eps_list):
+        raise ValueError(f"bad --eps {args.eps!r}; use comma-separated radii in (0, 1]")
+    if not (np.isfinite(args.time_limit) and args.time_limit > 0):
+        raise ValueError(f"bad --time-limit {args.time_limit!r}; use seconds > 0")
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    net = extract_network(loaded)  # one-line error for a non-MLP checkpoint
+    all_sign = all(a == "sign" for a in net.hidden_activations)
+    record = gap_to_truth(
+        loaded,
+        images,
+        labels,
+        eps_list,
+        attacks,
+        out=args.out,
+        time_limit=args.time_limit,
+        seed=args.seed,
+        run_iprop=all_sign and not args.no_iprop,
+        attack_overrides={"steps": args.steps} if args.steps else None,
+        progress=not args.no_progress,
+    )
+    print((Path(args.out) / "gap.md").read_text())
+    print(f"-> {args.out} (gap.json, gap.md, flip_rate.png)")
+    if any(a["violations"] for r in record["rows"] for a in r["attacks"].values()):
+        raise ValueError("an attack broke an example the MILP proved robust; see gap.md")
+
+
+def _cmd_masking(args) -> None:
+    from qadv.checkpoint import load_checkpoint
+    from qadv.evaluate.masking import CHECKS, MaskingConfig, masking_report
+
+    checks = None
+    if args.checks is not None:
+        checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+        for c in checks:
+            if c not in CHECKS:
+                raise ValueError(f"unknown masking check {c!r}; choose from: " + ", ".join(CHECKS))
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    eps = args.eps
+    if eps is None:
+        eps = 0.1 if loaded.metadata["dataset"] in ("mnist", "fashion_mnist") else 8 / 255
+    config = MaskingConfig(
+        norm=args.norm,
+        eps=eps,
+        steps=args.steps,
+        max_steps=args.max_steps,
+        square_queries=args.queries,
+        tolerance=args.tolerance,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    config.validate()
+    surrogate = load_checkpoint(args.surrogate).logits_fn if args.surrogate else None
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "masking"
+    from qadv.attacks import AttackContext
+
+    r = masking_report(
+        loaded.logits_fn,
+        images,
+        labels,
+        config=config,
+        surrogate=surrogate,
+        context=AttackContext(calib_images=images, input_std=tuple(loaded.metadata["std"])),
+        checks=checks,
+        out_dir=out,
+        progress=not args.no_progress,
+        name=Path(args.checkpoint).name,
+    )
+    print(r["summary"].replace("**", ""))
+    for v in r["checks"]:
+        print(f"  {v['name']:<18} {v['status']:<18} {v['reason']}")
+    print(f"-> {out / 'masking.md'}")
+
+
 def _cmd_demo(args) -> None:
     from qadv.demo import run_demo
 
@@ -430,6 +666,8 @@ def _cmd_demo(args) -> None:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
+    print(result["verdict"].replace("**", ""))
+    print()
     print(result["table"])
     print(f"\nreport: {Path(args.out) / 'report.md'}")
 
@@ -442,7 +680,11 @@ COMMANDS = {
     "attacks": _cmd_attacks,
     "diagnose": _cmd_diagnose,
     "table": _cmd_table,
+    "verify": _cmd_verify,
+    "masking": _cmd_masking,
     "demo": _cmd_demo,
+    "signal": _cmd_signal,
+    "study": _cmd_study,
 }
 
 

@@ -1,4 +1,4 @@
-"""The demo main job end to end on tiny synthetic data: tables, plots, resume."""
+"""The demo main job end to end on tiny synthetic data: verdict, tables, plots, resume."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 from synthetic import write_mnist_like
 
 from qadv import demo
-from qadv.attacks import registry
+from qadv.evaluate.masking import CHECKS, MaskingConfig
 from qadv.train import TrainConfig
 
 
@@ -24,47 +24,65 @@ def tiny(tmp_path_factory):
         source="idx",
     )
     models = {
-        "ref": TrainConfig(policy="ref", **base),
-        "bnn_wq": TrainConfig(policy="bnn_wq", wq_method="md_tanh_s", **base),
+        "float": TrainConfig(policy="ref", **base),
+        "bnn_wq": TrainConfig(policy="bnn_wq", **base),
     }
-    attacks = {
-        "fgsm": registry.make("fgsm", eps=8 / 255),
-        "pgd_linf++hns": registry.make(
-            "pgd", eps=8 / 255, step_size=2 / 255, steps=2, temperature="hns"
-        ),
-        "pgd_l2++njs": registry.make(
-            "pgd", norm="l2", eps=1.0, step_size=0.25, steps=1, temperature="njs"
-        ),
-    }
+    masking = MaskingConfig(
+        eps=0.1,
+        max_steps=4,
+        eps_factors=(8 / 25.5, 1.0),
+        step_factors=(0.25,),
+        temperatures=("njs",),
+        margin_loss=False,
+        square_queries=20,
+        batch_size=16,
+    )
     kw = dict(
         n=20,
         data_dir=root / "data",
         batch_size=16,
         progress=False,
         models=models,
-        attacks=attacks,
-        curve_examples=10,
+        masking=masking,
+        ensemble={"steps": 3, "queries": 20, "n_targets": 2},
     )
     return root, kw
 
 
-def test_demo_writes_report_plots_and_resumes(tiny, monkeypatch):
+def test_demo_writes_verdict_report_plots_and_resumes(tiny, monkeypatch):
     root, kw = tiny
     out = root / "out"
     result = demo.run_demo(out, **kw)
-    assert "| ref |" in result["table"] and "PGD++ (HNS) L∞" in result["table"]
+    # the verdict is a paragraph about the binarised model beside the float one
+    assert "bnn_wq" in result["verdict"] and "float model" in result["verdict"]
     text = (out / "report.md").read_text()
-    for needle in ("Signal propagation", "zero grad %", "git commit", "PGD++ (NJS) L2"):
-        assert needle in text
-    for png in ("hessian_norm_vs_beta.png", "accuracy_vs_iterations.png"):
+    assert text.splitlines()[2] == result["verdict"]
+    for needle in ("Masking checks", "8/255 (paper (CIFAR-10))", "0.1", "git commit", "lead > 88"):
+        assert needle in text, needle
+    for c in CHECKS:
+        assert f"| {c} |" in text
+    for png in ("accuracy_vs_eps.png", "accuracy_vs_iterations.png", "hessian_norm_vs_beta.png"):
         assert (out / png).stat().st_size > 1000
-    rec = json.loads((out / "results" / "bnn_wq" / "pgd_linf++hns.json").read_text())
-    assert rec["n"] == 20 and rec["config"]["temperature"]["kind"] == "hns"
+    for name in ("float", "bnn_wq"):
+        assert (out / "masking" / name / "masking.md").exists()
+    saved = json.loads((out / "demo.json").read_text())
+    assert saved["verdict"] == result["verdict"] and len(saved["table"]) == 4
+    # transfer from the float model runs for the binarised one only
+    st = {k: {v["name"]: v["status"] for v in r["checks"]} for k, r in result["masking"].items()}
+    assert st["float"]["transfer"] == "skipped" and st["bnn_wq"]["transfer"] != "skipped"
 
     # A second run reuses the trained models and every finished attack.
+    import qadv.evaluate.core as core
+
     def boom(*a, **k):
         raise AssertionError("finished attacks must not run again")
 
-    monkeypatch.setattr(demo, "evaluate_attack", boom)
+    monkeypatch.setattr(core, "evaluate_attack", boom)
     again = demo.run_demo(out, **kw)
-    assert again["table"] == result["table"]
+    assert again["table"] == result["table"] and again["verdict"] == result["verdict"]
+
+
+def test_demo_bad_n(tiny):
+    root, kw = tiny
+    with pytest.raises(ValueError, match="bad n 999; the test set has 24 images"):
+        demo.run_demo(root / "bad", **{**kw, "n": 999})

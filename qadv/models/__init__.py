@@ -7,6 +7,7 @@ inputs and weights in the ``"quantized"`` collection.
 """
 
 from qadv.models.binarynet import BinaryNetResNet, BinaryNetVGG
+from qadv.models.calibrate import batch_norm_paths, recalibrate_batch_stats
 from qadv.models.densenet import DenseNet
 from qadv.models.layers import QConv, QDense, quantize_bias, quantize_kernel
 from qadv.models.mobilenet import MobileNetV2
@@ -35,6 +36,7 @@ __all__ = [
     "QConv",
     "QDense",
     "ResNet",
+    "batch_norm_paths",
     "check_images",
     "get_model",
     "init_variables",
@@ -42,4 +44,5 @@ __all__ = [
     "make_logits_fn",
     "quantize_bias",
     "quantize_kernel",
+    "recalibrate_batch_stats",
 ]

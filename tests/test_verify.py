@@ -1,0 +1,317 @@
+"""Exact verification (MILP) against brute force, the JAX model and the attacks."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from synthetic import write_mnist_like
+
+from qadv import cli
+from qadv.attacks import attack, presets, registry
+from qadv.checkpoint import LoadedModel, open_manager, save_checkpoint
+from qadv.models import get_model, init_variables, make_logits_fn
+from qadv.quant import get_policy
+from qadv.verify.enumerate import enumerate_robustness
+from qadv.verify.iprop import iprop
+from qadv.verify.milp import NOT_ROBUST, ROBUST, exact_robustness, minimal_linf, verify_batch
+from qadv.verify.network import extract_network
+from qadv.verify.report import gap_to_truth
+
+SHAPE = (4, 4, 1)
+
+
+def _randomised(variables, key):
+    """Every parameter and BatchNorm statistic random (negative BN scales included)."""
+    leaves, tree = jax.tree_util.tree_flatten_with_path(variables)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for (path, leaf), k in zip(leaves, keys, strict=True):
+        if str(path[-1].key) == "var":
+            out.append(jax.random.uniform(k, leaf.shape, minval=0.2, maxval=3.0))
+        else:
+            out.append(jax.random.normal(k, leaf.shape))
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
+def tiny(policy, widths, seed, num_classes=4, **opts):
+    m = get_model(
+        "mlp",
+        num_classes=num_classes,
+        policy=get_policy(policy, **opts),
+        widths=widths,
+        mean=(0.3,),
+        std=(0.4,),
+    )
+    v = _randomised(
+        init_variables(m, key=jax.random.key(seed), input_shape=SHAPE), jax.random.key(seed + 100)
+    )
+    return m, v, extract_network(m, v), make_logits_fn(m, v)
+
+
+def examples(logits_fn, seed, n):
+    x = np.random.default_rng(seed).uniform(size=(n, *SHAPE)).astype(np.float32)
+    y = np.argmax(np.asarray(logits_fn(jnp.asarray(x))), axis=1)
+    return x, y
+
+
+def assert_counterexample(verdict, logits_fn, x, y, eps):
+    assert verdict.x_adv.dtype == np.float32
+    d = np.abs(verdict.x_adv.astype(np.float64) - x.astype(np.float64)).max()
+    assert d <= eps
+    assert verdict.x_adv.min() >= 0 and verdict.x_adv.max() <= 1
+    pred = int(np.argmax(np.asarray(logits_fn(verdict.x_adv[None]))[0]))
+    assert pred != y
+
+
+@pytest.mark.parametrize(
+    "policy,opts",
+    [
+        ("bnn_waq", {}),
+        ("bnn_wq", {}),
+        ("ref", {}),
+        ("bnn_waq", {"float_first": True, "float_last": True}),
+        ("bnn_waq", {"float_last": True}),
+        ("bnn_wq", {"float_first": True, "float_last": True}),
+        ("bnn_wq", {"float_bias": True}),
+    ],
+)
+def test_extraction_reproduces_logits_fn(policy, opts):
+    _, _, net, f = tiny(policy, (6, 5), 0, **opts)
+    x = np.random.default_rng(1).uniform(size=(64, *SHAPE)).astype(np.float32)
+    np.testing.assert_allclose(net.logits(x), np.asarray(f(jnp.asarray(x))), rtol=1e-5, atol=1e-5)
+
+
+def test_extraction_rejects_other_archs_and_policies():
+    cnn = get_model("cnn", num_classes=3, policy=get_policy("bnn_waq"), widths=(2,))
+    with pytest.raises(ValueError, match="MLP"):
+        extract_network(cnn, {})
+    m = get_model("mlp", num_classes=3, policy=get_policy("xnor"), widths=(2,))
+    v = init_variables(m, key=jax.random.key(0), input_shape=SHAPE)
+    with pytest.raises(ValueError, match="xnor"):
+        extract_network(m, v)
+
+
+@pytest.mark.parametrize("policy,widths", [("bnn_waq", (5, 4)), ("bnn_wq", (3, 3))])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_milp_matches_enumeration(policy, widths, seed):
+    _, _, net, f = tiny(policy, widths, seed)
+    xs, ys = examples(f, seed, 3)
+    statuses = []
+    for x, y in zip(xs, ys, strict=True):
+        row = []
+        for eps in (0.02, 0.06, 0.15):
+            v = exact_robustness(net, x, y, eps, logits_fn=f)
+            e = enumerate_robustness(net, x, y, eps)
+            assert v.status in (ROBUST, NOT_ROBUST)
+            assert (v.status == ROBUST) == e.robust, (eps, v, e)
+            if v.status == NOT_ROBUST:
+                assert_counterexample(v, f, x, y, eps)
+            row.append(v.status)
+        # monotone in eps: once broken, broken for every larger radius
+        assert row == sorted(row, key=lambda s: s == NOT_ROBUST)
+        statuses += row
+    assert ROBUST in statuses or NOT_ROBUST in statuses
+
+
+def test_float_last_hardtanh_matches_enumeration():
+    _, _, net, f = tiny("bnn_waq", (5, 4), 3, float_last=True)
+    assert net.hidden_activations == ("sign", "hardtanh")
+    xs, ys = examples(f, 3, 3)
+    for x, y in zip(xs, ys, strict=True):
+        for eps in (0.03, 0.1):
+            v = exact_robustness(net, x, y, eps, logits_fn=f)
+            assert (v.status == ROBUST) == enumerate_robustness(net, x, y, eps).robust
+            if v.status == NOT_ROBUST:
+                assert_counterexample(v, f, x, y, eps)
+
+
+def test_minimal_linf_brackets_the_truth():
+    _, _, net, f = tiny("bnn_waq", (5, 4), 0)
+    xs, ys = examples(f, 5, 3)
+    finite = 0
+    for x, y in zip(xs, ys, strict=True):
+        r = minimal_linf(net, x, y, tol=2e-3, logits_fn=f)
+        assert not r.unsolved
+        if not np.isfinite(r.upper):  # robust on the whole cube
+            assert r.lower == 1.0 and enumerate_robustness(net, x, y, 1.0).robust
+            continue
+        finite += 1
+        assert r.upper - r.lower <= 2e-3
+        assert_counterexample(exact_robustness(net, x, y, r.upper, logits_fn=f), f, x, y, r.upper)
+        if r.lower > 0:
+            assert enumerate_robustness(net, x, y, r.lower).robust
+        assert not enumerate_robustness(net, x, y, r.upper).robust
+    assert finite > 0
+
+
+def test_time_limit_gives_unsolved_never_counted():
+    _, _, net, f = tiny("bnn_waq", (6, 4), 0)
+    xs, ys = examples(f, 0, 2)
+    out = verify_batch(net, xs, ys, 0.5, logits_fn=f, time_limit=1e-9)
+    assert [v.status for v in out] == ["unsolved", "unsolved"]
+    assert all(v.reason == "time limit" for v in out)
+
+
+@pytest.mark.parametrize("policy", ["bnn_waq", pytest.param("bnn_wq", marks=pytest.mark.slow)])
+def test_no_attack_beats_the_exact_value(policy):
+    _, _, net, f = tiny(policy, (6, 4), 7)
+    xs, ys = examples(f, 7, 8)
+    eps = 0.08
+    verdicts = verify_batch(net, xs, ys, eps, logits_fn=f)
+    robust = np.array([v.status == ROBUST for v in verdicts])
+    assert all(v.status != "unsolved" for v in verdicts)
+    names = ["pgd", "pgd++njs", "pgd++hns", "square"]
+    overrides = {"steps": 10, "queries": 200}
+    for name in names:
+        cfg = presets.ensemble_members([name], norm="linf", eps=eps, **overrides)[0]
+        res = attack(cfg, f, jnp.asarray(xs), jnp.asarray(ys), key=jax.random.key(0))
+        assert not np.any(np.asarray(res.success) & robust), name
+    assert registry.make("pgd", eps=eps).eps == eps
+
+
+def test_iprop_stays_in_ball_and_respects_the_truth():
+    _, _, net, f = tiny("bnn_waq", (10, 6), 2)
+    xs, ys = examples(f, 2, 4)
+    wins = 0
+    for eps in (0.05, 0.15):
+        for x, y in zip(xs, ys, strict=True):
+            r = iprop(net, x, y, eps, logits_fn=f, iterations=3)
+            d = np.abs(r.x_adv.astype(np.float64) - x.astype(np.float64)).max()
+            assert r.x_adv.dtype == np.float32 and d <= eps
+            assert 0 <= r.x_adv.min() and r.x_adv.max() <= 1
+            pred = int(np.argmax(np.asarray(f(r.x_adv[None]))[0]))
+            assert r.success == (pred != y)
+            if r.success:
+                wins += 1
+                assert exact_robustness(net, x, y, eps, logits_fn=f).status == NOT_ROBUST
+    assert wins > 0
+
+
+def test_iprop_rejects_relu_networks():
+    _, _, net, _ = tiny("bnn_wq", (3,), 0)
+    with pytest.raises(ValueError, match="sign"):
+        iprop(net, np.zeros(SHAPE, np.float32), 0, 0.1)
+
+
+def _loaded(policy, widths, seed):
+    m, v, _, _ = tiny(policy, widths, seed)
+    meta = {"arch": "mlp", "policy_name": policy, "image_shape": list(SHAPE)}
+    return LoadedModel(m, v, meta)
+
+
+def test_gap_to_truth_is_nonnegative_and_resumes(tmp_path, monkeypatch):
+    loaded = _loaded("bnn_waq", (6, 4), 4)
+    xs, ys = examples(loaded.logits_fn, 4, 5)
+    kw = dict(attack_overrides={"steps": 5}, progress=False, iprop_options={"iterations": 2})
+    rec = gap_to_truth(loaded, xs, ys, [0.05, 0.12], ["pgd"], out=tmp_path, **kw)
+    assert rec["attacks"] == ["pgd", "iprop"]
+    for row in rec["rows"]:
+        assert row["n_solved"] + row["n_unsolved"] == 5
+        for a in row["attacks"].values():
+            assert a["gap"] >= 0 and a["violations"] == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"gap.json", "gap.md", "flip_rate.png"}
+    # a killed run: keep the header and two examples; the rest is recomputed, the rest reused
+    path = tmp_path / "exact" / "eps_0.05.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])
+    calls = []
+    import qadv.verify.milp as milp_mod
+
+    real = milp_mod.exact_robustness
+    monkeypatch.setattr(
+        milp_mod, "exact_robustness", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    again = gap_to_truth(loaded, xs, ys, [0.05, 0.12], ["pgd"], out=tmp_path, **kw)
+    assert len(calls) == 3
+    assert again["rows"] == rec["rows"] or _same_rows(again["rows"], rec["rows"])
+
+
+def _same_rows(a, b):
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "milp_time_s"} for r in rows]  # noqa: E731
+    return strip(a) == strip(b)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify_cli")
+    data_dir = root / "data"
+    data_dir.mkdir()
+    write_mnist_like(data_dir, n_test=6, learnable=True)
+    runs = {}
+    for arch, widths in (("mlp", (4, 3)), ("cnn", (2,))):
+        policy = get_policy("bnn_waq")
+        m = get_model(arch, num_classes=10, policy=policy, widths=widths)
+        v = _randomised(
+            init_variables(m, key=jax.random.key(0), input_shape=(28, 28, 1)), jax.random.key(1)
+        )
+        meta = {
+            "arch": arch,
+            "arch_opts": {"widths": list(widths)},
+            "num_classes": 10,
+            "policy": policy.to_dict(),
+            "policy_name": policy.name,
+            "mean": [0.0],
+            "std": [1.0],
+            "image_shape": [28, 28, 1],
+            "dataset": "mnist",
+        }
+        manager = open_manager(root / arch / "checkpoints")
+        save_checkpoint(manager, 1, variables=v, train_state={"step": np.zeros(())}, metadata=meta)
+        manager.close()
+        runs[arch] = root / arch
+    return runs, data_dir
+
+
+def test_cli_verify(checkpoints, capsys, tmp_path):
+    runs, data_dir = checkpoints
+    argv = [
+        "verify",
+        "--checkpoint",
+        str(runs["mlp"]),
+        "--eps",
+        "0.01,2/255",
+        "--n",
+        "3",
+        "--time-limit",
+        "20",
+        "--attacks",
+        "pgd",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 0
+    assert "Gap to truth" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "gap.json").read_text())
+    assert [r["eps"] for r in rec["rows"]] == [0.01, 2 / 255]
+
+
+@pytest.mark.parametrize(
+    "which,eps,needle",
+    [("cnn", "0.1", "MLP"), ("mlp", "0.1,abc", "bad eps"), ("mlp", "0,0.1", "bad --eps")],
+)
+def test_cli_verify_errors_are_one_line(checkpoints, capsys, tmp_path, which, eps, needle):
+    runs, data_dir = checkpoints
+    argv = [
+        "verify",
+        "--checkpoint",
+        str(runs[which]),
+        "--eps",
+        eps,
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1

@@ -537,3 +537,26 @@ def test_hns_exact_mode_uses_the_full_hessian(strict_dtypes):
     k = norms.argmax(1)
     expected = np.where((k == 0) | (k == 11), 1.0, np.asarray(grid)[np.arange(3), k])
     np.testing.assert_allclose(np.asarray(info.beta), expected, rtol=1e-5)
+
+
+def test_prop1_temperature_matches_proposition_1():
+    """Table 14's rule: β = (-log ρ + log(1-ρ) + log(d-1)) / (max - min) per correctly
+    classified example, 1 otherwise; with it 1 - softmax(βa)_y stays above ρ."""
+    rng = np.random.default_rng(3)
+    d, b = 10, 16
+    w = rng.normal(size=(4, d)).astype(np.float32) * 30
+    f = lambda x: x.reshape(x.shape[0], -1) @ w  # noqa: E731
+    x = jnp.asarray(rng.uniform(size=(b, 2, 2, 1)).astype(np.float32))
+    logits = np.asarray(f(x), np.float64)
+    y = jnp.asarray(np.where(np.arange(b) % 4 == 0, (logits.argmax(1) + 1) % d, logits.argmax(1)))
+    for rho in (1e-15, 1e-5, 0.2):
+        info = attacks.temperature.prop1(rho).init(f, x, y)
+        want = (-np.log(rho) + np.log1p(-rho) + np.log(d - 1)) / (logits.max(1) - logits.min(1))
+        correct = logits.argmax(1) == np.asarray(y)
+        want = np.where(correct, want, 1.0)
+        np.testing.assert_allclose(np.asarray(info.beta), want, rtol=1e-5)
+        p = jax.nn.softmax(jnp.asarray(want * 0.999)[:, None] * jnp.asarray(logits), axis=-1)
+        top = np.asarray(p)[np.arange(b), np.asarray(y)]
+        assert np.all((1 - top)[correct] > rho * 0.99)
+    with pytest.raises(ValueError, match=r"bad rho 1\.5"):
+        attacks.registry.make("pgd", temperature="prop1", rho=1.5)

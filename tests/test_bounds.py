@@ -310,7 +310,13 @@ def test_rho_ablation_rows_and_resume(tmp_path):
     x = np.random.default_rng(7).uniform(0, 1, (10, *SHAPE)).astype(np.float32)
     y = np.asarray(jnp.argmax(f(jnp.asarray(x)), axis=-1)).astype(np.int32)
     kw = dict(
-        eps=0.05, steps=3, rhos=(1e-3, 0.1), fixed_betas=(0.1,), out_dir=tmp_path, batch_size=8
+        eps=0.05,
+        steps=3,
+        rhos=(1e-3, 0.1),
+        fixed_betas=(0.1,),
+        prop1_rhos=(1e-5,),
+        out_dir=tmp_path,
+        batch_size=8,
     )
     rows = rho_ablation(f, x, y, **kw)
     assert [r["tag"] for r in rows] == [
@@ -318,8 +324,10 @@ def test_rho_ablation_rows_and_resume(tmp_path):
         "pgd_fixed_0.1",
         "pgd_njs_rho_0.001",
         "pgd_njs_rho_0.1",
+        "pgd_prop1_rho_1e-05",
         "pgd_hns",
     ]
+    assert rows[4]["label"] == "PGD++ (Prop. 1, ρ=1e-05) L∞"
     assert rows[2]["rho"] == 1e-3 and rows[1]["beta_fixed"] == 0.1
     assert all(0 <= r["robust_accuracy"] <= r["clean_accuracy"] == 100.0 for r in rows)
     # each row is the same as a direct evaluation with the registry's config

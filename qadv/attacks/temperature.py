@@ -31,6 +31,10 @@ Strategies:
   top-2 logit, constants in float64 log space), chosen once at the random-start point.
   ``exact=True`` adds the curvature term for smooth networks (costly, see
   ``qadv.signal``).
+- ``prop1(rho)``: the paper's Table 14 ablation. Per example, at the random-start point,
+  ``beta`` from Proposition 1 so that ``1 - softmax(beta a)_y > rho``:
+  ``beta = -log(rho / ((d-1)(1-rho))) / gamma`` with ``gamma = max - min`` logit, for
+  correctly classified examples (``beta = 1`` otherwise); no NJS ``beta1``.
 """
 
 from __future__ import annotations
@@ -55,9 +59,12 @@ __all__ = [
     "HNSTemperature",
     "NJSTemperature",
     "NoTemperature",
+    "Prop1",
+    "Prop1Temperature",
     "fixed",
     "hns",
     "njs",
+    "prop1",
 ]
 
 
@@ -302,6 +309,53 @@ def hns(*, grid_size: int = 100, exact: bool = False) -> HNS:
     return HNS(int(grid_size), exact)
 
 
+# ------------------------------------------------------------------ Proposition 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Prop1:
+    """Proposition-1 temperature chosen once per example (paper Table 14); ``prop1(rho)``."""
+
+    rho: float
+
+    def validate(self, d: int, batch: int) -> None:
+        if not self.rho < (d - 1) / d:
+            raise ValueError(
+                f"prop1 rho must be < (d-1)/d = {(d - 1) / d:.4g} for d={d}, got {self.rho}"
+            )
+
+    def init(self, logits_fn, x, y) -> BetaInfo:
+        logits = logits_fn(x)
+        d = logits.shape[-1]
+        gamma = jnp.max(logits, axis=-1) - jnp.min(logits, axis=-1)
+        beta = signal.prop1_beta(jnp.where(gamma > 0, gamma, jnp.nan), self.rho, d)
+        misclassified = jnp.argmax(logits, axis=-1).astype(y.dtype) != y
+        beta = jnp.where(misclassified, jnp.ones_like(beta), beta)
+        return _guard(beta, logits, misclassified)
+
+    def beta(self, state: BetaInfo, logits, y) -> BetaInfo:
+        return state
+
+
+jax.tree_util.register_dataclass(Prop1, data_fields=[], meta_fields=["rho"])
+
+
+def prop1(rho: float) -> Prop1:
+    """Per-example ``beta`` from Proposition 1 with threshold ``rho`` (paper Table 14).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> f = lambda x: x.reshape(x.shape[0], -1) @ jnp.array([[2.0, 0.0, -2.0]])
+        >>> info = prop1(0.01).init(f, jnp.ones((1, 1, 1, 1)), jnp.array([0]))
+        >>> round(float(info.beta[0]), 4)  # (log 99 + log 2) / 4
+        1.3221
+    """
+    rho = float(rho)
+    if not 0.0 < rho < 1.0:
+        raise ValueError(f"bad rho {rho!r}; it must lie in (0, 1)")
+    return Prop1(rho)
+
+
 # ------------------------------------------------------------- configs (the registry)
 # A temperature *config* is the hashable description a gradient attack config holds;
 # ``build`` turns it into the strategy above (NJS calibrates here, once per model).
@@ -397,3 +451,25 @@ class HNSTemperature(registry.TemperatureConfig):
 
     def build(self, logits_fn, context) -> HNS:
         return hns(grid_size=self.grid_size, exact=self.hns_exact)
+
+
+@registry.register_temperature
+@dataclasses.dataclass(frozen=True)
+class Prop1Temperature(registry.TemperatureConfig):
+    """Proposition 1 per example with threshold ``rho`` (paper Table 14)."""
+
+    kind: ClassVar[str] = "prop1"
+    rho: float = 0.01
+
+    def validate(self) -> None:
+        if isinstance(self.rho, bool) or not (
+            isinstance(self.rho, int | float) and 0.0 < self.rho < 1.0
+        ):
+            raise ValueError(f"bad rho {self.rho!r}; it must lie in (0, 1)")
+
+    @property
+    def suffix(self) -> str:
+        return f"++ (Prop. 1, ρ={self.rho:g})"
+
+    def build(self, logits_fn, context) -> Prop1:
+        return prop1(self.rho)

@@ -11,8 +11,8 @@ bounds: Gupta & Ajanthan's Tables 11–14 and Finlay & Oberman's bounds, for one
   L-/C-bounds beside FAB's minimal distances, written to ``signal.json``, ``signal.md``
   and plots.
 
-Table 14 of the paper (β from Proposition 1 for every correctly classified image, without
-NJS's ``β₁``) is a different temperature rule and is not reproduced here.
+The ablation also covers Table 14: β from Proposition 1 for every correctly classified
+image, without NJS's ``β₁`` (the ``prop1`` temperature), over the paper's ρ values.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from qadv.evaluate.core import cached_attack, clean_predictions, data_fingerprin
 
 __all__ = [
     "PAPER_FIXED_BETAS",
+    "PAPER_PROP1_RHOS",
     "PAPER_RHOS",
     "format_signal_markdown",
     "rho_ablation",
@@ -51,6 +52,9 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 
 PAPER_RHOS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 2e-1)
 """ρ values of the paper's Table 12 (PGD++ NJS)."""
+
+PAPER_PROP1_RHOS = (1e-15, 1e-9, 1e-5, 1e-1, 2e-1, 5e-1)
+"""ρ values of the paper's Table 14 (β from Proposition 1 per example)."""
 
 PAPER_FIXED_BETAS = (0.1, 0.01)
 """Fixed temperatures compared in the paper (β = 0.01 is Table 11's "Heuristic")."""
@@ -281,6 +285,7 @@ def rho_ablation(
     steps: int = 20,
     rhos: Sequence[float] = PAPER_RHOS,
     fixed_betas: Sequence[float] = PAPER_FIXED_BETAS,
+    prop1_rhos: Sequence[float] = PAPER_PROP1_RHOS,
     include_hns: bool = True,
     context: AttackContext | None = None,
     out_dir: str | Path | None = None,
@@ -288,8 +293,9 @@ def rho_ablation(
     seed: int = 0,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Robust accuracy of PGD (β = 1), PGD++ with fixed β, PGD++ NJS over ρ (Table 12) and
-    PGD++ HNS, all with the same ε, steps, step size (the norm's default) and seed.
+    """Robust accuracy of PGD (β = 1), PGD++ with fixed β, PGD++ NJS over ρ (Table 12),
+    PGD++ with Proposition 1's β per example over ρ (Table 14) and PGD++ HNS, all with the
+    same ε, steps, step size (the norm's default) and seed.
 
     Each row runs through :func:`qadv.evaluate.evaluate_attack` (images verified in the
     ball, misclassified clean images never robust). With ``out_dir`` each attack's record
@@ -301,13 +307,16 @@ def rho_ablation(
         ``robust_accuracy``, ``clean_accuracy``, ``fallback_count``, ``beta`` statistics,
         ``wall_time_s``.
     """
-    _check_ablation(rhos, fixed_betas)
+    _check_ablation((*rhos, *prop1_rhos), fixed_betas)
     plan: list[tuple[str, dict[str, Any], dict[str, Any]]] = [("pgd", {}, {})]
     plan += [
         (f"pgd_fixed_{b:g}", {"temperature": "fixed", "beta": b}, {"beta_fixed": b})
         for b in fixed_betas
     ]
     plan += [(f"pgd_njs_rho_{r:g}", {"temperature": "njs", "rho": r}, {"rho": r}) for r in rhos]
+    plan += [
+        (f"pgd_prop1_rho_{r:g}", {"temperature": "prop1", "rho": r}, {"rho": r}) for r in prop1_rhos
+    ]
     if include_hns:
         plan.append(("pgd_hns", {"temperature": "hns"}, {}))
     out = Path(out_dir) if out_dir is not None else None
@@ -404,7 +413,12 @@ def format_signal_markdown(record: Mapping[str, Any]) -> str:
     names = list(sig["rows"])
     rows = [[label] + [_fmt(get(sig["rows"][n])) for n in names] for label, get in stats]
     lines.append(report.format_table(["statistic", *names], rows))
-    lines += ["", "## PGD++ ablation: ρ of NJS (paper Table 12), fixed β, plain PGD", ""]
+    lines += [
+        "",
+        "## PGD++ ablation: ρ of NJS (paper Table 12), Proposition 1 per example (Table 14), "
+        "fixed β, plain PGD",
+        "",
+    ]
     rows = [
         [
             r["label"],
@@ -539,6 +553,7 @@ def signal_report(
     steps: int = 20,
     rhos: Sequence[float] = PAPER_RHOS,
     fixed_betas: Sequence[float] = PAPER_FIXED_BETAS,
+    prop1_rhos: Sequence[float] = PAPER_PROP1_RHOS,
     signal_examples: int = 500,
     clever_examples: int = 50,
     clever_norm: str = "l1",
@@ -613,7 +628,7 @@ def signal_report(
         raise ValueError(f"unknown norm {norm!r}; choose one of: linf, l2")
     if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"bad eps {eps!r}; it must be a finite number > 0")
-    _check_ablation(rhos, fixed_betas)
+    _check_ablation((*rhos, *prop1_rhos), fixed_betas)
     if min_norm_attack not in ("fab", "deepfool"):
         raise ValueError(f"unknown minimum-norm attack {min_norm_attack!r}; use fab or deepfool")
     context = context if context is not None else AttackContext()
@@ -651,6 +666,7 @@ def signal_report(
         steps=steps,
         rhos=rhos,
         fixed_betas=fixed_betas,
+        prop1_rhos=prop1_rhos,
         context=context,
         out_dir=out / "attacks",
         batch_size=batch_size,

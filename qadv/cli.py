@@ -323,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job: float and BNN-WQ MLPs, masking reports, the attacks that break it",
     )
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--n", type=_positive_int("n"), default=1000, help="test images to attack")
+    d.add_argument(
+        "--n", type=_positive_int("n"), default=500, help="first N test images evaluated"
+    )
     d.add_argument(
         "--epochs",
         type=_positive_int("epochs"),

@@ -205,3 +205,36 @@ def test_bad_numbers_are_one_line(capsys):
     assert capsys.readouterr().err.strip() == (
         "qadv attack: error: steps must be an integer >= 1, got 0"
     )
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["masking", "--checks", "zero-gradients,vibes"], "unknown masking check 'vibes'"),
+        (["masking", "--norm", "l3"], "unknown norm 'l3'"),
+        (["masking", "--tolerance", "-1"], "invalid tolerance -1"),
+        (["signal", "--rhos", "0.5,2"], "bad rho 2.0"),
+        (["signal", "--min-norm-attack", "cw"], "unknown minimum-norm attack 'cw'"),
+        (["signal", "--norm", "l7"], "l7"),
+    ],
+)
+def test_bad_masking_and_signal_arguments_are_one_line(run, capsys, tmp_path, argv, needle):
+    out, data_dir = run
+    code = cli.main(
+        [*argv, "--checkpoint", str(out), "--out", str(tmp_path / "r"), "--data-dir", str(data_dir)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_masking_report_end_to_end(run, capsys, tmp_path):
+    out, data_dir = run
+    argv = ["masking", "--checkpoint", str(out), "--surrogate", str(out), "--n", "16"]
+    argv += ["--checks", "zero-gradients,black-box,transfer", "--queries", "20"]
+    argv += ["--out", str(tmp_path / "m"), "--data-dir", str(data_dir), "--no-progress"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "zero-gradients" in text and "black-box" in text and "masking.md" in text
+    saved = json.loads((tmp_path / "m" / "masking.json").read_text())
+    assert [c["name"] for c in saved["checks"]] == ["zero-gradients", "black-box", "transfer"]
+    assert saved["eps"] == 0.1  # the (Fashion-)MNIST default budget

@@ -57,7 +57,13 @@ def test_demo_writes_verdict_report_plots_and_resumes(tiny, monkeypatch):
     assert "bnn_wq" in result["verdict"] and "float model" in result["verdict"]
     text = (out / "report.md").read_text()
     assert text.splitlines()[2] == result["verdict"]
-    for needle in ("Masking checks", "8/255 (paper (CIFAR-10))", "0.1", "git commit", "lead > 88"):
+    for needle in (
+        "Masking checks",
+        "8/255 (paper's CIFAR-10 budget)",
+        "0.1",
+        "git commit",
+        "lead > 88",
+    ):
         assert needle in text, needle
     for c in CHECKS:
         assert f"| {c} |" in text

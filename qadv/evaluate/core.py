@@ -43,6 +43,7 @@ from qadv.attacks.protocol import (
 __all__ = [
     "batch_placer",
     "cached_attack",
+    "check_data",
     "clean_predictions",
     "data_fingerprint",
     "evaluate_attack",
@@ -137,7 +138,9 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-def _check_inputs(images, labels, indices, batch_size):
+def check_data(images, labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(float32 images (N, H, W, C) in [0, 1], int32 labels (N,))`` with N >= 1, or a
+    one-line ``ValueError`` naming what is wrong."""
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int32)
     if images.ndim != 4 or labels.shape != (len(images),):
@@ -150,6 +153,11 @@ def _check_inputs(images, labels, indices, batch_size):
         raise ValueError(
             f"images must lie in [0, 1], got range [{images.min():.4g}, {images.max():.4g}]"
         )
+    return images, labels
+
+
+def _check_inputs(images, labels, indices, batch_size):
+    images, labels = check_data(images, labels)
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int | np.integer)

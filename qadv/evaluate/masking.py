@@ -54,7 +54,13 @@ import numpy as np
 
 from qadv import report, signal
 from qadv.attacks import AttackContext, get_norm, registry
-from qadv.evaluate.core import cached_attack, data_fingerprint, padded, progress_bar
+from qadv.evaluate.core import (
+    cached_attack,
+    check_data,
+    data_fingerprint,
+    padded,
+    progress_bar,
+)
 from qadv.evaluate.diagnostics import accuracy_curve
 from qadv.losses import cw_margin
 
@@ -749,13 +755,7 @@ def masking_report(
     for n_ in names:
         if n_ not in CHECKS:
             raise ValueError(f"unknown masking check {n_!r}; choose from: " + ", ".join(CHECKS))
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels, np.int32)
-    if images.ndim != 4 or len(images) != len(labels) or len(images) == 0:
-        raise ValueError(
-            f"images must be (N, H, W, C) with N = len(labels) > 0, got {images.shape} "
-            f"and {labels.shape}"
-        )
+    images, labels = check_data(images, labels)
     if context is None:
         context = AttackContext(calib_images=images)
     if surrogate is not None:

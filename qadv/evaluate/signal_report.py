@@ -35,7 +35,13 @@ from qadv import report, signal
 from qadv.attacks import registry
 from qadv.attacks.protocol import AttackContext, split_logits_fn
 from qadv.evaluate import bounds as bounds_lib
-from qadv.evaluate.core import cached_attack, clean_predictions, data_fingerprint, padded
+from qadv.evaluate.core import (
+    cached_attack,
+    check_data,
+    clean_predictions,
+    data_fingerprint,
+    padded,
+)
 
 __all__ = [
     "PAPER_FIXED_BETAS",
@@ -204,13 +210,7 @@ def signal_table(
     Returns:
         ``{"n_evaluated", "n_used", "sign_grad_norm_max", "rows": {name: statistics}}``.
     """
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels, np.int32)
-    if images.ndim != 4 or labels.shape != (len(images),) or not len(images):
-        raise ValueError(
-            f"images must be (N, H, W, C) and labels (N,), N >= 1; got {images.shape} and "
-            f"{labels.shape}"
-        )
+    images, labels = check_data(images, labels)
     context = context if context is not None else AttackContext()
     if context.calib_images is None:
         context = dataclasses.replace(context, calib_images=images)
@@ -617,13 +617,7 @@ def signal_report(
         raise ValueError(
             f"expected a LoadedModel or a logits function, got {type(loaded_or_logits_fn)}"
         )
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels, np.int32)
-    if images.ndim != 4 or labels.shape != (len(images),) or not len(images):
-        raise ValueError(
-            f"images must be (N, H, W, C) and labels (N,), N >= 1; got {images.shape} and "
-            f"{labels.shape}"
-        )
+    images, labels = check_data(images, labels)
     if norm not in ("linf", "l2"):
         raise ValueError(f"unknown norm {norm!r}; choose one of: linf, l2")
     if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):

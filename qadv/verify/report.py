@@ -128,14 +128,9 @@ def gap_to_truth(
         and the MILP time statistics.
     """
     from qadv.attacks import presets
-    from qadv.evaluate.core import cached_attack, data_fingerprint
+    from qadv.evaluate.core import cached_attack, check_data, data_fingerprint
 
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels, np.int32)
-    if images.ndim != 4 or labels.shape != (len(images),) or not len(images):
-        raise ValueError(
-            f"images must be (N, H, W, C) and labels (N,); got {images.shape}, {labels.shape}"
-        )
+    images, labels = check_data(images, labels)
     eps_list = [float(e) for e in eps_list]
     for e in eps_list:
         if not (np.isfinite(e) and 0 < e <= 1):

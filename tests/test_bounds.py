@@ -315,6 +315,7 @@ def test_rho_ablation_rows_and_resume(tmp_path):
         rhos=(1e-3, 0.1),
         fixed_betas=(0.1,),
         prop1_rhos=(1e-5,),
+        include_hns=False,
         out_dir=tmp_path,
         batch_size=8,
     )
@@ -325,7 +326,6 @@ def test_rho_ablation_rows_and_resume(tmp_path):
         "pgd_njs_rho_0.001",
         "pgd_njs_rho_0.1",
         "pgd_prop1_rho_1e-05",
-        "pgd_hns",
     ]
     assert rows[4]["label"] == "PGD++ (Prop. 1, ρ=1e-05) L∞"
     assert rows[2]["rho"] == 1e-3 and rows[1]["beta_fixed"] == 0.1

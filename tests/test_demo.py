@@ -44,7 +44,8 @@ def tiny(tmp_path_factory):
         progress=False,
         models=models,
         masking=masking,
-        ensemble={"steps": 3, "queries": 20, "n_targets": 2},
+        ensemble={"steps": 3, "queries": 20, "n_targets": 1},
+        eps={"paper's CIFAR-10 budget": 8 / 255, "Fashion-MNIST budget": 0.1},
     )
     return root, kw
 

@@ -315,3 +315,35 @@ def test_cli_verify_errors_are_one_line(checkpoints, capsys, tmp_path, which, ep
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_attack_counterexamples_settle_what_the_milp_leaves_open(monkeypatch):
+    """With the MILP made to give up on every example, only verified attack successes
+    settle examples (as not robust); nothing is ever counted robust without a proof."""
+    import qadv.verify.report as report_mod
+    from qadv.verify.milp import UNSOLVED, Verdict
+
+    loaded = _loaded("bnn_waq", (6, 4), 4)
+    xs, ys = examples(loaded.logits_fn, 4, 6)
+
+    def give_up(net, images, labels, eps, *, on_result, skip=(), **kw):
+        for i in range(len(images)):
+            if i not in skip:
+                on_result(i, Verdict(UNSOLVED, None, None, 0.0, 0, "time limit"))
+
+    monkeypatch.setattr(report_mod, "verify_batch", give_up)
+    rec = gap_to_truth(
+        loaded,
+        xs,
+        ys,
+        [0.12],
+        ["pgd"],
+        attack_overrides={"steps": 5},
+        progress=False,
+        run_iprop=False,
+    )
+    row = rec["rows"][0]
+    assert row["n_solved_by_milp"] == 0 and row["n_settled_by_attack"] == row["n_solved"] > 0
+    assert row["n_solved"] + row["n_unsolved"] == 6
+    # every settled example is one PGD broke: exact and PGD agree (0 %) on them
+    assert row["exact_robust_accuracy"] == 0.0 and row["attacks"]["pgd"]["gap"] == 0.0

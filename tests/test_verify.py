@@ -290,6 +290,10 @@ def test_cli_verify(checkpoints, capsys, tmp_path):
     assert "Gap to truth" in capsys.readouterr().out
     rec = json.loads((tmp_path / "gap.json").read_text())
     assert [r["eps"] for r in rec["rows"]] == [0.01, 2 / 255]
+    # --minimal on this untrained checkpoint: every image misclassified, one clear line
+    assert cli.main([*argv, "--minimal", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("no correctly classified example to measure") and "\n" not in err
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,10 @@ and the exact MILP value, on small MLPs trained on real Fashion-MNIST.
 
 Trains a BNN-WAQ MLP (widths ``WIDTHS``, default 100x2) and a BNN-WQ MLP of the same widths
 (BinaryConnect weights), then runs ``qadv verify`` on the first ``N`` test images at every
-radius of ``EPS``. Checkpoints go to ``runs/fig2_mlp_<policy>``, results (gap.json,
-gap.md, flip_rate.png and the per-example JSONL files) to ``results/fig2_iprop/<policy>``.
+radius of ``EPS``, and brackets the exact minimal L∞ perturbation of the first ``MINIMAL``
+correctly classified images beside FAB's and DeepFool's. Checkpoints go to
+``runs/fig2_mlp_<policy>``, results (gap.json, gap.md, flip_rate.png, minimal.json,
+minimal.md and the per-example JSONL files) to ``results/fig2_iprop/<policy>``.
 Every step resumes after a kill: rerun the same command.
 
 The paper's network is 5x100 on MNIST; the MILP cost grows quickly with depth, so the
@@ -33,6 +35,7 @@ EPS = os.environ.get("EPS", "0.01,0.03,0.1")
 TIME_LIMIT = os.environ.get("TIME_LIMIT", "5")
 EPOCHS = int(os.environ.get("EPOCHS", "3"))
 WIDTHS = tuple(int(w) for w in os.environ.get("WIDTHS", "100,100").split(","))
+MINIMAL = os.environ.get("MINIMAL", "10")  # exact minimal L∞ perturbation of this many images
 DATA_DIR = os.environ.get("DATA_DIR")
 OUT = Path(os.environ.get("OUT", ROOT / "results" / "fig2_iprop"))
 RUNS = Path(os.environ.get("RUNS", ROOT / "runs"))
@@ -72,6 +75,8 @@ def main() -> int:
                 TIME_LIMIT,
                 "--attacks",
                 "pgd,pgd++njs,square",
+                "--minimal",
+                MINIMAL,
                 "--out",
                 str(out),
                 "--no-progress",

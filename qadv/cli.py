@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "classified images by bisection, beside FAB's and DeepFool's (0: skip)",
     )
     x.add_argument(
-        "--minimal-tol", type=_fraction("minimal tol"), default=1 / 255, help="bisection width"
+        "--minimal-tol", type=_fraction("minimal tol"), default=1e-3, help="bisection width"
     )
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--out", required=True, help="folder: per-example results (resume), report")

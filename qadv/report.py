@@ -56,14 +56,25 @@ def parse_fraction(text: str | float | int, *, name: str = "value") -> float:
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
-    """The current git commit of the qadv checkout (``+dirty`` if modified), or ``"unknown"``."""
+    """The current git commit of the qadv checkout (``+dirty`` if its code is modified; files
+    under ``results/`` and ``runs/`` are outputs and do not count), or ``"unknown"``."""
     cwd = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # results/ and runs/ hold outputs (committed results included), not code
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!results",
+                ":!runs",
+            ],
             cwd=cwd,
             capture_output=True,
             text=True,

@@ -576,6 +576,7 @@ def minimal_linf(
     time_limit: float = 10.0,
     eps_max: float = 1.0,
     logits_fn: LogitsFn | None = None,
+    upper_hint: float | None = None,
 ) -> MinimalResult:
     """The minimal L∞ adversarial perturbation, bracketed by bisection with exact checks.
 
@@ -587,6 +588,9 @@ def minimal_linf(
         tol: bracket width to reach.
         time_limit: seconds per exact check.
         eps_max: the largest radius considered.
+        upper_hint: the norm of an adversarial example already known (e.g. a verified
+            attack's): bisection starts from ``[0, upper_hint]`` instead of checking
+            ``eps_max`` first, which keeps the MILPs at small, tractable radii.
 
     Example:
         >>> from qadv.verify.network import Layer
@@ -608,13 +612,16 @@ def minimal_linf(
         checks += 1
         return exact_robustness(net, x, y, eps, logits_fn=logits_fn, time_limit=time_limit)
 
-    v = check(eps_max)
-    if v.status == ROBUST:
-        return MinimalResult(eps_max, np.inf, None, False, checks)
-    if v.status == UNSOLVED:
-        return MinimalResult(0.0, np.inf, None, True, checks)
-    lower, best = 0.0, v.x_adv
-    upper = _linf(best, x)
+    if upper_hint is not None and np.isfinite(upper_hint) and 0 < upper_hint <= eps_max:
+        lower, best, upper = 0.0, None, float(upper_hint)
+    else:
+        v = check(eps_max)
+        if v.status == ROBUST:
+            return MinimalResult(eps_max, np.inf, None, False, checks)
+        if v.status == UNSOLVED:
+            return MinimalResult(0.0, np.inf, None, True, checks)
+        lower, best = 0.0, v.x_adv
+        upper = _linf(best, x)
     if upper == 0.0:
         return MinimalResult(0.0, 0.0, best, False, checks)
     while upper - lower > tol:

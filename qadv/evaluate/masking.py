@@ -658,51 +658,44 @@ def _step_size(probe: _Probe) -> Verdict:
     )
 
 
+def _versus_pgd(probe: _Probe, name: str, other: tuple[str, Any], what: str, why: str) -> Verdict:
+    """Does ``other`` (key, config) beat white-box PGD on the same examples (:func:`beats`)?"""
+    pgd = probe.accuracy(*probe.white_box())
+    acc = probe.accuracy(*other)
+    test = beats(probe.robust(*other), probe.robust(*probe.white_box()), probe.config.tolerance)
+    data = {"pgd": pgd, "attack": acc, "test": test}
+    if test["beats"]:
+        reason = (
+            f"{what} leaves {_pct(acc)}, below white-box PGD's {_pct(pgd)} "
+            f"({test['broken_only_by_other']} examples broken only by it): {why}"
+        )
+        return Verdict(name, SUSPECTED, reason, data)
+    return Verdict(name, PASS, f"{what} leaves {_pct(acc)}, white-box PGD {_pct(pgd)}", data)
+
+
 @check("transfer", "White-box against transfer from a surrogate")
 def _transfer(probe: _Probe) -> Verdict:
     if probe.context.surrogate is None:
         return Verdict("transfer", SKIPPED, "no surrogate model given")
-    key, wb = probe.white_box()
-    pgd, pgd_r = probe.accuracy(key, wb), probe.robust(key, wb)
-    tk, tc = probe.transfer()
-    tr, tr_r = probe.accuracy(tk, tc), probe.robust(tk, tc)
-    test = beats(tr_r, pgd_r, probe.config.tolerance)
-    only = test["broken_only_by_other"]
-    data = {"pgd": pgd, "transfer": tr, "test": test}
-    if test["beats"]:
-        return Verdict(
-            "transfer",
-            SUSPECTED,
-            f"PGD run on the surrogate leaves {_pct(tr)}, below white-box PGD's {_pct(pgd)} "
-            f"({only} examples broken only by transfer): the model's own gradients mislead",
-            data,
-        )
-    return Verdict(
+    return _versus_pgd(
+        probe,
         "transfer",
-        PASS,
-        f"transfer leaves {_pct(tr)}, white-box PGD {_pct(pgd)}",
-        data,
+        probe.transfer(),
+        "PGD run on the surrogate",
+        "the model's own gradients mislead",
     )
 
 
 @check("black-box", "White-box against Square (gradient-free)")
 def _black_box(probe: _Probe) -> Verdict:
-    key, wb = probe.white_box()
-    pgd, pgd_r = probe.accuracy(key, wb), probe.robust(key, wb)
-    sk, sc = probe.square()
-    sq, sq_r = probe.accuracy(sk, sc), probe.robust(sk, sc)
-    test = beats(sq_r, pgd_r, probe.config.tolerance)
-    only = test["broken_only_by_other"]
-    data = {"pgd": pgd, "square": sq, "queries": sc.queries, "test": test}
-    if test["beats"]:
-        return Verdict(
-            "black-box",
-            SUSPECTED,
-            f"Square ({sc.queries} queries, no gradients) leaves {_pct(sq)}, below white-box "
-            f"PGD's {_pct(pgd)} ({only} examples broken only by Square)",
-            data,
-        )
-    return Verdict("black-box", PASS, f"Square leaves {_pct(sq)}, white-box PGD {_pct(pgd)}", data)
+    key, cfg = probe.square()
+    return _versus_pgd(
+        probe,
+        "black-box",
+        (key, cfg),
+        f"Square ({cfg.queries} queries, no gradients)",
+        "an attack without gradients does better than one with them",
+    )
 
 
 def masking_report(

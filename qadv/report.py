@@ -5,6 +5,7 @@ Everything here is plain Python/numpy: no JAX tracing, no model code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -119,6 +120,24 @@ def atomic_write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cached_json(path: str | os.PathLike | None, params: Mapping[str, Any], compute) -> Any:
+    """``compute()``, saved to ``path`` as JSON with a hash of ``params``; a later call with
+    the same ``params`` (include a data fingerprint) reads it back instead of recomputing.
+    ``path=None`` always computes. Returns the JSON form of the value either way."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+    if path is not None and Path(path).exists():
+        try:
+            saved = read_json(path)
+            if saved.get("key") == key:
+                return saved["value"]
+        except (OSError, ValueError, KeyError):
+            pass
+    value = compute()
+    if path is not None:
+        atomic_write_json(path, {"key": key, "params": params, "value": value})
+    return json.loads(json.dumps(value, default=_json_default))
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -41,7 +41,6 @@ Checks register themselves with :func:`check`; a new check is one function.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -317,16 +316,8 @@ class _Probe:
             return self._facts[name]
         path = self.out_dir / "facts" / f"{name}.json" if self.out_dir else None
         stamp = {"config": dataclasses.asdict(self.config), "data": self.fingerprint}
-        if path is not None and path.exists():
-            saved = report.read_json(path)
-            if saved.get("stamp") == json.loads(json.dumps(stamp)):
-                self._facts[name] = saved["value"]
-                return saved["value"]
-        value = compute()
-        if path is not None:
-            report.atomic_write_json(path, {"stamp": stamp, "value": value})
-        self._facts[name] = value
-        return value
+        self._facts[name] = report.cached_json(path, stamp, compute)
+        return self._facts[name]
 
     def batches(self):
         b = min(self.config.batch_size, self.n)

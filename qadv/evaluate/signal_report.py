@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -354,20 +352,9 @@ def rho_ablation(
 
 
 def _section(out_dir: Path, name: str, params: Mapping[str, Any], compute: Callable[[], Any]):
-    """Cached section of the report: reuse ``out_dir/sections/<name>.json`` when its
-    parameters (data fingerprint included) match, else compute and save it."""
-    path = out_dir / "sections" / f"{name}.json"
-    key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-    if path.exists():
-        try:
-            saved = report.read_json(path)
-            if saved.get("key") == key:
-                return saved["value"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass
-    value = compute()
-    report.atomic_write_json(path, {"key": key, "params": params, "value": value})
-    return json.loads(json.dumps(value, default=report._json_default))
+    """Cached section of the report: ``out_dir/sections/<name>.json``, reused when its
+    parameters (data fingerprint included) match."""
+    return report.cached_json(out_dir / "sections" / f"{name}.json", params, compute)
 
 
 def _floats(a) -> list:

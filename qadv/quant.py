@@ -143,7 +143,9 @@ def binarize_weights(
           the dual/latent variable is the gradient with respect to the primal ``x``).
 
     With ``hard=True`` every method returns exactly ±1 (``sign`` with ``sign(0) = +1``,
-    straight-through derivative); this is what evaluation uses.
+    straight-through derivative); this is what evaluation uses. ``beta = inf`` (the end
+    of annealing) gives the same ±1 forward pass inside training, with the hardtanh
+    straight-through derivative for ``gd_tanh`` and the identity for ``md_tanh_s``.
 
     Args:
         w: latent weights, any shape.
@@ -167,10 +169,11 @@ def binarize_weights(
     if hard or method == "bc":
         return sign_ste(w)
     beta = jnp.asarray(beta, dtype=w.dtype)
-    x = jnp.tanh(beta * w)
+    at_inf = jnp.isinf(beta)  # the end of annealing: hard signs inside training
+    soft = jnp.tanh(jnp.where(at_inf, jnp.ones_like(beta), beta) * w)
     if method == "gd_tanh":
-        return x
-    return _straight_through(w, x)
+        return jnp.where(at_inf, sign_ste(w), soft)
+    return _straight_through(w, jnp.where(at_inf, jnp.where(w >= 0, 1.0, -1.0).astype(w.dtype), soft))
 
 
 # ----------------------------------------------------------------------------- XNOR

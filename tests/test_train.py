@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from synthetic import write_idx
 
 from qadv import checkpoint, train
+from qadv.training import loop
 from qadv.models import get_model
 from qadv.quant import get_policy
 
@@ -130,16 +131,16 @@ def test_train_steps_reduce_loss(name, opts):
     step = train.make_train_step(model, tx, key=jax.random.key(1), project=project)
     losses = []
     for _ in range(15):
-        before = float(state["acc"]["loss"])
+        before = float(state.metrics["loss"])
         state = step(state, x, y, jnp.float32(2.0))
-        losses.append(float(state["acc"]["loss"]) - before)
-    assert int(state["step"]) == 15
+        losses.append(float(state.metrics["loss"]) - before)
+    assert int(state.step) == 15
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
     if project is not None:
         kernels = [
             leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]
             if getattr(path[-1], "key", None) == "kernel"
         ]
         assert kernels and all(float(jnp.max(jnp.abs(k))) <= 1.0 for k in kernels)
@@ -181,7 +182,7 @@ def test_run_outputs_and_metadata(full_run, data_dir):
     assert set(lines[0]) >= {"epoch", "step", "train_loss", "train_acc", "test_acc", "lr"}
     assert {"anneal", "wall_time_s"} <= set(lines[0])
     assert lines[-1]["test_acc"] == summary["clean_accuracy"]
-    assert summary["config"]["arch"] == "mlp" and summary["environment"]["git_commit"]
+    assert summary["config"]["model"]["arch"] == "mlp" and summary["environment"]["git_commit"]
 
     loaded = checkpoint.load_checkpoint(out)
     meta = loaded.metadata
@@ -227,7 +228,7 @@ def test_kill_and_resume_matches_uninterrupted(
     out_full, summary_full = full_run
     out = tmp_path / "run"
     config = _config(checkpoint_every_steps=every)
-    real_iterate = train.iterate_batches
+    real_iterate = loop.iterate_batches
 
     def crashing(*args, epoch, **kwargs):  # dies during epoch 1 after two more batches
         for i, batch in enumerate(real_iterate(*args, epoch=epoch, **kwargs)):
@@ -235,11 +236,11 @@ def test_kill_and_resume_matches_uninterrupted(
                 raise _Crash
             yield batch
 
-    monkeypatch.setattr(train, "iterate_batches", crashing)
+    monkeypatch.setattr(loop, "iterate_batches", crashing)
     with pytest.raises(_Crash):
         train.train(config, out, data_dir=data_dir, progress=False)
     assert checkpoint.complete_steps(out / "checkpoints")[-1] == resume_step
-    monkeypatch.setattr(train, "iterate_batches", real_iterate)
+    monkeypatch.setattr(loop, "iterate_batches", real_iterate)
 
     summary = train.train(config, out, data_dir=data_dir, progress=False)
     assert summary["resumed_from_step"] == resume_step
@@ -295,7 +296,7 @@ def test_corrupt_checkpoint_is_a_clear_error(full_run, tmp_path):
 def test_other_architecture_is_a_clear_error(full_run, data_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(full_run[0], out)
-    with pytest.raises(ValueError, match=r"holds a run with arch='mlp'.*arch='cnn'") as info:
+    with pytest.raises(ValueError, match=r"holds a run with model.arch='mlp'.*model.arch='cnn'") as info:
         train.train(_config(arch="cnn"), out, data_dir=data_dir, progress=False)
     assert "\n" not in str(info.value)
     # metadata that names another architecture than the stored arrays

@@ -91,10 +91,14 @@ def predict(logits_fn: Callable, x) -> jax.Array:
 def clean_predictions(
     logits_fn: Callable, images: np.ndarray, *, batch_size: int = 500
 ) -> np.ndarray:
-    """Predicted labels for ``images`` (float in [0, 1]), one compiled call per batch size."""
+    """Predicted labels for ``images`` (float in [0, 1], or ``uint8`` scaled by 1/255), one
+    compiled call per batch size (the last batch is padded by repeating its last image)."""
     out = []
     for start in range(0, len(images), batch_size):
-        xb, n = padded(np.asarray(images[start : start + batch_size]), batch_size)
+        xb = np.asarray(images[start : start + batch_size])
+        if xb.dtype == np.uint8:
+            xb = xb.astype(np.float32) / np.float32(255.0)
+        xb, n = padded(xb, batch_size)
         out.append(np.asarray(predict(logits_fn, jnp.asarray(xb)))[:n])
     return np.concatenate(out).astype(np.int32) if out else np.zeros((0,), np.int32)
 

@@ -1,0 +1,677 @@
+"""Training configuration, nested by concern.
+
+A :class:`TrainConfig` is a seed plus one small frozen dataclass per concern, each
+validating itself:
+
+* :class:`DataConfig` — dataset, source, subsets, augmentation;
+* :class:`ModelConfig` — architecture and its options;
+* :class:`QuantConfig` — quantization policy, BNN weight method, tanh annealing and
+  BatchNorm re-estimation of the hard-binarised network;
+* :class:`OptimConfig` — epochs, batch size, optimizer, learning-rate schedule;
+* :class:`AdversaryConfig` — adversarial training (``none``, ``pgd``, ``fastat``);
+* :class:`RegularizerConfig` — input-gradient regularisation (``none``, ``fd``, ``exact``);
+* :class:`CheckpointConfig` — when to save and how many to keep;
+* :class:`EvalConfig` — the per-epoch clean and robust evaluation.
+
+Configs are built nested or flat; flat keywords are routed to their group, either by a
+dotted name (``"optim.lr"``) or by a unique short name (``lr``, ``policy``, ...)::
+
+    TrainConfig(arch="cnn", policy="bnn_wq", lr=1e-3)          # flat shorthands
+    TrainConfig(model=ModelConfig(arch="cnn"), optim={"lr": 1e-3})   # nested
+    config.replace(**{"adversary.name": "pgd"})
+
+Short names are also readable as attributes (``config.lr is config.optim.lr``).
+:func:`load_config_file` reads a Python config file (big_vision style): a module with
+``get_config()`` returning a :class:`TrainConfig` or a (nested or flat) dict; its
+docstring carries the command that launches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from qadv.checkpoint import json_tuples
+from qadv.data import DATASETS
+from qadv.models import MODEL_NAMES
+from qadv.quant import WQ_METHODS, QuantPolicy, get_policy
+
+__all__ = [
+    "ADVERSARIES",
+    "AdversaryConfig",
+    "CheckpointConfig",
+    "DataConfig",
+    "EvalConfig",
+    "IGR_MODES",
+    "ModelConfig",
+    "OptimConfig",
+    "QuantConfig",
+    "RegularizerConfig",
+    "TrainConfig",
+    "load_config_file",
+]
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant", "cyclic")
+SOURCES = ("auto", "idx", "tfds")
+ADVERSARIES = ("none", "pgd", "fastat")
+IGR_MODES = ("none", "fd", "exact")
+THREAT_NORMS = ("linf", "l2")
+TEMPERATURES = ("none", "njs", "hns")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"invalid {name} {value!r}; choose a positive integer")
+
+
+def _number(name: str, value: Any, *, low: float = 0.0, strict: bool = True, allow_none=False):
+    if allow_none and value is None:
+        return
+    ok = isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
+    if not ok or not (value > low if strict else value >= low) or not np.isfinite(value):
+        what = (
+            ("a positive number" if low == 0 else f"a number > {low:g}")
+            if strict
+            else f"a number >= {low:g}"
+        )
+        raise ValueError(f"invalid {name} {value!r}; choose {what}")
+
+
+def _choice(name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _bool(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name} {value!r}; choose true or false")
+
+
+class _Group:
+    """Mixin of the config groups: validation hook, JSON round trip."""
+
+    group: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, Mapping):
+            raise ValueError(f"invalid {cls.group} config {d!r}; expected a mapping of fields")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        bad = sorted(set(d) - set(fields))
+        if bad:
+            raise ValueError(
+                f"unknown {cls.group} option {bad[0]!r}; choose from: {', '.join(fields)}"
+            )
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Group):
+    """Training data.
+
+    Attributes:
+        dataset: one of :data:`qadv.data.DATASETS`.
+        source: ``auto``, ``idx`` or ``tfds`` (see :func:`qadv.data.load_split`).
+        train_examples: use only the first this many training examples.
+        test_examples: use only the first this many test examples.
+        augment: random crop + flip; ``None`` means on for CIFAR, off otherwise.
+    """
+
+    group: ClassVar[str] = "data"
+    dataset: str = "fashion_mnist"
+    source: str = "auto"
+    train_examples: int | None = None
+    test_examples: int | None = None
+    augment: bool | None = None
+
+    def __post_init__(self):
+        _choice("dataset", self.dataset, tuple(DATASETS))
+        _choice("data source", self.source, SOURCES)
+        for name in ("train_examples", "test_examples"):
+            _positive_int(name, getattr(self, name), allow_none=True)
+        _bool("augment", self.augment, allow_none=True)
+
+    @property
+    def use_augment(self) -> bool:
+        return self.dataset.startswith("cifar") if self.augment is None else self.augment
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Group):
+    """Architecture: one of :data:`qadv.models.MODEL_NAMES` and its keyword options."""
+
+    group: ClassVar[str] = "model"
+    arch: str = "cnn"
+    arch_opts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        _choice("arch", self.arch, tuple(MODEL_NAMES))
+        if not isinstance(self.arch_opts, Mapping):
+            raise ValueError(f"invalid arch_opts {self.arch_opts!r}; expected a mapping")
+        object.__setattr__(self, "arch_opts", json_tuples(dict(self.arch_opts)))
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig(_Group):
+    """Quantization policy and how binary weights are trained.
+
+    Attributes:
+        policy: ``ref``, ``bnn_wq``, ``bnn_waq``, ``mbn``, ``pact``, ``xnor``, or the
+            shorthands ``pact<k>`` and ``mbn<M>x<N>`` (:func:`qadv.quant.get_policy`).
+        policy_opts: other :class:`qadv.quant.QuantPolicy` fields, e.g. ``float_last``.
+        wq_method: BNN weight method ``bc``/``gd_tanh``/``md_tanh_s`` (``None``: the
+            policy default, BinaryConnect).
+        anneal_start: tanh sharpness ``beta`` at the start (tanh methods).
+        anneal_growth: per-epoch growth of ``beta`` (when ``anneal_end`` is unset).
+        anneal_max: optional cap on the per-epoch ``beta``.
+        anneal_end: ``beta`` grows geometrically at every step from ``anneal_start`` to
+            ``anneal_end``; the last ``hard_fraction`` of the steps then train the hard
+            ``sign`` network itself (``beta = inf``), so that training ends at hard signs.
+        hard_fraction: fraction of the steps, at the end, trained with hard signs (tanh
+            methods with ``anneal_end``; straight-through gradient). ``None``: 0.1 for the
+            tanh methods with ``anneal_end``, else 0.
+        recalibrate_bn: re-estimate BatchNorm statistics on the hard-binarised network
+            over the training images when training ends (``None``: on for the tanh
+            methods, whose training-time network differs from the evaluated one).
+    """
+
+    group: ClassVar[str] = "quant"
+    policy: str = "ref"
+    policy_opts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    wq_method: str | None = None
+    anneal_start: float = 1.0
+    anneal_growth: float = 1.2
+    anneal_max: float | None = None
+    anneal_end: float | None = None
+    hard_fraction: float | None = None
+    recalibrate_bn: bool | None = None
+
+    def __post_init__(self):
+        if self.wq_method is not None:
+            _choice("wq_method", self.wq_method, WQ_METHODS)
+        for name in ("anneal_start", "anneal_growth"):
+            _number(name, getattr(self, name))
+        _number("anneal_max", self.anneal_max, allow_none=True)
+        if self.anneal_end is not None and not (
+            isinstance(self.anneal_end, int | float) and self.anneal_end >= self.anneal_start
+        ):
+            raise ValueError(
+                f"invalid anneal_end {self.anneal_end!r}; choose a number >= anneal_start"
+            )
+        if self.hard_fraction is not None and not (
+            isinstance(self.hard_fraction, int | float) and 0 <= self.hard_fraction < 1
+        ):
+            raise ValueError(
+                f"invalid hard_fraction {self.hard_fraction!r}; choose a number in [0, 1)"
+            )
+        _bool("recalibrate_bn", self.recalibrate_bn, allow_none=True)
+        if not isinstance(self.policy_opts, Mapping):
+            raise ValueError(f"invalid policy_opts {self.policy_opts!r}; expected a mapping")
+        object.__setattr__(self, "policy_opts", json_tuples(dict(self.policy_opts)))
+        self.make_policy()  # unknown policy names/options raise here
+
+    def make_policy(self) -> QuantPolicy:
+        opts = dict(self.policy_opts)
+        if self.wq_method is not None:
+            opts["wq_method"] = self.wq_method
+        return get_policy(self.policy, **opts)
+
+    @property
+    def tanh_weights(self) -> bool:
+        """Whether binary weights train through ``tanh(beta w)`` (GD-tanh, MD-tanh-S)."""
+        p = self.make_policy()
+        return p.kind in ("bnn_wq", "bnn_waq") and p.wq_method != "bc"
+
+    @property
+    def resolved_hard_fraction(self) -> float:
+        if self.hard_fraction is not None:
+            return float(self.hard_fraction)
+        return 0.1 if self.tanh_weights and self.anneal_end is not None else 0.0
+
+    @property
+    def use_recalibration(self) -> bool:
+        return self.tanh_weights if self.recalibrate_bn is None else self.recalibrate_bn
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(_Group):
+    """Optimisation.
+
+    Attributes:
+        epochs: number of epochs.
+        batch_size: training batch size (the last incomplete batch is dropped).
+        optimizer: ``adam`` or ``sgd`` (with ``momentum``/``nesterov``).
+        lr: peak learning rate.
+        schedule: ``cosine`` (to 0 over all steps), ``step`` (times ``lr_gamma`` at each
+            fraction in ``lr_milestones``), ``constant``, or ``cyclic`` (FastAT's one
+            cycle: linear from 0 to ``lr`` at ``cycle_peak`` of training, then to 0).
+        lr_milestones: fractions of training at which ``step`` decays.
+        lr_gamma: decay factor of ``step``.
+        cycle_peak: where ``cyclic`` peaks, as a fraction of training.
+        weight_decay: decoupled for Adam (AdamW), L2 added to the gradient for SGD;
+            kernels only.
+        momentum: SGD momentum (0 disables it).
+        nesterov: SGD Nesterov momentum.
+    """
+
+    group: ClassVar[str] = "optim"
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_gamma: float = 0.1
+    cycle_peak: float = 0.4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+
+    def __post_init__(self):
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _number("lr", self.lr)
+        _number("lr_gamma", self.lr_gamma)
+        _number("weight_decay", self.weight_decay, strict=False)
+        if not (isinstance(self.momentum, int | float) and 0 <= self.momentum < 1):
+            raise ValueError(f"invalid momentum {self.momentum!r}; choose a number in [0, 1)")
+        if not (isinstance(self.cycle_peak, int | float) and 0 < self.cycle_peak < 1):
+            raise ValueError(f"invalid cycle_peak {self.cycle_peak!r}; choose a number in (0, 1)")
+        _bool("nesterov", self.nesterov)
+        try:
+            milestones = tuple(float(m) for m in self.lr_milestones)
+        except (TypeError, ValueError):
+            milestones = ()
+        if not milestones and self.lr_milestones or any(not 0 < m < 1 for m in milestones):
+            raise ValueError(
+                f"invalid lr_milestones {self.lr_milestones!r}; choose fractions in (0, 1)"
+            )
+        object.__setattr__(self, "lr_milestones", milestones)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversaryConfig(_Group):
+    """Adversarial training: the training batch is replaced by an attack on it.
+
+    The attack is qadv's own PGD (:func:`qadv.attacks.make_pgd`), run inside the jitted
+    train step on the network in training mode (batch statistics of the batch, no
+    running-statistics update), from a random start in the ball.
+
+    Attributes:
+        name: ``none``, ``pgd`` (Madry et al.: ``steps`` steps of ``step_size``) or
+            ``fastat`` (Wong et al. 2020: one FGSM step of ``1.25 eps`` from a random
+            start; pair it with ``optim.schedule="cyclic"``).
+        eps: radius in ``[0, 1]`` pixel units (default 8/255; Fashion-MNIST papers use 0.1).
+        step_size: ``None``: ``eps / 4`` for ``pgd`` (2/255 at 8/255), ``1.25 eps`` for
+            ``fastat``.
+        steps: PGD steps (``None``: 7 for ``pgd``; ``fastat`` always takes 1).
+        norm: threat model ``linf`` or ``l2``.
+        temperature: ``none``, or train against PGD++ with ``njs``/``hns`` logit scaling.
+    """
+
+    group: ClassVar[str] = "adversary"
+    name: str = "none"
+    eps: float = 8 / 255
+    step_size: float | None = None
+    steps: int | None = None
+    norm: str = "linf"
+    temperature: str = "none"
+
+    def __post_init__(self):
+        _choice("adversary", self.name, ADVERSARIES)
+        _number("adversary eps", self.eps)
+        _number("adversary step_size", self.step_size, allow_none=True)
+        _positive_int("adversary steps", self.steps, allow_none=True)
+        _choice("adversary norm", self.norm, THREAT_NORMS)
+        _choice("adversary temperature", self.temperature, TEMPERATURES)
+        if self.name == "fastat" and self.steps not in (None, 1):
+            raise ValueError(
+                f"invalid adversary steps {self.steps!r} for fastat; FastAT takes one FGSM "
+                "step (use adversary pgd for more)"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
+    @property
+    def resolved_steps(self) -> int:
+        return 1 if self.name == "fastat" else (self.steps or 7)
+
+    @property
+    def resolved_step_size(self) -> float:
+        if self.step_size is not None:
+            return float(self.step_size)
+        return 1.25 * self.eps if self.name == "fastat" else self.eps / 4
+
+
+@dataclasses.dataclass(frozen=True)
+class RegularizerConfig(_Group):
+    """Input-gradient regularisation ``L + lam/2 * ||grad_x l||_*^2`` (Finlay & Oberman).
+
+    Attributes:
+        igr: ``none``, ``fd`` (finite differences along the steepest-ascent direction
+            of the threat norm: 2 forward and 2 backward passes) or ``exact`` (double
+            backprop).
+        lam: ``lambda`` (default 0.1, as in the paper's CIFAR-10 rows).
+        h: finite-difference step in ``[0, 1]`` pixel units.
+        norm: threat model; the penalty uses its dual norm (``linf`` -> ``l1``,
+            ``l2`` -> ``l2``).
+    """
+
+    group: ClassVar[str] = "regularizer"
+    igr: str = "none"
+    lam: float = 0.1
+    h: float = 0.01
+    norm: str = "linf"
+
+    def __post_init__(self):
+        _choice("regulariser", self.igr, IGR_MODES)
+        _number("igr lambda", self.lam, strict=False)
+        _number("igr h", self.h)
+        _choice("regulariser norm", self.norm, THREAT_NORMS)
+
+    @property
+    def enabled(self) -> bool:
+        return self.igr != "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig(_Group):
+    """Checkpointing: every ``every_epochs`` epochs (the last is always saved), also every
+    ``every_steps`` steps mid-epoch when set; keep ``max_to_keep`` (``None``: all)."""
+
+    group: ClassVar[str] = "checkpoint"
+    every_epochs: int = 1
+    every_steps: int | None = None
+    max_to_keep: int | None = 3
+
+    def __post_init__(self):
+        _positive_int("checkpoint every_epochs", self.every_epochs)
+        _positive_int("checkpoint every_steps", self.every_steps, allow_none=True)
+        _positive_int("max_to_keep", self.max_to_keep, allow_none=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(_Group):
+    """Per-epoch evaluation: clean accuracy on the test split, and PGD accuracy on a
+    held-out slice (its first ``robust_examples`` images).
+
+    Attributes:
+        batch_size: evaluation batch size.
+        robust_examples: images of the robust evaluation (``None``: 500 when an
+            adversary or regulariser is on, else none; 0 disables it).
+        robust_steps: PGD steps of the robust evaluation (step ``2.5 eps / steps``).
+        robust_eps: its radius (``None``: the adversary's, else the regulariser's
+            threat model at 8/255).
+    """
+
+    group: ClassVar[str] = "eval"
+    batch_size: int = 500
+    robust_examples: int | None = None
+    robust_steps: int = 10
+    robust_eps: float | None = None
+
+    def __post_init__(self):
+        _positive_int("eval batch_size", self.batch_size)
+        if self.robust_examples is not None and (
+            not isinstance(self.robust_examples, int) or self.robust_examples < 0
+        ):
+            raise ValueError(
+                f"invalid robust_examples {self.robust_examples!r}; choose an integer >= 0"
+            )
+        _positive_int("robust_steps", self.robust_steps)
+        _number("robust_eps", self.robust_eps, allow_none=True)
+
+
+GROUPS: dict[str, type[_Group]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "quant": QuantConfig,
+    "optim": OptimConfig,
+    "adversary": AdversaryConfig,
+    "regularizer": RegularizerConfig,
+    "checkpoint": CheckpointConfig,
+    "eval": EvalConfig,
+}
+
+# Flat names (the flat config of earlier qadv versions, kept as shorthands) -> dotted.
+ALIASES: dict[str, str] = {
+    "batch_size": "optim.batch_size",
+    "eval_batch_size": "eval.batch_size",
+    "checkpoint_every_epochs": "checkpoint.every_epochs",
+    "checkpoint_every_steps": "checkpoint.every_steps",
+    "igr_lambda": "regularizer.lam",
+    "igr_h": "regularizer.h",
+    "adv": "adversary.name",
+    "adv_eps": "adversary.eps",
+    "adv_step_size": "adversary.step_size",
+    "adv_steps": "adversary.steps",
+}
+# Unique field names double as shorthands.
+_counts: dict[str, list[str]] = {}
+for _g, _cls in GROUPS.items():
+    for _f in dataclasses.fields(_cls):
+        _counts.setdefault(_f.name, []).append(_g)
+for _name, _gs in _counts.items():
+    if len(_gs) == 1 and _name not in ("name",):
+        ALIASES.setdefault(_name, f"{_gs[0]}.{_name}")
+del _g, _cls, _f, _name, _gs, _counts
+# Settings that may change when a run resumes (they do not change the trained weights,
+# except optim.epochs, which extends or shortens the schedule).
+RESUMABLE = frozenset(
+    {"optim.epochs"}
+    | {f"checkpoint.{f.name}" for f in dataclasses.fields(CheckpointConfig)}
+    | {f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)}
+)
+
+
+def _route(key: str) -> tuple[str, str]:
+    if "." in key:
+        group, _, field = key.partition(".")
+        if group in GROUPS and field in {f.name for f in dataclasses.fields(GROUPS[group])}:
+            return group, field
+    elif key in ALIASES:
+        return _route(ALIASES[key])
+    names = sorted(set(ALIASES) | {"seed"} | set(GROUPS))
+    close = difflib.get_close_matches(key.rpartition(".")[2], names, n=3)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    raise ValueError(
+        f"unknown TrainConfig field {key!r}{hint}; use a group ({', '.join(GROUPS)}), "
+        "'group.field' or a short name such as arch, policy, lr, epochs"
+    )
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class TrainConfig:
+    """Everything that determines a training run (stored in the checkpoint metadata).
+
+    Args:
+        seed: seed of initialization, data order, augmentation and step keys.
+        data, model, quant, optim, adversary, regularizer, checkpoint, eval: the groups
+            (a group config or a dict of its fields; omitted groups take defaults).
+        **flat: flat shorthands routed into the groups: ``"group.field"`` names or the
+            short names of :data:`ALIASES` (e.g. ``arch``, ``policy``, ``lr``, ``epochs``).
+
+    Example:
+        >>> c = TrainConfig(arch="mlp", epochs=1, adv="fastat", schedule="cyclic")
+        >>> c.model.arch, c.optim.epochs, c.adversary.name, c.epochs
+        ('mlp', 1, 'fastat', 1)
+        >>> TrainConfig(optimizer="rmsprop")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown optimizer 'rmsprop'; choose one of: adam, sgd
+    """
+
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    quant: QuantConfig
+    optim: OptimConfig
+    adversary: AdversaryConfig
+    regularizer: RegularizerConfig
+    checkpoint: CheckpointConfig
+    eval: EvalConfig
+
+    def __init__(self, seed: int = 0, **kw):
+        if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"invalid seed {seed!r}; choose an integer >= 0")
+        groups: dict[str, dict] = {g: {} for g in GROUPS}
+        given: dict[str, Any] = {}
+        for key, value in kw.items():
+            if key in GROUPS:
+                given[key] = value
+                continue
+            group, field = _route(key)
+            groups[group][field] = value
+        object.__setattr__(self, "seed", int(seed))
+        for g, cls in GROUPS.items():
+            base = given.get(g)
+            if base is None:
+                obj = cls.from_dict(groups[g])
+            else:
+                obj = cls.from_dict(base)
+                if groups[g]:
+                    obj = dataclasses.replace(obj, **groups[g])
+            object.__setattr__(self, g, obj)
+        self._check_combination()
+
+    def _check_combination(self) -> None:
+        policy = self.quant.make_policy()
+        if self.quant.tanh_weights is False and self.quant.anneal_end is not None:
+            pass  # harmless: annealing only acts on tanh weights
+        if self.quant.recalibrate_bn and policy.kind == "ref":
+            raise ValueError(
+                "invalid recalibrate_bn True with policy 'ref'; BatchNorm re-estimation "
+                "applies to binarised networks (bnn_wq, bnn_waq, mbn, pact, xnor)"
+            )
+        if (self.quant.hard_fraction or 0) > 0 and (
+            not self.quant.tanh_weights or self.quant.anneal_end is None
+        ):
+            raise ValueError(
+                f"invalid hard_fraction {self.quant.hard_fraction!r} with wq_method "
+                f"{policy.wq_method!r}; it needs a tanh method (gd_tanh, md_tanh_s) and "
+                "anneal_end"
+            )
+        if (
+            self.adversary.enabled
+            and self.regularizer.enabled
+            and self.adversary.norm != self.regularizer.norm
+        ):
+            raise ValueError(
+                f"adversary norm {self.adversary.norm!r} and regulariser norm "
+                f"{self.regularizer.norm!r} differ; use one threat model"
+            )
+
+    # ------------------------------------------------------------------ access
+
+    def __getattr__(self, name: str):
+        # only called when normal lookup fails: flat shorthands read through
+        if name.startswith("_") or name not in ALIASES:
+            raise AttributeError(name)
+        group, field = _route(name)
+        return getattr(object.__getattribute__(self, group), field)
+
+    def replace(self, **kw) -> TrainConfig:
+        """A copy with fields changed (flat, dotted or whole groups, as the constructor).
+
+        Example:
+            >>> TrainConfig(arch="mlp").replace(**{"optim.lr": 0.1}).lr
+            0.1
+        """
+        groups = {g: getattr(self, g) for g in GROUPS}
+        flat: dict[str, Any] = {}
+        for key, value in kw.items():
+            if key in GROUPS:
+                groups[key] = value
+            elif key != "seed":
+                flat[".".join(_route(key))] = value
+        merged: dict[str, dict] = {g: GROUPS[g].from_dict(v).to_dict() for g, v in groups.items()}
+        for dotted, value in flat.items():
+            g, f = dotted.split(".")
+            merged[g][f] = value
+        return TrainConfig(seed=kw.get("seed", self.seed), **merged)
+
+    @property
+    def use_augment(self) -> bool:
+        """Whether training batches are augmented."""
+        return self.data.use_augment
+
+    def to_dict(self) -> dict:
+        """Nested JSON-ready dict; inverse of :meth:`from_dict`."""
+        return {"seed": self.seed, **{g: getattr(self, g).to_dict() for g in GROUPS}}
+
+    def flat_dict(self) -> dict:
+        """``{"seed": ..., "group.field": value}``, e.g. for comparing two runs."""
+        out = {"seed": self.seed}
+        for g in GROUPS:
+            for k, v in getattr(self, g).to_dict().items():
+                out[f"{g}.{k}"] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Builds a config from :meth:`to_dict` output, a flat dict of shorthands (as
+        earlier qadv versions stored), or a mix. Unknown keys raise ``ValueError``.
+
+        Example:
+            >>> c = TrainConfig(arch="mlp", lr_milestones=(0.3,))
+            >>> TrainConfig.from_dict(c.to_dict()) == c
+            True
+        """
+        if isinstance(d, TrainConfig):
+            return d
+        if not isinstance(d, Mapping):
+            raise ValueError(f"invalid train config {d!r}; expected a mapping")
+        return cls(**dict(d))
+
+
+def load_config_file(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Reads a Python config file: ``get_config()`` returns a :class:`TrainConfig` or a dict.
+
+    Its module docstring should hold the command that launches it, e.g.
+    ``qadv train --config experiments/configs/fmnist_pgd_at.py --out runs/x``.
+    ``overrides`` (dotted or short names) are applied on top.
+
+    Raises:
+        ValueError: a missing file, no ``get_config``, or unknown keys (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} not found")
+    spec = importlib.util.spec_from_file_location(f"_qadv_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - report any error in user code on one line
+        raise ValueError(f"config file {path}: {type(e).__name__}: {e}") from None
+    get = getattr(module, "get_config", None)
+    if not callable(get):
+        raise ValueError(f"config file {path} defines no get_config() function")
+    try:
+        config = TrainConfig.from_dict(get())
+        return config.replace(**dict(overrides)) if overrides else config
+    except ValueError as e:
+        raise ValueError(f"config file {path}: {e}") from None

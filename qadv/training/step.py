@@ -1,0 +1,304 @@
+"""Building blocks of the training loop: model, schedule, optimizer, annealing, the
+BinaryConnect projection, the :class:`TrainState` pytree and the jitted train step."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from qadv.checkpoint import VARIABLE_COLLECTIONS
+from qadv.data import get_dataset_info
+from qadv.models import get_model, init_variables
+from qadv.quant import QuantPolicy
+from qadv.training.config import TrainConfig
+from qadv.training.objectives import Objective, cross_entropy
+
+__all__ = [
+    "STATE_COLLECTIONS",
+    "TrainState",
+    "anneal_value",
+    "binary_connect_projection",
+    "clip_latent_weights",
+    "init_train_state",
+    "make_model",
+    "make_optimizer",
+    "make_policy",
+    "make_schedule",
+    "make_train_step",
+]
+
+# Variable collections carried through training besides "params" (others, such as the
+# "quantized" tensors the layers sow, are diagnostics and are dropped).
+STATE_COLLECTIONS = tuple(c for c in VARIABLE_COLLECTIONS if c != "params")
+METRICS = ("loss", "penalty", "correct", "count")
+
+
+def make_policy(config: TrainConfig) -> QuantPolicy:
+    """The :class:`qadv.quant.QuantPolicy` of a config."""
+    return config.quant.make_policy()
+
+
+def make_model(config: TrainConfig):
+    """The Flax module of a config (normalisation constants from the dataset)."""
+    info = get_dataset_info(config.data.dataset)
+    return get_model(
+        config.model.arch,
+        num_classes=info.num_classes,
+        policy=make_policy(config),
+        mean=info.mean,
+        std=info.std,
+        **config.model.arch_opts,
+    )
+
+
+def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """Learning-rate schedule over ``config.optim.epochs * steps_per_epoch`` steps.
+
+    Example:
+        >>> s = make_schedule(TrainConfig(arch="mlp", epochs=4, lr=1.0, schedule="step"), 10)
+        >>> [float(s(i)) for i in (0, 19, 20, 30)]
+        [1.0, 1.0, 0.10000000149011612, 0.010000000707805157]
+        >>> c = make_schedule(TrainConfig(arch="mlp", epochs=1, lr=1.0, schedule="cyclic"), 10)
+        >>> [round(float(c(i)), 2) for i in (0, 2, 4, 7, 10)]
+        [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    o = config.optim
+    total = max(o.epochs * steps_per_epoch, 1)
+    if o.schedule == "constant":
+        return optax.constant_schedule(o.lr)
+    if o.schedule == "cosine":
+        return optax.cosine_decay_schedule(o.lr, decay_steps=total)
+    if o.schedule == "cyclic":
+        peak = max(round(o.cycle_peak * total), 1)
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, o.lr, peak),
+                optax.linear_schedule(o.lr, 0.0, max(total - peak, 1)),
+            ],
+            [peak],
+        )
+    boundaries = {round(m * total): o.lr_gamma for m in o.lr_milestones}
+    return optax.piecewise_constant_schedule(o.lr, boundaries)
+
+
+def _kernel_mask(params):
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax optimizer of a config (see :class:`OptimConfig` for the options)."""
+    o = config.optim
+    schedule = make_schedule(config, steps_per_epoch)
+    if o.optimizer == "adam":
+        if o.weight_decay > 0:
+            return optax.adamw(schedule, weight_decay=o.weight_decay, mask=_kernel_mask)
+        return optax.adam(schedule)
+    parts = []
+    if o.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(o.weight_decay, mask=_kernel_mask))
+    parts.append(optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
+    return optax.chain(*parts)
+
+
+def anneal_value(config: TrainConfig, epoch: int, *, step: int = 0, total_steps: int = 1) -> float:
+    """Tanh annealing ``beta`` of (0-based) ``epoch``, or of ``step`` with ``anneal_end``.
+
+    With ``anneal_end``, ``beta`` grows geometrically from ``anneal_start`` to
+    ``anneal_end`` over the first ``1 - hard_fraction`` of the steps; the rest train hard
+    signs (``beta = inf``).
+
+    Example:
+        >>> anneal_value(TrainConfig(arch="mlp", anneal_start=1.0, anneal_growth=2.0), 3)
+        8.0
+        >>> c = TrainConfig(arch="mlp", wq_method="md_tanh_s", policy="bnn_wq",
+        ...                 anneal_end=100.0, hard_fraction=0.5)
+        >>> [anneal_value(c, 0, step=s, total_steps=10) for s in (0, 4, 5)]
+        [1.0, 100.0, inf]
+    """
+    q = config.quant
+    if q.anneal_end is not None:
+        soft_steps = total_steps - math.floor(q.resolved_hard_fraction * total_steps)
+        if step >= soft_steps:
+            return math.inf
+        frac = min(step / max(soft_steps - 1, 1), 1.0)
+        return float(q.anneal_start * (q.anneal_end / q.anneal_start) ** frac)
+    beta = q.anneal_start * q.anneal_growth**epoch
+    return float(min(beta, q.anneal_max) if q.anneal_max is not None else beta)
+
+
+def clip_latent_weights(params, *, names: tuple[str, ...] = ("kernel",), bound: float = 1.0):
+    """BinaryConnect projection: clips the parameters called one of ``names`` to ``[-b, b]``.
+
+    Example:
+        >>> p = {"Dense_0": {"kernel": jnp.array([[-3.0, 0.5]]), "bias": jnp.array([2.0])}}
+        >>> jax.tree.map(lambda a: a.tolist(), clip_latent_weights(p))
+        {'Dense_0': {'bias': [2.0], 'kernel': [[-1.0, 0.5]]}}
+    """
+
+    def clip(path, leaf):
+        name = getattr(path[-1], "key", None) if path else None
+        return jnp.clip(leaf, -bound, bound) if name in names else leaf
+
+    return jax.tree_util.tree_map_with_path(clip, params)
+
+
+def binary_connect_projection(policy: QuantPolicy) -> Callable[[Any], Any] | None:
+    """The post-update projection of ``policy``: BinaryConnect clipping, or ``None``.
+
+    With ``wq_method="bc"``, ``bnn_wq`` clips kernels and (unless ``float_bias``)
+    biases, which it binarises too; ``bnn_waq`` clips kernels. Other policies
+    and methods need no projection.
+
+    Example:
+        >>> from qadv.quant import get_policy
+        >>> binary_connect_projection(get_policy("bnn_wq", wq_method="md_tanh_s")) is None
+        True
+    """
+    if policy.wq_method != "bc" or policy.kind not in ("bnn_wq", "bnn_waq"):
+        return None
+    names = ("kernel", "bias") if policy.kind == "bnn_wq" and not policy.float_bias else ("kernel",)
+    return functools.partial(clip_latent_weights, names=names)
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a train step carries (a pytree; checkpointed whole).
+
+    Attributes:
+        step: int32 scalar, steps taken.
+        params: trainable parameters.
+        model_state: non-parameter collections (``batch_stats``).
+        opt_state: optax state.
+        metrics: running sums of the current epoch: ``loss`` (objective), ``penalty``
+            (regulariser), ``correct`` (on the trained-on inputs), ``count``.
+    """
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    metrics: Any
+
+    @property
+    def variables(self) -> dict:
+        """``{"params": ..., **model_state}`` for ``model.apply``."""
+        return {"params": self.params, **self.model_state}
+
+    def reset_metrics(self) -> TrainState:
+        return self.replace(metrics=zero_metrics())
+
+    def summary(self) -> dict[str, float]:
+        """Epoch means of the running metrics (host floats)."""
+        m = jax.device_get(self.metrics)
+        count = max(float(m["count"]), 1.0)
+        return {
+            "loss": float(m["loss"]) / count,
+            "penalty": float(m["penalty"]) / count,
+            "accuracy": float(m["correct"]) / count,
+        }
+
+
+def zero_metrics() -> dict:
+    return {k: jnp.zeros((), jnp.float32) for k in METRICS}
+
+
+def init_train_state(
+    model, tx: optax.GradientTransformation, *, key: jax.Array, input_shape
+) -> TrainState:
+    """Initial :class:`TrainState` (step 0, fresh parameters and optimizer state)."""
+    variables = init_variables(model, key=key, input_shape=tuple(input_shape))
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state={k: v for k, v in variables.items() if k in STATE_COLLECTIONS},
+        opt_state=tx.init(params),
+        metrics=zero_metrics(),
+    )
+
+
+def make_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    *,
+    key: jax.Array,
+    project: Callable[[Any], Any] | None = None,
+    objective: Objective | None = None,
+) -> Callable:
+    """Jitted pure train step ``(state, x, y, anneal) -> state`` (``state`` is donated).
+
+    The objective (default: clean cross-entropy) decides what is trained on and how:
+    ``x_train = objective.perturb(logits_fn, x, y, key)`` (adversarial training; the
+    attacked network runs in training mode on the batch's own statistics, without
+    updating them), then ``mean CE(x_train) + lam/2 * mean penalty(loss_fn, x_train)``.
+    Step ``t`` draws its dropout and attack keys from ``fold_in(key, t)``; ``project``
+    (e.g. :func:`clip_latent_weights`) is applied to the parameters after each update.
+    """
+    objective = objective or Objective()
+
+    def step(state: TrainState, x, y, anneal):
+        mutable = list(state.model_state)
+        rng = jax.random.fold_in(key, state.step)
+        k_drop, k_adv = jax.random.split(rng)
+
+        def forward(params, z):
+            out = model.apply(
+                {"params": params, **state.model_state},
+                z,
+                train=True,
+                anneal=anneal,
+                mutable=mutable if mutable else False,
+                rngs={"dropout": k_drop},
+            )
+            return out if mutable else (out, {})
+
+        x_train = x
+        if objective.perturb is not None:
+            frozen = jax.lax.stop_gradient(state.params)
+            x_train = objective.perturb(lambda z: forward(frozen, z)[0], x, y, k_adv)
+
+        def loss_fn(params):
+            def per_example(z):
+                logits, new_model_state = forward(params, z)
+                return cross_entropy(logits, y), (logits, new_model_state)
+
+            penalty = jnp.zeros((), jnp.float32)
+            if objective.penalty is None:
+                losses, (logits, new_model_state) = per_example(x_train)
+                loss = losses.mean()
+            else:  # the regulariser shares the forward pass at x_train
+                pen, losses, (logits, new_model_state) = objective.penalty(per_example, x_train)
+                penalty = pen.mean()
+                loss = losses.mean() + 0.5 * objective.lam * penalty
+            return loss, (logits, new_model_state, penalty)
+
+        (loss, (logits, new_model_state, penalty)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if project is not None:
+            params = project(params)
+        n = jnp.asarray(y.shape[0], jnp.float32)
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        m = state.metrics
+        return TrainState(
+            step=state.step + 1,
+            params=params,
+            model_state=dict(new_model_state),
+            opt_state=opt_state,
+            metrics={
+                "loss": m["loss"] + loss.astype(jnp.float32) * n,
+                "penalty": m["penalty"] + penalty.astype(jnp.float32) * n,
+                "correct": m["correct"] + correct,
+                "count": m["count"] + n,
+            },
+        )
+
+    return jax.jit(step, donate_argnums=0)

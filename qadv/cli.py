@@ -1,5 +1,5 @@
-"""The ``qadv`` command line: train, eval, attack, evaluate, attacks, diagnose, table,
-masking, demo, study, signal, verify.
+"""The ``qadv`` command line: train, info, eval, attack, evaluate, attacks, diagnose,
+table, masking, demo, study, signal, verify.
 
 Every user error (unknown names, bad numbers, missing data or checkpoints) is
 reported as one line on stderr, with exit status 2 and no traceback.
@@ -138,10 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="quantization-aware training with checkpoints")
-    t.add_argument("--dataset", default="fashion_mnist")
-    t.add_argument("--arch", default="cnn")
-    t.add_argument("--quant", default="ref", help="ref, bnn_wq, bnn_waq, mbn, pact or xnor")
+    t = sub.add_parser(
+        "train",
+        help="training: quantization-aware, adversarial (PGD-AT, FastAT), gradient-regularised",
+        description="Train (or resume) a run folder. Flags override --config FILE, whose "
+        "get_config() returns a TrainConfig or a dict; --set group.field=VALUE sets any field.",
+    )
+    t.add_argument("--config", default=None, help="Python config file with get_config()")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config field, e.g. --set optim.cycle_peak=0.3 (repeatable)",
+    )
+    t.add_argument("--dataset", default=None, help="fashion_mnist (default), mnist, cifar10, ...")
+    t.add_argument("--arch", default=None, help="cnn (default), mlp, resnet20, resnet18, ...")
+    t.add_argument(
+        "--quant",
+        default=None,
+        help="ref (default), bnn_wq, bnn_waq, xnor, mbn:MxN (e.g. mbn:3x1), pact:K (e.g. pact:4)",
+    )
     t.add_argument(
         "--wq-method",
         default=None,
@@ -151,7 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--anneal-end",
         type=float,
         default=None,
-        help="gd_tanh/md_tanh_s: grow the tanh β per step up to this value (e.g. 100)",
+        help="gd_tanh/md_tanh_s: grow the tanh β per step up to this value (e.g. 100), "
+        "then train hard signs for the last --hard-fraction (default 0.1) of the steps",
+    )
+    t.add_argument("--hard-fraction", type=float, default=None)
+    t.add_argument(
+        "--recalibrate-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-estimate BatchNorm statistics of the hard-binarised network at the end "
+        "(default: on for gd_tanh/md_tanh_s)",
     )
     t.add_argument("--m-bases", type=_positive_int("m-bases"), default=None)
     t.add_argument("--n-bases", type=_positive_int("n-bases"), default=None)
@@ -159,16 +185,45 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--float-first", action="store_true", help="keep the first layer in float")
     t.add_argument("--float-last", action="store_true", help="keep the last layer in float")
     t.add_argument("--float-bias", action="store_true", help="keep biases in float")
-    t.add_argument("--epochs", type=_positive_int("epochs"), default=10)
+    t.add_argument("--epochs", type=_positive_int("epochs"), default=None, help="default 10")
     t.add_argument("--batch-size", type=_positive_int("batch size"), default=None)
-    t.add_argument("--optimizer", default=None, help="adam or sgd")
+    t.add_argument("--optimizer", default=None, help="adam (default) or sgd")
     t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--schedule", default=None, help="cosine, step or constant")
+    t.add_argument("--schedule", default=None, help="cosine (default), step, constant, cyclic")
     t.add_argument("--weight-decay", type=float, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-examples", type=_positive_int("train examples"), default=None)
+    t.add_argument("--test-examples", type=_positive_int("test examples"), default=None)
+    adv = t.add_argument_group("adversarial training")
+    adv.add_argument("--adv", default=None, help="none (default), pgd (Madry) or fastat (Wong)")
+    adv.add_argument("--adv-eps", type=_fraction("adv eps"), default=None, help="default 8/255")
+    adv.add_argument("--adv-steps", type=_positive_int("adv steps"), default=None, help="PGD: 7")
+    adv.add_argument(
+        "--adv-step-size",
+        type=_fraction("adv step size"),
+        default=None,
+        help="default eps/4 (pgd), 1.25 eps (fastat)",
+    )
+    adv.add_argument("--adv-norm", default=None, help="linf (default) or l2")
+    adv.add_argument("--adv-temperature", default=None, help="none (default), njs or hns")
+    igr = t.add_argument_group("input-gradient regularisation (L + λ/2 ||∇x L||*²)")
+    igr.add_argument("--igr", default=None, help="none (default), fd or exact (double backprop)")
+    igr.add_argument("--igr-lambda", type=float, default=None, help="λ (default 0.1)")
+    igr.add_argument("--igr-h", type=float, default=None, help="finite-difference step (0.01)")
+    igr.add_argument("--igr-norm", default=None, help="threat norm: linf (dual l1) or l2")
+    ev = t.add_argument_group("per-epoch evaluation")
+    ev.add_argument("--robust-examples", type=int, default=None, help="PGD eval images (500)")
+    ev.add_argument("--robust-eps", type=_fraction("robust eps"), default=None)
+    t.add_argument("--checkpoint-every-steps", type=_positive_int("steps"), default=None)
+    t.add_argument("--seed", type=int, default=None)
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
     _add_data_dir(t)
     _add_progress(t)
+
+    inf = sub.add_parser("info", help="parameters, MACs and BOPS per layer of a model")
+    inf.add_argument("--arch", default="resnet20")
+    inf.add_argument("--dataset", default="cifar10")
+    inf.add_argument("--quant", default="ref", help="ref, bnn_wq, bnn_waq, xnor, mbn:MxN, pact:K")
+    inf.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     e = sub.add_parser("eval", help="clean test accuracy of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="run folder written by `qadv train`")
@@ -349,40 +404,119 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_train(args) -> None:
-    from qadv.train import TrainConfig, train
+_TRAIN_FLAGS = {
+    "dataset": "data.dataset",
+    "train_examples": "data.train_examples",
+    "test_examples": "data.test_examples",
+    "arch": "model.arch",
+    "quant": "quant.policy",
+    "wq_method": "quant.wq_method",
+    "anneal_end": "quant.anneal_end",
+    "hard_fraction": "quant.hard_fraction",
+    "recalibrate_bn": "quant.recalibrate_bn",
+    "epochs": "optim.epochs",
+    "batch_size": "optim.batch_size",
+    "optimizer": "optim.optimizer",
+    "lr": "optim.lr",
+    "schedule": "optim.schedule",
+    "weight_decay": "optim.weight_decay",
+    "adv": "adversary.name",
+    "adv_eps": "adversary.eps",
+    "adv_steps": "adversary.steps",
+    "adv_step_size": "adversary.step_size",
+    "adv_norm": "adversary.norm",
+    "adv_temperature": "adversary.temperature",
+    "igr": "regularizer.igr",
+    "igr_lambda": "regularizer.lam",
+    "igr_h": "regularizer.h",
+    "igr_norm": "regularizer.norm",
+    "robust_examples": "eval.robust_examples",
+    "robust_eps": "eval.robust_eps",
+    "checkpoint_every_steps": "checkpoint.every_steps",
+    "seed": "seed",
+}
 
-    fields = dict(
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        schedule=args.schedule,
-        weight_decay=args.weight_decay,
-        wq_method=args.wq_method,
-        anneal_end=args.anneal_end,
-    )
-    policy_opts = dict(
-        m_bases=args.m_bases,
-        n_bases=args.n_bases,
-        bits=args.bits,
-        float_first=args.float_first or None,
-        float_last=args.float_last or None,
-        float_bias=args.float_bias or None,
-    )
-    config = TrainConfig(
-        dataset=args.dataset,
-        arch=args.arch,
-        policy=args.quant,
-        epochs=args.epochs,
-        seed=args.seed,
-        policy_opts={k: v for k, v in policy_opts.items() if v is not None},
-        **{k: v for k, v in fields.items() if v is not None},
-    )
+
+def _parse_set(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs; values are JSON (numbers, true/false, null, lists, strings)
+    or fractions like 8/255; anything else is a string."""
+    import json
+
+    from qadv.report import parse_fraction
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad --set {item!r}; use KEY=VALUE, e.g. optim.lr=0.01")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                value = parse_fraction(text, name=key) if "/" in text else text
+            except ValueError:
+                value = text
+        out[key.strip()] = value
+    return out
+
+
+def _train_config(args):
+    from qadv.training import TrainConfig, load_config_file
+
+    overrides = {
+        key: getattr(args, flag)
+        for flag, key in _TRAIN_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    policy_opts = {
+        k: v
+        for k, v in dict(
+            m_bases=args.m_bases,
+            n_bases=args.n_bases,
+            bits=args.bits,
+            float_first=args.float_first or None,
+            float_last=args.float_last or None,
+            float_bias=args.float_bias or None,
+        ).items()
+        if v is not None
+    }
+    overrides.update(_parse_set(args.set))
+    if args.config is not None:
+        config = load_config_file(args.config)
+        if policy_opts:
+            overrides["quant.policy_opts"] = {**config.quant.policy_opts, **policy_opts}
+        return config.replace(**overrides) if overrides else config
+    if policy_opts:
+        overrides["quant.policy_opts"] = policy_opts
+    seed = overrides.pop("seed", 0)
+    return TrainConfig(seed=seed, **overrides)
+
+
+def _cmd_train(args) -> None:
+    from qadv.training import train
+
+    config = _train_config(args)
     summary = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    robust = ""
+    if summary.get("robust_accuracy") is not None:
+        robust = (
+            f", PGD accuracy {100 * summary['robust_accuracy']:.2f}% at "
+            f"eps={summary['robust_eps']:.4g}"
+        )
     print(
-        f"{args.arch}/{args.quant} on {args.dataset}: clean test accuracy "
-        f"{100 * summary['clean_accuracy']:.2f}% in {summary['wall_time_s']:.0f}s -> {args.out}"
+        f"{config.model.arch}/{summary['policy']} on {config.data.dataset}: clean test "
+        f"accuracy {100 * summary['clean_accuracy']:.2f}%{robust} in "
+        f"{summary['wall_time_s']:.0f}s -> {args.out}"
     )
+
+
+def _cmd_info(args) -> None:
+    import json
+
+    from qadv.info import format_info, model_info
+
+    info = model_info(args.arch, dataset=args.dataset, quant=args.quant)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
 def _load(checkpoint: str, data_dir: str | None, n: int | None):
@@ -708,6 +842,7 @@ def _cmd_demo(args) -> None:
 
 COMMANDS = {
     "train": _cmd_train,
+    "info": _cmd_info,
     "eval": _cmd_eval,
     "attack": _cmd_attack,
     "evaluate": _cmd_evaluate,

@@ -37,6 +37,7 @@ __all__ = [
     "bops",
     "dorefa_weights",
     "get_policy",
+    "layer_bits",
     "mbn_activation_bases",
     "mbn_activations",
     "mbn_shifts",
@@ -446,8 +447,8 @@ def get_policy(name: str, **opts) -> QuantPolicy:
     """Build a :class:`QuantPolicy` from a kind name and options.
 
     Names are the kinds (``ref``, ``bnn_wq``, ``bnn_waq``, ``mbn``, ``pact``, ``xnor``);
-    shorthands ``"pact<k>"`` (e.g. ``"pact2"``) and ``"mbn<M>x<N>"`` (e.g. ``"mbn3x1"``) are
-    accepted too. Options are the other dataclass fields.
+    shorthands ``"pact<k>"``/``"pact:<k>"`` (e.g. ``"pact2"``) and
+    ``"mbn<M>x<N>"``/``"mbn:<M>x<N>"`` (e.g. ``"mbn:3x1"``) are accepted too. Options are the other dataclass fields.
 
     Example:
         >>> get_policy("pact2").bits
@@ -463,6 +464,9 @@ def get_policy(name: str, **opts) -> QuantPolicy:
         raise ValueError(
             f"unknown policy option {bad[0]!r}; choose from: " + ", ".join(sorted(fields))
         )
+    if ":" in name:  # colon forms: "mbn:3x1", "pact:4"
+        head, _, tail = name.partition(":")
+        name = head + tail if head in ("mbn", "pact") and tail else name
     kind = name
     if name not in POLICY_KINDS:
         if name.startswith("pact") and name[4:].isdigit():
@@ -475,7 +479,7 @@ def get_policy(name: str, **opts) -> QuantPolicy:
         raise ValueError(
             f"unknown quantization policy {name!r}; choose one of: "
             + ", ".join(POLICY_KINDS)
-            + " (or pact<k>, mbn<M>x<N>)"
+            + " (or pact:<k>, mbn:<M>x<N>)"
         )
     return QuantPolicy(kind=kind, **opts)
 
@@ -490,10 +494,18 @@ class LayerCost:
     Attributes:
         macs: multiply-accumulates for one example.
         role: ``"first"``, ``"hidden"`` or ``"last"``.
+        name: the layer's module path (e.g. ``"stage1_block0/conv1"``), when known.
+        params: its weight and bias count.
+        kind: ``"conv"`` or ``"dense"`` (``""`` when unknown).
+        out_shape: its output shape for one example.
     """
 
     macs: int
     role: str
+    name: str = ""
+    params: int = 0
+    kind: str = ""
+    out_shape: tuple[int, ...] = ()
 
 
 def bops(layers: Sequence[LayerCost | Mapping], policy: QuantPolicy) -> int:
@@ -514,14 +526,6 @@ def bops(layers: Sequence[LayerCost | Mapping], policy: QuantPolicy) -> int:
         >>> bops([LayerCost(10, "first"), LayerCost(100, "hidden")], get_policy("pact2"))
         1040
     """
-    bw, ba = {
-        "ref": (8, 8),
-        "bnn_wq": (1, 8),
-        "bnn_waq": (1, 1),
-        "xnor": (1, 1),
-        "pact": (policy.bits, policy.bits),
-        "mbn": (policy.m_bases, policy.n_bases),
-    }[policy.kind]
     total = 0
     for layer in layers:
         macs, role = (
@@ -529,7 +533,28 @@ def bops(layers: Sequence[LayerCost | Mapping], policy: QuantPolicy) -> int:
             if isinstance(layer, Mapping)
             else (layer.macs, layer.role)
         )
-        if role not in _ROLES:
-            raise ValueError(f"unknown layer role {role!r}; choose one of: " + ", ".join(_ROLES))
-        total += int(macs) * (64 if role != "hidden" else bw * ba)
+        bw, ba = layer_bits(role, policy)
+        total += int(macs) * bw * ba
     return total
+
+
+def layer_bits(role: str, policy: QuantPolicy) -> tuple[int, int]:
+    """``(weight bits, activation bits)`` of a layer with ``role`` in the BOPS convention
+    of :func:`bops` (MBN: ``(M, N)`` binary bases; first and last layers: ``(8, 8)``).
+
+    Example:
+        >>> layer_bits("hidden", get_policy("mbn:3x1")), layer_bits("first", get_policy("xnor"))
+        ((3, 1), (8, 8))
+    """
+    if role not in _ROLES:
+        raise ValueError(f"unknown layer role {role!r}; choose one of: " + ", ".join(_ROLES))
+    if role != "hidden":
+        return 8, 8
+    return {
+        "ref": (8, 8),
+        "bnn_wq": (1, 8),
+        "bnn_waq": (1, 1),
+        "xnor": (1, 1),
+        "pact": (policy.bits, policy.bits),
+        "mbn": (policy.m_bases, policy.n_bases),
+    }[policy.kind]

@@ -224,7 +224,17 @@ def layer_costs(model: nn.Module, *, input_shape: Sequence[int]) -> list[LayerCo
             else:
                 fan_in = x.shape[-1]
             macs = int(np.prod(out.shape[1:])) * fan_in
-            records.append(LayerCost(macs=macs, role=mod.role))
+            params = fan_in * mod.features + (mod.features if mod.use_bias else 0)
+            records.append(
+                LayerCost(
+                    macs=macs,
+                    role=mod.role,
+                    name="/".join(str(p) for p in mod.path),
+                    params=int(params),
+                    kind="conv" if isinstance(mod, QConv) else "dense",
+                    out_shape=tuple(int(d) for d in out.shape[1:]),
+                )
+            )
         return out
 
     with nn.intercept_methods(interceptor):

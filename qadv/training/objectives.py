@@ -76,8 +76,11 @@ def _clean(cfg: AdversaryConfig):
     return None
 
 
-def _temperature(name: str):
-    return {"none": None, "njs": njs(), "hns": hns()}[name]
+def _temperature(name: str, logits_fn: LogitsFn, x: jax.Array):
+    """PGD++ temperature for training: NJS calibrated on the training batch itself."""
+    if name == "njs":
+        return njs(logits_fn, x)
+    return hns() if name == "hns" else None
 
 
 def _pgd_perturb(cfg: AdversaryConfig, *, steps: int, step_size: float):
@@ -87,7 +90,7 @@ def _pgd_perturb(cfg: AdversaryConfig, *, steps: int, step_size: float):
             eps=cfg.eps,
             step_size=step_size,
             norm=cfg.norm,
-            temperature=_temperature(cfg.temperature),
+            temperature=_temperature(cfg.temperature, logits_fn, x),
             random_init=True,
         )
         state = run_attack(atk, atk.init(key, x, y), steps)

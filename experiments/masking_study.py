@@ -98,7 +98,15 @@ def config(size: str = "cpu") -> StudyConfig:
             axes={"depth": 4, "width": 1024},
         )
     )
-    md = _mlp(ref, epochs=e_mlp, wq_method="md_tanh_s", anneal_start=1.0, anneal_end=100.0)
+    md = _mlp(
+        ref,
+        epochs=e_mlp,
+        wq_method="md_tanh_s",
+        anneal_start=1.0,
+        anneal_end=100.0,
+        hard_fraction=0.0,  # as first run: annealed to beta = 100, no hard-sign phase,
+        recalibrate_bn=False,  # and BatchNorm re-estimated by the study cell instead
+    )
     cells.append(Cell("mlp3x1024_md", md, group="MLP MD-tanh-S", axes={"depth": 4, "width": 1024}))
     cells.append(
         Cell(

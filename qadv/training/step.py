@@ -244,8 +244,8 @@ def make_train_step(
 
     def step(state: TrainState, x, y, anneal):
         mutable = list(state.model_state)
-        rng = jax.random.fold_in(key, state.step)
-        k_drop, k_adv = jax.random.split(rng)
+        k_drop = jax.random.fold_in(key, state.step)
+        k_adv = jax.random.fold_in(k_drop, 1)
 
         def forward(params, z):
             out = model.apply(

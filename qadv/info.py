@@ -104,8 +104,12 @@ def format_info(info: Mapping[str, Any]) -> str:
         f"policy {info['policy']} (first and last layers at 8 bits)"
     ]
     for i, r in enumerate(rows):
-        lines.append("  ".join(v.ljust(w) if j < 4 else v.rjust(w) for j, (v, w) in
-                               enumerate(zip(r, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                v.ljust(w) if j < 4 else v.rjust(w)
+                for j, (v, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append(

@@ -174,7 +174,9 @@ def binarize_weights(
     soft = jnp.tanh(jnp.where(at_inf, jnp.ones_like(beta), beta) * w)
     if method == "gd_tanh":
         return jnp.where(at_inf, sign_ste(w), soft)
-    return _straight_through(w, jnp.where(at_inf, jnp.where(w >= 0, 1.0, -1.0).astype(w.dtype), soft))
+    return _straight_through(
+        w, jnp.where(at_inf, jnp.where(w >= 0, 1.0, -1.0).astype(w.dtype), soft)
+    )
 
 
 # ----------------------------------------------------------------------------- XNOR
@@ -448,7 +450,8 @@ def get_policy(name: str, **opts) -> QuantPolicy:
 
     Names are the kinds (``ref``, ``bnn_wq``, ``bnn_waq``, ``mbn``, ``pact``, ``xnor``);
     shorthands ``"pact<k>"``/``"pact:<k>"`` (e.g. ``"pact2"``) and
-    ``"mbn<M>x<N>"``/``"mbn:<M>x<N>"`` (e.g. ``"mbn:3x1"``) are accepted too. Options are the other dataclass fields.
+    ``"mbn<M>x<N>"``/``"mbn:<M>x<N>"`` (e.g. ``"mbn:3x1"``) are accepted too.
+    Options are the other dataclass fields.
 
     Example:
         >>> get_policy("pact2").bits

@@ -11,9 +11,9 @@ import tensorflow_datasets as tfds
 from synthetic import write_idx
 
 from qadv import checkpoint, train
-from qadv.training import loop
 from qadv.models import get_model
 from qadv.quant import get_policy
+from qadv.training import loop
 
 N_TRAIN, N_TEST, BATCH = 96, 40, 32  # 3 steps per epoch
 
@@ -296,7 +296,9 @@ def test_corrupt_checkpoint_is_a_clear_error(full_run, tmp_path):
 def test_other_architecture_is_a_clear_error(full_run, data_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(full_run[0], out)
-    with pytest.raises(ValueError, match=r"holds a run with model.arch='mlp'.*model.arch='cnn'") as info:
+    with pytest.raises(
+        ValueError, match=r"holds a run with model.arch='mlp'.*model.arch='cnn'"
+    ) as info:
         train.train(_config(arch="cnn"), out, data_dir=data_dir, progress=False)
     assert "\n" not in str(info.value)
     # metadata that names another architecture than the stored arrays

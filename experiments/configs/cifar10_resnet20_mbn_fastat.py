@@ -1,7 +1,7 @@
 """FastAT of a ResNet-20 MBN 3×1 on CIFAR-10 (004's setting; GPU, tfds download).
 
-    qadv train --config experiments/configs/cifar10_resnet20_mbn_fastat.py --out runs/c10_mbn3x1_fastat
-    qadv info --arch resnet20 --dataset cifar10 --quant mbn:3x1     # 1.49e8 BOPS
+qadv train --config experiments/configs/cifar10_resnet20_mbn_fastat.py --out runs/c10_mbn3x1_fastat
+qadv info --arch resnet20 --dataset cifar10 --quant mbn:3x1     # 1.49e8 BOPS
 """
 
 

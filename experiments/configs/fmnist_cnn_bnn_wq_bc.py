@@ -1,6 +1,6 @@
 """BNN-WQ CNN on Fashion-MNIST, BinaryConnect: the baseline MD-tanh-S is compared with.
 
-    qadv train --config experiments/configs/fmnist_cnn_bnn_wq_bc.py --out runs/md_vs_bc/bc
+qadv train --config experiments/configs/fmnist_cnn_bnn_wq_bc.py --out runs/md_vs_bc/bc
 """
 
 EPOCHS = 3

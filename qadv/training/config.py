@@ -45,11 +45,11 @@ from qadv.quant import WQ_METHODS, QuantPolicy, get_policy
 
 __all__ = [
     "ADVERSARIES",
+    "IGR_MODES",
     "AdversaryConfig",
     "CheckpointConfig",
     "DataConfig",
     "EvalConfig",
-    "IGR_MODES",
     "ModelConfig",
     "OptimConfig",
     "QuantConfig",
@@ -304,7 +304,7 @@ class OptimConfig(_Group):
             milestones = tuple(float(m) for m in self.lr_milestones)
         except (TypeError, ValueError):
             milestones = ()
-        if not milestones and self.lr_milestones or any(not 0 < m < 1 for m in milestones):
+        if (not milestones and self.lr_milestones) or any(not 0 < m < 1 for m in milestones):
             raise ValueError(
                 f"invalid lr_milestones {self.lr_milestones!r}; choose fractions in (0, 1)"
             )
@@ -665,7 +665,7 @@ def load_config_file(path: str | Path, overrides: Mapping[str, Any] | None = Non
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - report any error in user code on one line
+    except Exception as e:
         raise ValueError(f"config file {path}: {type(e).__name__}: {e}") from None
     get = getattr(module, "get_config", None)
     if not callable(get):

@@ -148,9 +148,7 @@ def igr_exact(loss_fn: LossFn, x: jax.Array, *, norm: str = "linf", has_aux: boo
     return (penalty, losses, aux) if has_aux else penalty
 
 
-def igr_fd(
-    loss_fn: LossFn, x: jax.Array, *, h: float, norm: str = "linf", has_aux: bool = False
-):
+def igr_fd(loss_fn: LossFn, x: jax.Array, *, h: float, norm: str = "linf", has_aux: bool = False):
     """Finite-difference ``((l(x + h d) - l(x)) / h)^2`` per example (Finlay & Oberman).
 
     ``d`` is the steepest-ascent unit direction of the threat norm at ``x`` (``sign(g)``

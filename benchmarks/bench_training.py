@@ -12,7 +12,9 @@ PGD-7 adversarial training, input-gradient regularisation by finite differences 
 double backprop. Every step is compiled before timing; the time per step is the median
 over ``--repeats`` rounds of ``--steps`` steps (one round of each mode in turn, so drifts
 in machine load hit every mode alike). Prints one JSON object with absolute times and
-each mode's ratio to standard training (and writes it with ``--out``).
+each mode's ratio to standard training, plus the temporary buffer size XLA reserves
+for each compiled step (``memory_analysis().temp_size_in_bytes``: activations kept for
+the backward passes), and writes it with ``--out``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(size=(args.batch_size, *info.image_shape)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, info.num_classes, size=args.batch_size).astype(np.int32))
-    steps, states = {}, {}
+    steps, states, temp = {}, {}, {}
     for mode, kw in MODES.items():
         config = TrainConfig(
             arch=args.arch, policy=args.policy, dataset=args.dataset, adv_eps=0.1, **kw
@@ -81,6 +83,9 @@ def main(argv=None) -> dict:
             project=binary_connect_projection(make_policy(config)),
             objective=make_objective(config.adversary, config.regularizer),
         )
+        compiled = step.lower(state, x, y, jnp.float32(1.0)).compile()
+        mem = compiled.memory_analysis()
+        temp[mode] = None if mem is None else int(mem.temp_size_in_bytes)
         t = time.perf_counter()
         state = jax.block_until_ready(step(state, x, y, jnp.float32(1.0)))  # compile
         steps[mode], states[mode] = step, state
@@ -106,13 +111,22 @@ def main(argv=None) -> dict:
         "step_time_s": median,
         "relative_to_standard": {m: median[m] / median["standard"] for m in MODES},
         "igr_fd_over_exact": median["igr_fd"] / median["igr_exact"],
+        "temp_bytes": temp,
+        "temp_relative_to_standard": {
+            m: (temp[m] / temp["standard"] if temp[m] and temp["standard"] else None)
+            for m in MODES
+        },
         "environment": report.environment(),
     }
     print(json.dumps(result, indent=2))
     print()
-    print(f"{'mode':<10} {'ms/step':>9} {'× standard':>11}")
+    print(f"{'mode':<10} {'ms/step':>9} {'× standard':>11} {'temp MiB':>9}")
     for m in MODES:
-        print(f"{m:<10} {1e3 * median[m]:>9.1f} {result['relative_to_standard'][m]:>11.2f}")
+        mib = f"{temp[m] / 2**20:.1f}" if temp[m] is not None else "n/a"
+        print(
+            f"{m:<10} {1e3 * median[m]:>9.1f} {result['relative_to_standard'][m]:>11.2f} "
+            f"{mib:>9}"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -6,7 +6,7 @@ Run::
         --out results/bench_training/cnn_ref.json
 
 Each mode builds its train step exactly as ``qadv train`` does
-(:func:`qadv.training.make_train_step` with :func:`qadv.training.make_objective`) on the
+(:func:`qadv.training.build_train_step`) on the
 same model, optimizer, batch and machine: standard training, FastAT (one FGSM step),
 PGD-7 adversarial training, input-gradient regularisation by finite differences and by
 double backprop. Every step is compiled before timing; the time per step is the median
@@ -31,16 +31,7 @@ import numpy as np
 
 from qadv import report
 from qadv.data import get_dataset_info
-from qadv.training import (
-    TrainConfig,
-    binary_connect_projection,
-    init_train_state,
-    make_model,
-    make_objective,
-    make_optimizer,
-    make_policy,
-    make_train_step,
-)
+from qadv.training import TrainConfig, build_train_step
 
 MODES = {
     "standard": {},
@@ -71,18 +62,7 @@ def main(argv=None) -> dict:
         config = TrainConfig(
             arch=args.arch, policy=args.policy, dataset=args.dataset, adv_eps=0.1, **kw
         )
-        model = make_model(config)
-        tx = make_optimizer(config, steps_per_epoch=100)
-        state = init_train_state(
-            model, tx, key=jax.random.key(0), input_shape=(1, *info.image_shape)
-        )
-        step = make_train_step(
-            model,
-            tx,
-            key=jax.random.key(1),
-            project=binary_connect_projection(make_policy(config)),
-            objective=make_objective(config.adversary, config.regularizer),
-        )
+        _, state, step = build_train_step(config, steps_per_epoch=100)
         compiled = step.lower(state, x, y, jnp.float32(1.0)).compile()
         mem = compiled.memory_analysis()
         temp[mode] = None if mem is None else int(mem.temp_size_in_bytes)
@@ -113,8 +93,7 @@ def main(argv=None) -> dict:
         "igr_fd_over_exact": median["igr_fd"] / median["igr_exact"],
         "temp_bytes": temp,
         "temp_relative_to_standard": {
-            m: (temp[m] / temp["standard"] if temp[m] and temp["standard"] else None)
-            for m in MODES
+            m: (temp[m] / temp["standard"] if temp[m] and temp["standard"] else None) for m in MODES
         },
         "environment": report.environment(),
     }
@@ -124,8 +103,7 @@ def main(argv=None) -> dict:
     for m in MODES:
         mib = f"{temp[m] / 2**20:.1f}" if temp[m] is not None else "n/a"
         print(
-            f"{m:<10} {1e3 * median[m]:>9.1f} {result['relative_to_standard'][m]:>11.2f} "
-            f"{mib:>9}"
+            f"{m:<10} {1e3 * median[m]:>9.1f} {result['relative_to_standard'][m]:>11.2f} {mib:>9}"
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

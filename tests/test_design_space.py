@@ -13,16 +13,7 @@ from qadv import cli
 from qadv.info import model_info
 from qadv.models import init_variables
 from qadv.quant import get_policy
-from qadv.training import (
-    TrainConfig,
-    binary_connect_projection,
-    init_train_state,
-    make_model,
-    make_objective,
-    make_optimizer,
-    make_policy,
-    make_train_step,
-)
+from qadv.training import TrainConfig, build_train_step, make_model
 
 # Frickenstein et al., Table 2: ResNet-20 on CIFAR-10, BOPS in units of 1e8
 TABLE2 = {
@@ -86,19 +77,10 @@ def _step_runs(arch, arch_opts, dataset, policy, adv):
     config = TrainConfig(
         arch=arch, arch_opts=arch_opts, dataset=dataset, policy=policy, lr=1e-3, adv=adv
     )
-    model = make_model(config)
     shape = (4, 32, 32, 3) if dataset == "cifar10" else (4, 28, 28, 1)
     x = jax.random.uniform(jax.random.key(0), shape)
     y = jnp.arange(4) % 10
-    tx = make_optimizer(config, steps_per_epoch=10)
-    state = init_train_state(model, tx, key=jax.random.key(0), input_shape=(1, *shape[1:]))
-    step = make_train_step(
-        model,
-        tx,
-        key=jax.random.key(1),
-        project=binary_connect_projection(make_policy(config)),
-        objective=make_objective(config.adversary, config.regularizer),
-    )
+    _, state, step = build_train_step(config, steps_per_epoch=10)
     new = step(state, x, y, jnp.float32(1.0))
     assert int(new.step) == 1
     assert np.isfinite(float(new.metrics["loss"]))

@@ -39,17 +39,12 @@ from qadv.checkpoint import (
 )
 from qadv.data import get_dataset_info, iterate_batches, load_split, num_batches
 from qadv.training.config import RESUMABLE, TrainConfig
-from qadv.training.objectives import make_objective
 from qadv.training.step import (
     TrainState,
     anneal_value,
-    binary_connect_projection,
-    init_train_state,
-    make_model,
-    make_optimizer,
+    build_train_step,
     make_policy,
     make_schedule,
-    make_train_step,
 )
 
 __all__ = ["evaluate_clean", "robust_accuracy", "train"]
@@ -192,7 +187,6 @@ class _Run:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.info = get_dataset_info(config.data.dataset)
         self.policy = make_policy(config)
-        self.model = make_model(config)
         # refuse a mismatched resume before loading data or compiling anything
         self.stored_meta = None
         if complete_steps(self.ckpt_dir):
@@ -212,19 +206,10 @@ class _Run:
             )
         self.total_steps = config.optim.epochs * self.steps_per_epoch
         self.schedule = make_schedule(config, self.steps_per_epoch)
-        tx = make_optimizer(config, self.steps_per_epoch)
-        root = jax.random.key(config.seed)
-        self.eval_key = jax.random.fold_in(root, 2)
-        self.state: TrainState = init_train_state(
-            self.model, tx, key=jax.random.fold_in(root, 0), input_shape=(1, *self.info.image_shape)
+        self.model, self.state, self.train_step = build_train_step(
+            config, steps_per_epoch=self.steps_per_epoch
         )
-        self.train_step = make_train_step(
-            self.model,
-            tx,
-            key=jax.random.fold_in(root, 1),
-            project=binary_connect_projection(self.policy),
-            objective=make_objective(config.adversary, config.regularizer),
-        )
+        self.eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _remove_incomplete_steps(self.ckpt_dir)
         self.manager = open_manager(self.ckpt_dir, max_to_keep=config.checkpoint.max_to_keep)

@@ -18,13 +18,14 @@ from qadv.data import get_dataset_info
 from qadv.models import get_model, init_variables
 from qadv.quant import QuantPolicy
 from qadv.training.config import TrainConfig
-from qadv.training.objectives import Objective, cross_entropy
+from qadv.training.objectives import Objective, cross_entropy, make_objective
 
 __all__ = [
     "STATE_COLLECTIONS",
     "TrainState",
     "anneal_value",
     "binary_connect_projection",
+    "build_train_step",
     "clip_latent_weights",
     "init_train_state",
     "make_model",
@@ -302,3 +303,31 @@ def make_train_step(
         )
 
     return jax.jit(step, donate_argnums=0)
+
+
+def build_train_step(config: TrainConfig, *, steps_per_epoch: int):
+    """``(model, initial TrainState, jitted step)`` of a config, exactly as :func:`train`
+    builds them: parameters from ``fold_in(key(seed), 0)``, step keys from
+    ``fold_in(key(seed), 1)``, the config's optimizer over ``steps_per_epoch`` steps per
+    epoch, its BinaryConnect projection and its objective (adversary, regulariser).
+
+    Example:
+        >>> model, state, step = build_train_step(TrainConfig(arch="mlp"), steps_per_epoch=1)
+        >>> int(state.step)
+        0
+    """
+    info = get_dataset_info(config.data.dataset)
+    model = make_model(config)
+    tx = make_optimizer(config, steps_per_epoch)
+    root = jax.random.key(config.seed)
+    state = init_train_state(
+        model, tx, key=jax.random.fold_in(root, 0), input_shape=(1, *info.image_shape)
+    )
+    step = make_train_step(
+        model,
+        tx,
+        key=jax.random.fold_in(root, 1),
+        project=binary_connect_projection(make_policy(config)),
+        objective=make_objective(config.adversary, config.regularizer),
+    )
+    return model, state, step

@@ -61,7 +61,7 @@ __all__ = [
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant", "cyclic")
 SOURCES = ("auto", "idx", "tfds")
-ADVERSARIES = ("none", "pgd", "fastat")
+ADVERSARIES = ("none", "pgd", "fastat")  # built in; more register in objectives.py
 IGR_MODES = ("none", "fd", "exact")
 THREAT_NORMS = ("linf", "l2")
 TEMPERATURES = ("none", "njs", "hns")
@@ -100,6 +100,13 @@ def _bool(name: str, value: Any, *, allow_none: bool = False) -> None:
         return
     if not isinstance(value, bool):
         raise ValueError(f"invalid {name} {value!r}; choose true or false")
+
+
+def _registered(table: str) -> tuple[str, ...]:
+    """Names registered in :mod:`qadv.training.objectives` (imported late: it imports us)."""
+    from qadv.training import objectives
+
+    return tuple(getattr(objectives, table))
 
 
 class _Group:
@@ -340,7 +347,7 @@ class AdversaryConfig(_Group):
     temperature: str = "none"
 
     def __post_init__(self):
-        _choice("adversary", self.name, ADVERSARIES)
+        _choice("adversary", self.name, _registered("ADVERSARY_BUILDERS"))
         _number("adversary eps", self.eps)
         _number("adversary step_size", self.step_size, allow_none=True)
         _positive_int("adversary steps", self.steps, allow_none=True)
@@ -388,7 +395,7 @@ class RegularizerConfig(_Group):
     norm: str = "linf"
 
     def __post_init__(self):
-        _choice("regulariser", self.igr, IGR_MODES)
+        _choice("regulariser", self.igr, _registered("REGULARIZER_BUILDERS"))
         _number("igr lambda", self.lam, strict=False)
         _number("igr h", self.h)
         _choice("regulariser norm", self.norm, THREAT_NORMS)

@@ -87,8 +87,13 @@ def _step_runs(arch, arch_opts, dataset, policy, adv):
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(new.params))
 
 
-@pytest.mark.parametrize("adv", ["none", "fastat"])
-@pytest.mark.parametrize("policy", ["mbn:3x1", "mbn:1x3", "pact:2", "xnor"])
+_SMALL = [(p, "fastat") for p in ("mbn:3x1", "pact:2", "xnor")] + [
+    pytest.param(p, a, marks=pytest.mark.slow)
+    for p, a in (("mbn:1x3", "fastat"), ("mbn:3x1", "none"), ("pact:2", "none"), ("xnor", "none"))
+]
+
+
+@pytest.mark.parametrize(("policy", "adv"), _SMALL)
 def test_design_space_steps_on_a_small_cifar_resnet(policy, adv):
     _step_runs("resnet20", {"depth": 8}, "fashion_mnist", policy, adv)
 

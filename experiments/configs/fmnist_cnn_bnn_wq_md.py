@@ -1,5 +1,6 @@
 """BNN-WQ CNN on Fashion-MNIST trained with MD-tanh-S (mirror descent, tanh mirror map):
-β annealed per step from 1 to 100, the last 10 % of the steps on hard signs, then
+β annealed per step from 1 to 1000 over the first 75 % of the steps, the last 25 % on
+hard signs (straight-through), then
 BatchNorm statistics re-estimated on the hard-binarised network. Same data, epochs and
 optimizer as fmnist_cnn_bnn_wq_bc.py.
 
@@ -22,8 +23,8 @@ def get_config():
         "policy": "bnn_wq",
         "wq_method": "md_tanh_s",
         "anneal_start": 1.0,
-        "anneal_end": 100.0,
-        "hard_fraction": 0.1,
+        "anneal_end": 1000.0,
+        "hard_fraction": 0.25,
         "recalibrate_bn": True,
     }
     return config

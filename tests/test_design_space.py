@@ -144,6 +144,9 @@ def test_train_cli_config_file_with_flags_and_set(tmp_path):
         (["--set", "lr"], "bad --set 'lr'"),
         (["--config", "/nonexistent/cfg.py"], "config file '/nonexistent/cfg.py' not found"),
         (["--quant", "ref", "--recalibrate-bn"], "invalid recalibrate_bn True"),
+        (["--quant", "ref", "--wq-method", "bc"], "wq_method='bc' does not apply to policy 'ref'"),
+        (["--quant", "pact:4", "--m-bases", "3"], "m_bases=3 does not apply to policy 'pact:4'"),
+        (["--quant", "mbn:3x1", "--m-bases", "5"], "policy 'mbn:3x1' already sets m_bases=3"),
     ],
 )
 def test_train_cli_bad_input_is_one_line(tmp_path, capsys, extra, message):

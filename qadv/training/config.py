@@ -237,7 +237,42 @@ class QuantConfig(_Group):
         if not isinstance(self.policy_opts, Mapping):
             raise ValueError(f"invalid policy_opts {self.policy_opts!r}; expected a mapping")
         object.__setattr__(self, "policy_opts", json_tuples(dict(self.policy_opts)))
-        self.make_policy()  # unknown policy names/options raise here
+        policy = self.make_policy()  # unknown policy names/options raise here
+        self._check_options(policy)
+
+    # which explicitly given options apply to which policy kinds
+    _APPLIES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "m_bases": ("mbn",),
+        "n_bases": ("mbn",),
+        "bits": ("pact",),
+        "wq_method": ("bnn_wq", "bnn_waq"),
+        "float_bias": ("bnn_wq",),
+        "float_first": ("bnn_wq", "bnn_waq", "mbn", "pact", "xnor"),
+        "float_last": ("bnn_wq", "bnn_waq", "mbn", "pact", "xnor"),
+    }
+
+    def _check_options(self, policy: QuantPolicy) -> None:
+        given = dict(self.policy_opts)
+        if self.wq_method is not None:
+            given["wq_method"] = self.wq_method
+        for name, value in given.items():
+            kinds = self._APPLIES.get(name)
+            if kinds is not None and policy.kind not in kinds and value not in (None, False):
+                raise ValueError(
+                    f"policy option {name}={value!r} does not apply to policy "
+                    f"{self.policy!r}; it applies to: {', '.join(kinds)}"
+                )
+        short = get_policy(self.policy)  # what the name alone says (mbn3x1, pact4)
+        for name in ("m_bases", "n_bases", "bits"):
+            if (
+                name in given
+                and self.policy != short.kind
+                and getattr(short, name) != given[name]
+            ):
+                raise ValueError(
+                    f"policy {self.policy!r} already sets {name}={getattr(short, name)}, "
+                    f"but {name}={given[name]!r} was given; use one of them"
+                )
 
     def make_policy(self) -> QuantPolicy:
         opts = dict(self.policy_opts)

@@ -45,6 +45,7 @@ MODES = {
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="cnn")
+    p.add_argument("--arch-opts", default="{}", help="JSON, e.g. '{\"widths\": [1024, 1024]}'")
     p.add_argument("--policy", default="ref")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--batch-size", type=int, default=128)
@@ -60,7 +61,12 @@ def main(argv=None) -> dict:
     steps, states, temp = {}, {}, {}
     for mode, kw in MODES.items():
         config = TrainConfig(
-            arch=args.arch, policy=args.policy, dataset=args.dataset, adv_eps=0.1, **kw
+            arch=args.arch,
+            arch_opts=json.loads(args.arch_opts),
+            policy=args.policy,
+            dataset=args.dataset,
+            adv_eps=0.1,
+            **kw,
         )
         _, state, step = build_train_step(config, steps_per_epoch=100)
         compiled = step.lower(state, x, y, jnp.float32(1.0)).compile()
@@ -83,6 +89,7 @@ def main(argv=None) -> dict:
     median = {m: statistics.median(v) for m, v in times.items()}
     result = {
         "arch": args.arch,
+        "arch_opts": json.loads(args.arch_opts),
         "policy": args.policy,
         "dataset": args.dataset,
         "batch_size": args.batch_size,

@@ -50,3 +50,16 @@ def relu_mlp(seed, *, n_in, hidden=12, d=5):
         return jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1[None, :]) @ w2
 
     return logits_fn
+
+
+# Every quantization policy with every BNN weight method: (policy name, policy options).
+TRAIN_POLICIES = [
+    ("ref", {}),
+    ("bnn_wq", {"wq_method": "bc"}),
+    ("bnn_wq", {"wq_method": "gd_tanh"}),
+    ("bnn_wq", {"wq_method": "md_tanh_s"}),
+    ("bnn_waq", {}),
+    ("mbn3x1", {}),
+    ("pact4", {}),
+    ("xnor", {}),
+]

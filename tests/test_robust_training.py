@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
-from synthetic import write_idx
+from synthetic import TRAIN_POLICIES, write_idx
 from test_train import _synthetic
 
 from qadv import attacks, checkpoint
@@ -125,15 +125,7 @@ def test_igr_exact_parameter_gradient_is_double_backprop(norm):
 
 # ----------------------------------------------------------------------------- adversarial steps
 
-POLICIES = [
-    ("ref", {}),
-    ("bnn_wq", {"wq_method": "bc"}),
-    ("bnn_wq", {"wq_method": "md_tanh_s"}),
-    ("bnn_waq", {}),
-    ("mbn3x1", {}),
-    ("pact4", {}),
-    ("xnor", {}),
-]
+POLICIES = TRAIN_POLICIES
 ANNEAL = 2.0
 EPS = 0.1
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from synthetic import write_idx
+from synthetic import TRAIN_POLICIES, write_idx
 
 from qadv import checkpoint, train
 from qadv.models import get_model
@@ -106,16 +106,7 @@ def test_clip_latent_weights_only_kernels():
 
 # ----------------------------------------------------------------------------- train steps
 
-POLICIES = [
-    ("ref", {}),
-    ("bnn_wq", {"wq_method": "bc"}),
-    ("bnn_wq", {"wq_method": "gd_tanh"}),
-    ("bnn_wq", {"wq_method": "md_tanh_s"}),
-    ("bnn_waq", {}),
-    ("mbn", {}),
-    ("pact", {}),
-    ("xnor", {}),
-]
+POLICIES = TRAIN_POLICIES
 
 
 @pytest.mark.parametrize(("name", "opts"), POLICIES, ids=lambda v: v if isinstance(v, str) else "")

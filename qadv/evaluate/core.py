@@ -46,6 +46,7 @@ __all__ = [
     "check_data",
     "clean_predictions",
     "data_fingerprint",
+    "device_multiple",
     "evaluate_attack",
     "padded",
     "predict",
@@ -62,18 +63,29 @@ def padded(a: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     return np.concatenate([a, reps], axis=0), n
 
 
-def batch_placer(devices: list | None, batch_size: int) -> Callable[[Any], jax.Array]:
-    """``device_put`` onto one device, or sharded over ``devices`` along the batch axis."""
+def batch_placer(devices: list | None, batch_size: int | None = None) -> Callable[[Any], jax.Array]:
+    """``device_put`` onto one device, or sharded over ``devices`` along the batch axis.
+
+    With several devices every batch must have a multiple of ``len(devices)`` rows:
+    callers pad with :func:`padded` to :func:`device_multiple` and drop the padding from
+    the results (``batch_size`` is accepted for compatibility and ignored).
+    """
     if devices is None or len(devices) <= 1:
         return jnp.asarray
-    if batch_size % len(devices):
-        raise ValueError(
-            f"bad batch size {batch_size}; with {len(devices)} devices it must be a multiple "
-            f"of {len(devices)}"
-        )
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
     return lambda a: jax.device_put(a if isinstance(a, jax.Array) else np.asarray(a), sharding)
+
+
+def device_multiple(size: int, devices: list | None) -> int:
+    """``size`` rounded up to a multiple of the device count (padded rows are discarded).
+
+    Example:
+        >>> device_multiple(10, [0] * 8), device_multiple(10, None)
+        (16, 10)
+    """
+    k = 1 if devices is None else max(len(devices), 1)
+    return -(-size // k) * k
 
 
 @functools.partial(jax.jit, static_argnames="fn_static")
@@ -105,10 +117,11 @@ def clean_predictions(
 
 def _bucket(m: int, batch_size: int, devices: list | None) -> int:
     """Compiled batch size for ``m`` examples: ``batch_size``, or for a short last batch
-    the next power of two (at least 8), so padding never costs more than 2x. Results are
-    per example, so the choice never changes them."""
+    the next power of two (at least 8), so padding never costs more than 2x; over several
+    devices, ``batch_size`` rounded up to a multiple of their count. Results are per
+    example (keys from the example index), so the choice never changes them."""
     if m >= batch_size or (devices is not None and len(devices) > 1):
-        return batch_size
+        return device_multiple(batch_size, devices)
     return min(batch_size, max(8, 1 << (m - 1).bit_length()))
 
 
@@ -280,10 +293,11 @@ def evaluate_attack(
                 aux = {k[4:]: saved[k].copy() for k in saved.files if k.startswith("aux_")}
 
     t0, seconds0 = time.perf_counter(), float(state["seconds"])
-    put = batch_placer(devices, batch_size)
+    put = batch_placer(devices)
     if not state["clean_done"]:
+        clean_size = device_multiple(batch_size, devices)
         for start in range(0, n, batch_size):
-            xb, m = padded(images[start : start + batch_size], batch_size)
+            xb, m = padded(images[start : start + batch_size], clean_size)
             pred = np.asarray(predict(logits_fn, put(xb)))[:m]
             state["clean_correct"][start : start + m] = pred == labels[start : start + m]
         state["clean_done"] = np.asarray(True)

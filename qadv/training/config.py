@@ -264,11 +264,7 @@ class QuantConfig(_Group):
                 )
         short = get_policy(self.policy)  # what the name alone says (mbn3x1, pact4)
         for name in ("m_bases", "n_bases", "bits"):
-            if (
-                name in given
-                and self.policy != short.kind
-                and getattr(short, name) != given[name]
-            ):
+            if name in given and self.policy != short.kind and getattr(short, name) != given[name]:
                 raise ValueError(
                     f"policy {self.policy!r} already sets {name}={getattr(short, name)}, "
                     f"but {name}={given[name]!r} was given; use one of them"

@@ -44,8 +44,6 @@ from qadv.models import MODEL_NAMES
 from qadv.quant import WQ_METHODS, QuantPolicy, get_policy
 
 __all__ = [
-    "ADVERSARIES",
-    "IGR_MODES",
     "AdversaryConfig",
     "CheckpointConfig",
     "DataConfig",
@@ -61,8 +59,6 @@ __all__ = [
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant", "cyclic")
 SOURCES = ("auto", "idx", "tfds")
-ADVERSARIES = ("none", "pgd", "fastat")  # built in; more register in objectives.py
-IGR_MODES = ("none", "fd", "exact")
 THREAT_NORMS = ("linf", "l2")
 TEMPERATURES = ("none", "njs", "hns")
 
@@ -600,8 +596,6 @@ class TrainConfig:
 
     def _check_combination(self) -> None:
         policy = self.quant.make_policy()
-        if self.quant.tanh_weights is False and self.quant.anneal_end is not None:
-            pass  # harmless: annealing only acts on tanh weights
         if self.quant.recalibrate_bn and policy.kind == "ref":
             raise ValueError(
                 "invalid recalibrate_bn True with policy 'ref'; BatchNorm re-estimation "

@@ -89,38 +89,30 @@ def evaluate_clean(logits_fn, images: np.ndarray, labels: np.ndarray, *, batch_s
 
 
 def robust_accuracy(
-    logits_fn, images, labels, *, eps: float, steps: int, norm: str, key, batch_size: int = 500
+    logits_fn,
+    images,
+    labels,
+    *,
+    eps: float,
+    steps: int,
+    norm: str,
+    seed: int = 0,
+    batch_size: int = 500,
 ) -> float:
-    """PGD-``steps`` accuracy (step ``2.5 eps / steps``, random start): the fraction of
-    images classified correctly both clean and attacked."""
-    from qadv import attacks
-    from qadv.evaluate.core import clean_predictions, padded
+    """PGD-``steps`` accuracy (step ``2.5 eps / steps``, random start), verified by
+    :func:`qadv.evaluate.evaluate_attack`: the fraction of images classified correctly
+    both clean and attacked. ``images`` are ``uint8`` (scaled by 1/255) or float."""
+    from qadv.attacks import registry
+    from qadv.evaluate import evaluate_attack
 
     images = np.asarray(images)
-    labels = np.asarray(labels)
-    batch_size = min(batch_size, len(images))
-    robust = 0
-    for start in range(0, len(images), batch_size):
-        xb, m = padded(_to_float(images[start : start + batch_size]), batch_size)
-        yb, _ = padded(labels[start : start + batch_size], batch_size)
-        adv = attacks.pgd(
-            logits_fn,
-            jnp.asarray(xb),
-            jnp.asarray(yb),
-            key=jax.random.fold_in(key, start),
-            eps=eps,
-            step_size=2.5 * eps / steps,
-            steps=steps,
-            norm=norm,
-        )
-        ok = clean_predictions(logits_fn, xb, batch_size=batch_size) == yb
-        ok &= clean_predictions(logits_fn, np.asarray(adv), batch_size=batch_size) == yb
-        robust += int(ok[:m].sum())
-    return robust / len(images)
-
-
-def _to_float(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / np.float32(255.0)
+    config = registry.make("pgd", norm=norm, eps=eps, step_size=2.5 * eps / steps, steps=steps)
+    record = evaluate_attack(
+        logits_fn, images, labels, config, batch_size=batch_size, seed=seed, progress=False
+    )
+    return record["robust_accuracy"] / 100.0
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -209,7 +201,6 @@ class _Run:
         self.model, self.state, self.train_step = build_train_step(
             config, steps_per_epoch=self.steps_per_epoch
         )
-        self.eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _remove_incomplete_steps(self.ckpt_dir)
         self.manager = open_manager(self.ckpt_dir, max_to_keep=config.checkpoint.max_to_keep)
@@ -317,7 +308,7 @@ class _Run:
                 eps=eps,
                 steps=self.config.eval.robust_steps,
                 norm=norm,
-                key=self.eval_key,
+                seed=self.config.seed,
                 batch_size=bs,
             )
             out.update(robust_acc=self.robust_accuracy, robust_eps=eps, robust_examples=n)

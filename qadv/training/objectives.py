@@ -202,10 +202,6 @@ class Objective(NamedTuple):
     penalty: Callable | None = None
     lam: float = 0.0
 
-    @property
-    def name(self) -> str:
-        return "clean" if self.perturb is None and self.penalty is None else "custom"
-
 
 def make_objective(adv: AdversaryConfig, reg: RegularizerConfig) -> Objective:
     """The :class:`Objective` of an adversary config and a regulariser config."""

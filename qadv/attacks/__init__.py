@@ -31,6 +31,7 @@ from qadv.attacks.gradient import (
     pgd,
     run_attack,
     scaled_loss_grad,
+    start_and_run,
 )
 from qadv.attacks.norms import L2, LINF, NORMS, Norm, get_norm
 from qadv.attacks.protocol import (
@@ -76,4 +77,5 @@ __all__ = [
     "registry",
     "run_attack",
     "scaled_loss_grad",
+    "start_and_run",
 ]

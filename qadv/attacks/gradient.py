@@ -63,6 +63,7 @@ __all__ = [
     "pgd",
     "run_attack",
     "scaled_loss_grad",
+    "start_and_run",
 ]
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -80,10 +81,16 @@ class PGDState(NamedTuple):
 
 
 class Attack(NamedTuple):
-    """``init(key, x, y) -> PGDState`` and ``step(PGDState) -> PGDState``."""
+    """``init(key, x, y) -> PGDState`` and ``step(PGDState) -> PGDState``.
+
+    ``start(key, x, y)`` equals ``step(init(key, x, y))`` but shares one forward pass
+    (and its linearisation) between the temperature rule's set-up and the first step:
+    HNS takes its Jacobian rows from the same pullback that gives the first gradient.
+    """
 
     init: Callable[[Any, jax.Array, jax.Array], PGDState]
     step: Callable[[PGDState], PGDState]
+    start: Callable[[Any, jax.Array, jax.Array], PGDState] | None = None
 
 
 class AttackInfo(NamedTuple):
@@ -128,6 +135,11 @@ def scaled_loss_grad(logits_fn: LogitsFn, strategy, tstate, loss_fn, z, y):
         ``(loss (B,), grad (B, H, W, C), logits (B, d), BetaInfo)``.
     """
     logits, vjp_fn = jax.vjp(logits_fn, z)
+    return loss_grad_from_linearisation(logits, vjp_fn, strategy, tstate, loss_fn, y)
+
+
+def loss_grad_from_linearisation(logits, vjp_fn, strategy, tstate, loss_fn, y):
+    """:func:`scaled_loss_grad` given ``logits, vjp_fn = jax.vjp(logits_fn, z)``."""
     binfo = strategy.beta(tstate, logits, y)
     scaled = temperature_scaled(loss_fn, binfo.beta)
     value, pullback = jax.vjp(lambda a: scaled(a, y), logits)
@@ -166,28 +178,46 @@ def make_pgd(
     base_loss = get_loss(loss) if isinstance(loss, str) else loss
     strategy = fixed(1.0) if temperature is None else temperature
 
-    def init(key, x, y) -> PGDState:
+    def start_point(key, x):
+        if not random_init:
+            return x
         e = jnp.asarray(eps, x.dtype)
-        if random_init:
-            x_adv = geometry.random_start(example_keys(key, x.shape[0]), x, e)
-        else:
-            x_adv = x
-        tstate = strategy.init(logits_fn, x_adv, y)
-        b = x.shape[0]
-        zeros = jnp.zeros((b,), jnp.bool_)
-        info = BetaInfo(jnp.ones((b,), x.dtype), zeros, zeros)
+        return geometry.random_start(example_keys(key, x.shape[0]), x, e)
+
+    def state_at(x, y, x_adv, tstate) -> PGDState:
+        zeros = jnp.zeros((x.shape[0],), jnp.bool_)
+        info = BetaInfo(jnp.ones((x.shape[0],), x.dtype), zeros, zeros)
         return PGDState(x, y, x_adv, tstate, info, zeros)
 
+    def init(key, x, y) -> PGDState:
+        x_adv = start_point(key, x)
+        return state_at(x, y, x_adv, strategy.init(logits_fn, x_adv, y))
+
     def step(state: PGDState) -> PGDState:
+        logits, vjp_fn = jax.vjp(logits_fn, state.x_adv)
+        return advance(state, logits, vjp_fn)
+
+    def start(key, x, y) -> PGDState:
+        x_adv = start_point(key, x)
+        logits, vjp_fn = jax.vjp(logits_fn, x_adv)
+        if hasattr(strategy, "init_linearised"):
+            tstate = strategy.init_linearised(logits_fn, x_adv, y, logits, vjp_fn)
+        else:
+            tstate = strategy.init(logits_fn, x_adv, y)
+        return advance(state_at(x, y, x_adv, tstate), logits, vjp_fn)
+
+    def advance(state: PGDState, logits, vjp_fn) -> PGDState:
         x, y, x_adv = state.x, state.y, state.x_adv
-        _, g, _, binfo = scaled_loss_grad(logits_fn, strategy, state.tstate, base_loss, x_adv, y)
+        _, g, _, binfo = loss_grad_from_linearisation(
+            logits, vjp_fn, strategy, state.tstate, base_loss, y
+        )
         eta = jnp.asarray(step_size, x.dtype)
         e = jnp.asarray(eps, x.dtype)
         x_new = geometry.project(x_adv + eta * geometry.normalize(g), x, e)
         beta = BetaInfo(binfo.beta.astype(x.dtype), binfo.fallback, binfo.default)
         return PGDState(x, y, x_new, state.tstate, beta, state.fallback | binfo.fallback)
 
-    return Attack(init, step)
+    return Attack(init, step, start)
 
 
 def run_attack(attack: Attack, state: PGDState, steps: int) -> PGDState:
@@ -195,11 +225,19 @@ def run_attack(attack: Attack, state: PGDState, steps: int) -> PGDState:
     return jax.lax.scan(lambda s, _: (attack.step(s), None), state, None, length=steps)[0]
 
 
+def start_and_run(attack: Attack, key, x, y, steps: int) -> PGDState:
+    """``run_attack(attack, attack.init(key, x, y), steps)``, with the set-up and the first
+    step sharing a forward pass through ``attack.start`` when the attack has one."""
+    if steps < 1 or attack.start is None:
+        return run_attack(attack, attack.init(key, x, y), steps)
+    return run_attack(attack, attack.start(key, x, y), steps - 1)
+
+
 # ---------------------------------------------------------------------- compiled core
 
 
 def _single_run(attack, logits_fn, key, x, y, steps, r):
-    state = run_attack(attack, attack.init(key, x, y), steps)
+    state = start_and_run(attack, key, x, y, steps)
     logits = logits_fn(state.x_adv)
     margin = cw_margin(logits, y)
     success = jnp.argmax(logits, axis=-1).astype(y.dtype) != y

@@ -243,6 +243,8 @@ class HNS:
 
     grid_size: int = 100
     exact: bool = False
+    top_k: int | None = None
+    memory_budget: int | None = None
 
     def validate(self, d: int, batch: int) -> None:
         return None
@@ -270,28 +272,82 @@ class HNS:
         info = _guard(jnp.where(valid, beta, jnp.full_like(beta, jnp.nan)), logits, default)
         return info
 
+    def num_rows(self, d: int) -> int:
+        """Jacobian rows per example: ``d``, or ``top_k`` when that is smaller."""
+        return d if self.top_k is None else int(min(self.top_k, d))
+
+    def centred_gram(self, logits_fn, x, logits, pull) -> tuple[jax.Array, jax.Array]:
+        """``(classes (B, k), G' (B, k, k))``: the ``k`` largest-logit classes (top first) and
+        the Gram matrix of their Jacobian rows minus the top row.
+
+        The rows come from the linearisation ``pull`` (no new forward pass) when the
+        ``B k N`` rows fit the memory budget, ``c`` classes at a time with ``c`` from the
+        budget; otherwise from chunks of examples, each with its own forward pass.
+        """
+        b, d = logits.shape
+        k = self.num_rows(d)
+        classes = signal.top_classes(logits, k)
+        budget = signal.resolve_memory_budget(self.memory_budget)
+        n = int(np.prod(x.shape[1:]))
+        item = jnp.dtype(x.dtype).itemsize
+
+        def gram_of(rows):  # (B, k, ...) -> (B, k, k), centred at row 0
+            flat = rows.reshape(rows.shape[0], k, -1)
+            return signal.gram(flat - flat[:, :1])
+
+        if b * k * n * item <= budget:
+            per_pair = signal.activation_bytes(logits_fn, x.shape[1:], x.dtype) + n * item
+            chunk = max(1, budget // (b * per_pair))
+            return classes, gram_of(signal.jacobian_rows(pull, logits, classes, class_chunk=chunk))
+        return classes, signal.centred_jacobian_gram(logits_fn, x, classes, memory_budget=budget)
+
     def init(self, logits_fn, x, y) -> BetaInfo:
-        logits = logits_fn(x)
-        jac = signal.jacobian(logits_fn, x)
+        logits, pull = jax.vjp(logits_fn, x)
+        return self.init_linearised(logits_fn, x, y, logits, pull)
+
+    def init_linearised(self, logits_fn, x, y, logits, pull) -> BetaInfo:
+        """:meth:`init` given the logits and pullback at ``x`` (shared with a first step)."""
         grid = self.grid(logits)
         valid = jnp.all(jnp.isfinite(grid), axis=-1) & (grid[:, 0] > 0)
         safe_grid = jnp.where(valid[:, None], grid, jnp.ones_like(grid))
         safe_logits = jnp.where(jnp.isfinite(logits), logits, jnp.zeros_like(logits))
-        curv = signal.curvature_terms(logits_fn, x, jac) if self.exact else None
-        log_norms = signal.log_hessian_norm_from_gram(
-            signal.gram(jac), safe_logits, safe_grid, curv, y
-        )
+        if self.exact:
+            jac = signal.jacobian(logits_fn, x, memory_budget=self.memory_budget)
+            curv = signal.curvature_terms(logits_fn, x, jac)
+            log_norms = signal.log_hessian_norm_from_gram(
+                signal.gram(jac), safe_logits, safe_grid, curv, y
+            )
+        else:
+            classes, gc = self.centred_gram(logits_fn, x, safe_logits, pull)
+            log_norms = signal.log_hessian_norm_topk(gc, safe_logits, classes, safe_grid)
         return self.select(log_norms, grid, logits, y)
 
     def beta(self, state: BetaInfo, logits, y) -> BetaInfo:
         return state
 
 
-jax.tree_util.register_dataclass(HNS, data_fields=[], meta_fields=["grid_size", "exact"])
+jax.tree_util.register_dataclass(
+    HNS, data_fields=[], meta_fields=["grid_size", "exact", "top_k", "memory_budget"]
+)
 
 
-def hns(*, grid_size: int = 100, exact: bool = False) -> HNS:
+def hns(
+    *,
+    grid_size: int = 100,
+    exact: bool = False,
+    top_k: int | None = None,
+    memory_budget: int | None = None,
+) -> HNS:
     """Hessian norm scaling with a ``grid_size``-point per-example grid search.
+
+    Args:
+        grid_size: number of ``beta`` values on each example's grid (>= 3).
+        exact: add the curvature term (smooth networks; costly).
+        top_k: use the Jacobian rows of the ``top_k`` largest-logit classes only (the
+            others move with the top class): ``top_k`` reverse passes instead of ``d``,
+            for ``d = 100`` or ``1000`` classes. ``None``: all classes (the paper).
+        memory_budget: bytes for the Jacobian's working set (default
+            ``$QADV_JACOBIAN_MEMORY_MB`` or 1 GiB); the chunks follow from it.
 
     Example:
         >>> import jax.numpy as jnp
@@ -306,7 +362,18 @@ def hns(*, grid_size: int = 100, exact: bool = False) -> HNS:
         raise ValueError(f"hns grid_size must be an integer >= 3, got {grid_size}")
     if not isinstance(exact, bool):
         raise ValueError(f"hns exact must be a bool, got {exact!r}")
-    return HNS(int(grid_size), exact)
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 2):
+        raise ValueError(f"hns top_k must be None (all classes) or an integer >= 2, got {top_k}")
+    if top_k is not None and exact:
+        raise ValueError("hns top_k applies to the Gauss-Newton norm only; use exact=False")
+    if memory_budget is not None:
+        signal.resolve_memory_budget(memory_budget)
+    return HNS(
+        int(grid_size),
+        exact,
+        None if top_k is None else int(top_k),
+        None if memory_budget is None else int(memory_budget),
+    )
 
 
 # ------------------------------------------------------------------ Proposition 1
@@ -445,12 +512,21 @@ class HNSTemperature(registry.TemperatureConfig):
     kind: ClassVar[str] = "hns"
     grid_size: int = 100
     hns_exact: bool = False
+    hns_top_k: int = 0
+
+    def _strategy(self) -> HNS:
+        top_k = None if self.hns_top_k == 0 else self.hns_top_k
+        return hns(grid_size=self.grid_size, exact=self.hns_exact, top_k=top_k)
 
     def validate(self) -> None:
-        hns(grid_size=self.grid_size, exact=self.hns_exact)
+        self._strategy()
+
+    @property
+    def suffix(self) -> str:
+        return "++ (HNS)" if self.hns_top_k == 0 else f"++ (HNS, top-{self.hns_top_k})"
 
     def build(self, logits_fn, context) -> HNS:
-        return hns(grid_size=self.grid_size, exact=self.hns_exact)
+        return self._strategy()
 
 
 @registry.register_temperature

@@ -10,11 +10,14 @@ The input Hessian of the temperature-scaled cross-entropy is (paper Eq. 8)::
 
 For ReLU, max-pool and straight-through (``sign_ste``) networks the first term vanishes
 almost everywhere, and ``||H||_F = beta^2 sqrt(tr(S G S G))``: one Jacobian per example
-(``d`` reverse passes) and then ``O(d^3)`` per ``beta``; the ``N x N`` Hessian is never
-formed. ``tr(S G S G)`` is evaluated in the covariance form ``sum_ij p_i p_j Gc_ij^2`` with
-``Gc = V G V^T``, ``V = I - 1 p^T`` and the diagonal ``1 - p_i`` computed as the sum of
-the other probabilities, so that it stays accurate (and non-negative) when ``p`` is
-nearly one-hot.
+(``d`` reverse passes, taken from one batched linearisation in chunks that fit a memory
+budget, see :func:`jacobian`) and then ``O(d^2)`` per ``beta``; the ``N x N`` Hessian is
+never formed. ``tr(S G S G)`` is evaluated as ``sum_ij p_i p_j Gc_ij^2`` with
+``Gc = V G' V^T``, ``V = I - 1 p^T`` and ``G'`` the Gram matrix of the rows minus the top
+class's row (:func:`centred_gram`): the rows of ``V`` sum to zero, so ``G'`` gives the
+same product, and it stays accurate (and non-negative) when ``p`` is nearly one-hot.
+:func:`log_hessian_norm_topk` keeps the rows of the ``k`` largest logits only (HNS at 100
+or 1,000 classes).
 
 ``hessian_norm(..., exact=True)`` adds the curvature term for smooth networks (tanh,
 GELU, softplus) through the ``beta``-independent matrices ``Q_kl = <d2a_k, d2a_l>_F``

@@ -25,12 +25,15 @@ Strategies:
   ``beta1``-scaled logits, else ``beta2 = 1``; the loss uses ``beta2 * beta1``. The test
   ``1 - p'_y <= rho`` is done in log space. ``rho`` is a parameter (the release
   hard-codes it).
-- ``hns(grid_size=100, exact=False)``: Hessian norm scaling. Per example, the ``beta``
+- ``hns(grid_size=100, exact=False, top_k=None)``: Hessian norm scaling. Per example, the ``beta``
   maximising ``||d2 CE(beta a, y)/dx2||_F`` over ``grid_size`` equally spaced values from
   Proposition 1 with ``rho = 1 - 1/d - 0.01`` to ``rho = 1e-72`` (``gamma`` = top-1 minus
   top-2 logit, constants in float64 log space), chosen once at the random-start point.
-  ``exact=True`` adds the curvature term for smooth networks (costly, see
-  ``qadv.signal``).
+  The Jacobian rows come from the pullback of the first attack step
+  (``make_pgd(...).start``), so HNS adds ``d`` reverse passes to PGD and no forward pass.
+  ``top_k=k`` keeps the rows of the ``k`` largest logits only (``k`` passes instead of
+  ``d``, for 100 or 1,000 classes). ``exact=True`` adds the curvature term for smooth
+  networks (costly, see ``qadv.signal``).
 - ``prop1(rho)``: the paper's Table 14 ablation. Per example, at the random-start point,
   ``beta`` from Proposition 1 so that ``1 - softmax(beta a)_y > rho``:
   ``beta = -log(rho / ((d-1)(1-rho))) / gamma`` with ``gamma = max - min`` logit, for

@@ -122,13 +122,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="example i uses fold_in(key(seed), i)")
     p.add_argument("--n", type=_positive_int("n"), default=None, help="first N test images")
     p.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
+    _add_parallel(p)
+    _add_data_dir(p)
+    _add_progress(p)
+
+
+def _add_parallel(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard",
         action="store_true",
-        help="shard each batch over all local devices (GPUs/TPU cores); params replicated",
+        help="shard each batch over all devices (GPUs/TPU cores); params replicated",
     )
-    _add_data_dir(p)
-    _add_progress(p)
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: join JAX's distributed system first (TPU pod, SLURM, Open MPI), "
+        "then shard over every host's devices; start the same command on every host",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every-steps", type=_positive_int("steps"), default=None)
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
+    _add_parallel(t)
     _add_data_dir(t)
     _add_progress(t)
 
@@ -496,7 +507,13 @@ def _cmd_train(args) -> None:
     from qadv.training import train
 
     config = _train_config(args)
-    summary = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    summary = train(
+        config,
+        args.out,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        devices=_devices(args),
+    )
     robust = ""
     if summary.get("robust_accuracy") is not None:
         robust = (
@@ -519,11 +536,16 @@ def _cmd_info(args) -> None:
     print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
-def _load(checkpoint: str, data_dir: str | None, n: int | None):
+def _load(checkpoint: str, data_dir: str | None, n: int | None, devices: list | None = None):
     from qadv import data
     from qadv.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
+    if devices is not None and len(devices) > 1:
+        from qadv import parallel  # the weights on every device of the mesh
+
+        mesh = parallel.make_mesh(devices)
+        loaded = loaded._replace(variables=parallel.replicate(loaded.variables, mesh))
     images, labels = data.load_split(loaded.metadata["dataset"], "test", data_dir=data_dir)
     if n is not None:
         images, labels = images[:n], labels[:n]
@@ -539,10 +561,14 @@ def _cmd_eval(args) -> None:
     print(f"{args.checkpoint}: clean accuracy {acc:.2f}% on {len(labels)} test images")
 
 
-def _devices() -> list:
+def _devices(args) -> list | None:
+    """Every device (all hosts' after ``--distributed``) with ``--shard`` or
+    ``--distributed``, else ``None`` (one device)."""
+    if not (args.shard or args.distributed):
+        return None
     import jax
 
-    return jax.local_devices()
+    return jax.devices()
 
 
 def _run_options(args, loaded, images) -> dict:
@@ -563,7 +589,7 @@ def _run_options(args, loaded, images) -> dict:
         out=args.out,
         progress=not args.no_progress,
         extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
-        devices=_devices() if args.shard else None,
+        devices=_devices(args),
     )
 
 
@@ -580,7 +606,7 @@ def _cmd_attack(args) -> None:
         source=args.source,
         **options,
     )
-    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n, _devices(args))
     record = evaluate_attack(
         loaded.logits_fn, images, labels, config, **_run_options(args, loaded, images)
     )
@@ -611,7 +637,7 @@ def _cmd_evaluate(args) -> None:
         names = [a.strip() for a in args.attacks.split(",") if a.strip()]
         configs = presets.ensemble_members(names, norm=args.norm, eps=args.eps, **overrides)
         name = "+".join(names)
-    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n, _devices(args))
     record = evaluate_ensemble(
         loaded.logits_fn, images, labels, configs, name=name, **_run_options(args, loaded, images)
     )
@@ -861,6 +887,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "distributed", False):
+            from qadv import parallel
+
+            parallel.initialize()  # before any JAX computation
         COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import report
+from qadv import parallel, report
 from qadv.attacks import registry
 from qadv.attacks.protocol import (
     AttackContext,
@@ -64,7 +64,9 @@ def padded(a: np.ndarray, size: int) -> tuple[np.ndarray, int]:
 
 
 def batch_placer(devices: list | None, batch_size: int | None = None) -> Callable[[Any], jax.Array]:
-    """``device_put`` onto one device, or sharded over ``devices`` along the batch axis.
+    """``device_put`` onto one device, or sharded over ``devices`` along the batch axis
+    (:func:`qadv.parallel.place` on :func:`qadv.parallel.make_mesh`; ``devices`` may span
+    several hosts, every process passing the same global batch).
 
     With several devices every batch must have a multiple of ``len(devices)`` rows:
     callers pad with :func:`padded` to :func:`device_multiple` and drop the padding from
@@ -72,9 +74,8 @@ def batch_placer(devices: list | None, batch_size: int | None = None) -> Callabl
     """
     if devices is None or len(devices) <= 1:
         return jnp.asarray
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    return lambda a: jax.device_put(a if isinstance(a, jax.Array) else np.asarray(a), sharding)
+    sharding = parallel.batch_sharding(parallel.make_mesh(devices))
+    return lambda a: parallel.place(a if isinstance(a, jax.Array) else np.asarray(a), sharding)
 
 
 def device_multiple(size: int, devices: list | None) -> int:
@@ -84,8 +85,7 @@ def device_multiple(size: int, devices: list | None) -> int:
         >>> device_multiple(10, [0] * 8), device_multiple(10, None)
         (16, 10)
     """
-    k = 1 if devices is None else max(len(devices), 1)
-    return -(-size // k) * k
+    return parallel.round_up(size, 1 if devices is None else len(devices))
 
 
 @functools.partial(jax.jit, static_argnames="fn_static")
@@ -252,7 +252,12 @@ def evaluate_attack(
         progress: show a progress bar.
         extra: extra fields merged into the record (e.g. checkpoint metadata).
         devices: shard every batch over these devices (a 1-D mesh over the batch axis,
-            parameters replicated); ``batch_size`` must be a multiple of their number.
+            parameters replicated; :mod:`qadv.parallel`); a batch is padded to a multiple
+            of their number and the padding discarded, so the results do not depend on
+            the device count. They may span several hosts (after
+            :func:`qadv.parallel.initialize`): every process then runs this same call on
+            the same data, and only process 0 writes ``out``, which must lie on a
+            filesystem all processes share (they read its partial progress).
 
     Returns:
         A dict with the attack's label and config, ``n``, ``clean_accuracy`` and
@@ -298,7 +303,7 @@ def evaluate_attack(
         clean_size = device_multiple(batch_size, devices)
         for start in range(0, n, batch_size):
             xb, m = padded(images[start : start + batch_size], clean_size)
-            pred = np.asarray(predict(logits_fn, put(xb)))[:m]
+            pred = parallel.to_host(predict(logits_fn, put(xb)))[:m]
             state["clean_correct"][start : start + m] = pred == labels[start : start + m]
         state["clean_done"] = np.asarray(True)
         # misclassified clean images are never robust and are not attacked
@@ -314,8 +319,10 @@ def evaluate_attack(
         yb, _ = padded(labels[sel], size)
         ib, _ = padded(indices[sel], size)
         keys = example_keys(base_key, jnp.asarray(ib))
+        if devices is not None and len(devices) > 1:
+            keys = put(keys)
         res = execute(config, data, logits_fn, put(xb), put(yb), keys)
-        x_adv = np.asarray(res.x_adv)[:m]
+        x_adv = parallel.to_host(res.x_adv)[:m]
         ok = geometry.in_ball(x_adv, xb[:m], config.eps)
         if not ok.all():
             bad = int(indices[sel][np.flatnonzero(~ok)[0]])
@@ -323,9 +330,9 @@ def evaluate_attack(
                 f"{config.label}: the attack returned an image outside the {geometry.label} "
                 f"ball of radius {config.eps:.6g} or outside [0, 1] (example {bad})"
             )
-        adv_pred = np.asarray(predict(logits_fn, put(padded(x_adv, size)[0])))[:m]
+        adv_pred = parallel.to_host(predict(logits_fn, put(padded(x_adv, size)[0])))[:m]
         broken = adv_pred != labels[sel]
-        dist = np.asarray(res.distance, np.float64)[:m]
+        dist = parallel.to_host(res.distance).astype(np.float64)[:m]
         # a verified break is at most ||x_adv - x||; an unverified one is no break
         measured = np.asarray(geometry.distance(x_adv, xb[:m]), np.float64)
         dist = np.where(
@@ -333,15 +340,15 @@ def evaluate_attack(
         )
         state["robust"][sel] = ~broken
         state["distance"][sel] = dist
-        state["queries"][sel] = np.asarray(res.queries)[:m]
+        state["queries"][sel] = parallel.to_host(res.queries)[:m]
         for k, v in res.aux.items():
-            v = np.asarray(v)[:m]
+            v = parallel.to_host(v)[:m]
             if k not in aux:
                 aux[k] = np.zeros((n, *v.shape[1:]), v.dtype)
             aux[k][sel] = v
         state["done"][sel] = True
         state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
-        if partial_path is not None:
+        if partial_path is not None and parallel.is_main_process():
             _save_partial(partial_path, state, aux, run_id)
         bar.update(1)
         bar.set_postfix(robust=f"{100 * state['robust'][state['done']].mean():.1f}%")
@@ -376,7 +383,7 @@ def evaluate_attack(
         "distance": _json_floats(np.where(attacked, state["distance"], 0.0)),
         "queries": state["queries"].tolist(),
     }
-    if out is not None:
+    if out is not None and parallel.is_main_process():
         report.atomic_write_json(out, record)
         if partial_path is not None:
             partial_path.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from qadv import report
+from qadv import parallel, report
 from qadv.attacks import registry
 from qadv.attacks.protocol import AttackContext
 from qadv.evaluate.core import (
@@ -154,7 +154,7 @@ def evaluate_ensemble(
             "distance": [None if not np.isfinite(v) else float(v) for v in distance],
         },
     }
-    if out is not None:
+    if out is not None and parallel.is_main_process():
         report.atomic_write_json(out, record)
     return record
 

@@ -295,7 +295,9 @@ class OptimConfig(_Group):
 
     Attributes:
         epochs: number of epochs.
-        batch_size: training batch size (the last incomplete batch is dropped).
+        batch_size: training batch size (the last incomplete batch of an epoch is
+            dropped, on any number of devices; sharded over several devices, a batch
+            that does not divide by their count is padded and masked instead).
         optimizer: ``adam`` or ``sgd`` (with ``momentum``/``nesterov``).
         lr: peak learning rate.
         schedule: ``cosine`` (to 0 over all steps), ``step`` (times ``lr_gamma`` at each

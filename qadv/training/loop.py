@@ -12,6 +12,14 @@ dropout and attack keys from ``fold_in(key, t)``. A run killed and restarted wit
 same config resumes from its last finished checkpoint (epoch end or, with
 ``checkpoint.every_steps``, mid-epoch) and reaches bitwise the same parameters as an
 uninterrupted run, adversarial training and regularisers included.
+
+Several devices (``devices=``, ``qadv train --shard``): every batch is sharded over a
+1-D mesh of the devices and the state is replicated (:mod:`qadv.parallel`); a batch size
+that does not divide by the device count is padded and masked, so training follows the
+single-device run up to float rounding, and a run may resume on another device count.
+Several hosts (``qadv train --distributed``): every process runs this same loop on the
+same data; only process 0 writes ``metrics.jsonl`` and ``summary.json``, all of them
+write the orbax checkpoints together (``out_dir`` must be on a filesystem they share).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from qadv import report
+from qadv import parallel, report
 from qadv.checkpoint import (
     CHECKPOINT_SUBDIR,
     complete_steps,
@@ -170,10 +178,12 @@ def _load_data(config: TrainConfig, data_dir):
 class _Run:
     """One training run: its data, compiled step, state and checkpoints."""
 
-    def __init__(self, config: TrainConfig, out_dir, data_dir, progress: bool):
+    def __init__(self, config: TrainConfig, out_dir, data_dir, progress: bool, devices=None):
         self.t_start = time.time()
         self.config = config
-        self.progress = progress
+        self.main = parallel.is_main_process()
+        self.progress = progress and self.main
+        self.mesh = None if devices is None else parallel.make_mesh(devices)
         self.out_dir = Path(out_dir).expanduser().absolute()
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -199,10 +209,11 @@ class _Run:
         self.total_steps = config.optim.epochs * self.steps_per_epoch
         self.schedule = make_schedule(config, self.steps_per_epoch)
         self.model, self.state, self.train_step = build_train_step(
-            config, steps_per_epoch=self.steps_per_epoch
+            config, steps_per_epoch=self.steps_per_epoch, mesh=self.mesh
         )
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_incomplete_steps(self.ckpt_dir)
+        if self.main:
+            _remove_incomplete_steps(self.ckpt_dir)
         self.manager = open_manager(self.ckpt_dir, max_to_keep=config.checkpoint.max_to_keep)
         self.resumed_from: int | None = None
         self.last_saved: int | None = None
@@ -225,6 +236,12 @@ class _Run:
             return
         step = int(self.stored_meta["step"])
         abstract_vars, abstract_extra = jax.eval_shape(self._split, self.state)
+        if self.mesh is not None:  # restore straight onto every device
+            rep = parallel.replicated(self.mesh)
+            abstract_vars, abstract_extra = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+                (abstract_vars, abstract_extra),
+            )
         try:
             variables, extra, meta = restore_checkpoint(
                 self.manager,
@@ -250,7 +267,10 @@ class _Run:
         self.clean_accuracy = meta.get("clean_accuracy")
         self.robust_accuracy = meta.get("robust_accuracy")
         self.recalibrated = bool(meta.get("recalibrated", False))
-        _truncate_metrics(self.metrics_path, step)
+        if self.mesh is not None:
+            self.state = parallel.replicate(self.state, self.mesh)
+        if self.main:
+            _truncate_metrics(self.metrics_path, step)
 
     def save(self, epoch_done: int) -> None:
         variables, extra = self._split(self.state)
@@ -278,10 +298,17 @@ class _Run:
 
     # -------------------------------------------------------------- evaluation
 
+    def variables(self) -> dict:
+        """The model variables on one device (a sharded run evaluates, identically, on
+        each process's default device rather than on every device of the mesh)."""
+        if self.mesh is None:
+            return self.state.variables
+        return jax.tree.map(lambda a: jnp.asarray(parallel.to_host(a)), self.state.variables)
+
     def logits_fn(self):
         from qadv.models import make_logits_fn
 
-        return make_logits_fn(self.model, self.state.variables, check_values=False)
+        return make_logits_fn(self.model, self.variables(), check_values=False)
 
     @property
     def robust_settings(self) -> tuple[int, float, str]:
@@ -324,9 +351,11 @@ class _Run:
             self.logits_fn(), self.test_x, self.test_y, batch_size=self.config.eval.batch_size
         )
         variables = recalibrate_batch_stats(
-            self.model, self.state.variables, self.train_x, batch_size=self.config.eval.batch_size
+            self.model, self.variables(), self.train_x, batch_size=self.config.eval.batch_size
         )
         model_state = {k: v for k, v in variables.items() if k != "params"}
+        if self.mesh is not None:
+            model_state = parallel.replicate(model_state, self.mesh)
         self.state = self.state.replace(model_state={**self.state.model_state, **model_state})
         self.recalibrated = True
         return before
@@ -387,8 +416,9 @@ class _Run:
         )
         if c.regularizer.enabled:
             record["train_penalty"] = m["penalty"]
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.main:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         if self.progress:
             robust = f" PGD acc {record['robust_acc']:.4f}" if "robust_acc" in record else ""
             tqdm.write(
@@ -418,7 +448,8 @@ class _Run:
         if self.resumed_from is not None and self.resumed_from == step and summary_path.exists():
             # a finished run invoked again trained nothing: keep its recorded times
             wall_time = json.loads(summary_path.read_text()).get("wall_time_s", wall_time)
-        lines = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        text = self.metrics_path.read_text() if self.metrics_path.exists() else ""
+        lines = [json.loads(x) for x in text.splitlines() if x.strip()]
         m = self.state.summary()
         summary = {
             "clean_accuracy": self.clean_accuracy,
@@ -447,7 +478,8 @@ class _Run:
             "environment": report.environment(),
         }
         text = json.dumps(summary, indent=2) + "\n"
-        summary_path.write_text(text)
+        if self.main:
+            summary_path.write_text(text)
         return json.loads(text)
 
 
@@ -457,6 +489,7 @@ def train(
     *,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    devices: list | None = None,
 ) -> dict:
     """Trains (or resumes) a run and returns its summary.
 
@@ -467,6 +500,11 @@ def train(
             checkpoint and evaluation settings).
         data_dir: IDX folder or tfds data dir (see :func:`qadv.data.load_split`).
         progress: show a tqdm progress bar.
+        devices: shard every batch over these devices (e.g. ``jax.devices()``: every
+            host's), parameters replicated; ``None``: one device. A batch that does not
+            divide by their number is padded and masked; the result is the single-device
+            one up to float rounding. How a run is executed, not what it is: it is not
+            part of the config, and a run may resume on another device count.
 
     Returns:
         Summary dict (``clean_accuracy``, ``robust_accuracy``, ``train_loss``,
@@ -475,7 +513,7 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    run = _Run(config, out_dir, data_dir, progress)
+    run = _Run(config, out_dir, data_dir, progress, devices)
     try:
         run.resume()
         run.run()

@@ -4,7 +4,9 @@ A training mode is one small registered function:
 
 * an **adversary** ``build(cfg: AdversaryConfig) -> perturb(logits_fn, x, y, key) -> x'``
   replaces the batch before the loss (``none``, ``pgd``, ``fastat``), using qadv's own
-  attacks (:func:`qadv.attacks.make_pgd`) inside the jitted step;
+  attacks (:func:`qadv.attacks.make_pgd`) inside the jitted step. On a padded batch the
+  train step also passes ``mask=`` (float ``(B,)``, 0 on padding rows): a perturbation
+  that aggregates over the batch (NJS's calibration) must use the real rows only;
 * a **regulariser** ``build(cfg: RegularizerConfig) -> penalty`` adds ``lam/2 * penalty``
   to the loss (``none``, ``fd``, ``exact``). ``penalty(loss_fn, x) -> (penalty, losses,
   aux)`` receives ``loss_fn(x) -> ((B,) per-example losses, aux)`` of the network being
@@ -17,6 +19,7 @@ differentiates. Register a new mode with ``@adversary("name")`` or
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import NamedTuple
@@ -27,6 +30,7 @@ import optax
 
 from qadv.attacks import hns, make_pgd, njs, run_attack
 from qadv.attacks.norms import get_norm
+from qadv.signal import jacobian_singular_values
 from qadv.training.config import AdversaryConfig, RegularizerConfig
 
 __all__ = [
@@ -76,21 +80,27 @@ def _clean(cfg: AdversaryConfig):
     return None
 
 
-def _temperature(name: str, logits_fn: LogitsFn, x: jax.Array):
-    """PGD++ temperature for training: NJS calibrated on the training batch itself."""
+def _temperature(name: str, logits_fn: LogitsFn, x: jax.Array, mask: jax.Array | None = None):
+    """PGD++ temperature for training: NJS calibrated on the training batch itself (on its
+    real rows, where ``mask`` marks padding: the mean Jacobian singular value)."""
     if name == "njs":
-        return njs(logits_fn, x)
+        temperature = njs(logits_fn, x)
+        if mask is None:
+            return temperature
+        sv = jacobian_singular_values(logits_fn, x)  # (B, d), each example on its own
+        mean_sv = jnp.sum(sv * mask[:, None]) / (jnp.sum(mask) * sv.shape[1])
+        return dataclasses.replace(temperature, beta1=1.0 / mean_sv)
     return hns() if name == "hns" else None
 
 
 def _pgd_perturb(cfg: AdversaryConfig, *, steps: int, step_size: float):
-    def perturb(logits_fn: LogitsFn, x, y, key):
+    def perturb(logits_fn: LogitsFn, x, y, key, mask=None):
         atk = make_pgd(
             logits_fn,
             eps=cfg.eps,
             step_size=step_size,
             norm=cfg.norm,
-            temperature=_temperature(cfg.temperature, logits_fn, x),
+            temperature=_temperature(cfg.temperature, logits_fn, x, mask),
             random_init=True,
         )
         state = run_attack(atk, atk.init(key, x, y), steps)

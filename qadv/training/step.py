@@ -11,8 +11,10 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from qadv import parallel
 from qadv.checkpoint import VARIABLE_COLLECTIONS
 from qadv.data import get_dataset_info
 from qadv.models import get_model, init_variables
@@ -231,38 +233,74 @@ def make_train_step(
     key: jax.Array,
     project: Callable[[Any], Any] | None = None,
     objective: Objective | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
-    """Jitted pure train step ``(state, x, y, anneal) -> state`` (``state`` is donated).
+    """Jitted pure train step ``(state, x, y, anneal[, mask]) -> state`` (``state`` is donated).
 
     The objective (default: clean cross-entropy) decides what is trained on and how:
     ``x_train = objective.perturb(logits_fn, x, y, key)`` (adversarial training; the
     attacked network runs in training mode on the batch's own statistics, without
     updating them), then ``mean CE(x_train) + lam/2 * mean penalty(loss_fn, x_train)``.
-    Step ``t`` draws its dropout and attack keys from ``fold_in(key, t)``; ``project``
-    (e.g. :func:`clip_latent_weights`) is applied to the parameters after each update.
+    Step ``t`` draws its dropout and attack keys from ``fold_in(key, t)`` (the attack's
+    per-example keys from the example's row, ``fold_in(k, i)``); ``project`` (e.g.
+    :func:`clip_latent_weights`) is applied to the parameters after each update.
+
+    ``mask`` (float ``(B,)``, 1 on real rows, 0 on padding rows appended after them)
+    trains on the real rows only: losses, penalties and metrics are masked means and
+    counts, BatchNorm takes its batch statistics over the real rows
+    (:func:`qadv.parallel.masked_batch_norm`), and no gradient (of the parameters, of
+    the attack, of the regulariser) flows out of a padding row
+    (:func:`qadv.parallel.detach_padding`). A padded batch thus trains like the unpadded
+    one, up to float rounding. Without ``mask`` the step is the unmasked one, unchanged.
+    (qadv's models have no dropout; a model with dropout would draw other dropout masks
+    for a padded batch, whose shape differs.)
+
+    With ``mesh`` (:func:`qadv.parallel.make_mesh`), the step is data parallel: it takes
+    a host batch of any size, pads it to a multiple of the device count, shards
+    ``x``, ``y`` and the mask over the mesh's ``"batch"`` axis and keeps the state
+    replicated (``in_shardings``/``out_shardings``); the returned function has the same
+    signature and gives the single-device result up to float rounding.
+
+    Example:
+        >>> import numpy as np
+        >>> from qadv import parallel
+        >>> model, state, _ = build_train_step(TrainConfig(arch="mlp"), steps_per_epoch=1)
+        >>> tx = make_optimizer(TrainConfig(arch="mlp"), 1)
+        >>> step = make_train_step(model, tx, key=jax.random.key(0),
+        ...                        mesh=parallel.make_mesh(jax.devices()[:1]))
+        >>> x, y = np.zeros((3, 28, 28, 1), np.float32), np.zeros(3, np.int32)
+        >>> int(step(state, x, y, 1.0).metrics["count"])
+        3
     """
     objective = objective or Objective()
 
-    def step(state: TrainState, x, y, anneal):
+    def step(state: TrainState, x, y, anneal, mask=None):
         mutable = list(state.model_state)
         k_drop = jax.random.fold_in(key, state.step)
         k_adv = jax.random.fold_in(k_drop, 1)
+        real = None if mask is None else mask > 0
 
         def forward(params, z):
-            out = model.apply(
-                {"params": params, **state.model_state},
-                z,
-                train=True,
-                anneal=anneal,
-                mutable=mutable if mutable else False,
-                rngs={"dropout": k_drop},
-            )
-            return out if mutable else (out, {})
+            with parallel.masked_batch_norm(real):
+                out = model.apply(
+                    {"params": params, **state.model_state},
+                    z,
+                    train=True,
+                    anneal=anneal,
+                    mutable=mutable if mutable else False,
+                    rngs={"dropout": k_drop},
+                )
+            logits, new_model_state = out if mutable else (out, {})
+            return parallel.detach_padding(logits, real), new_model_state
+
+        def mean(v):
+            return v.mean() if mask is None else jnp.sum(v * mask) / jnp.sum(mask)
 
         x_train = x
         if objective.perturb is not None:
             frozen = jax.lax.stop_gradient(state.params)
-            x_train = objective.perturb(lambda z: forward(frozen, z)[0], x, y, k_adv)
+            masked = {} if mask is None else {"mask": mask}
+            x_train = objective.perturb(lambda z: forward(frozen, z)[0], x, y, k_adv, **masked)
 
         def loss_fn(params):
             def per_example(z):
@@ -272,11 +310,11 @@ def make_train_step(
             penalty = jnp.zeros((), jnp.float32)
             if objective.penalty is None:
                 losses, (logits, new_model_state) = per_example(x_train)
-                loss = losses.mean()
+                loss = mean(losses)
             else:  # the regulariser shares the forward pass at x_train
                 pen, losses, (logits, new_model_state) = objective.penalty(per_example, x_train)
-                penalty = pen.mean()
-                loss = losses.mean() + 0.5 * objective.lam * penalty
+                penalty = mean(pen)
+                loss = mean(losses) + 0.5 * objective.lam * penalty
             return loss, (logits, new_model_state, penalty)
 
         (loss, (logits, new_model_state, penalty)), grads = jax.value_and_grad(
@@ -286,8 +324,13 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         if project is not None:
             params = project(params)
-        n = jnp.asarray(y.shape[0], jnp.float32)
-        correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        hits = jnp.argmax(logits, axis=-1) == y
+        if mask is None:
+            n = jnp.asarray(y.shape[0], jnp.float32)
+            correct = jnp.sum(hits).astype(jnp.float32)
+        else:
+            n = jnp.sum(mask).astype(jnp.float32)
+            correct = jnp.sum(jnp.where(real, hits, False)).astype(jnp.float32)
         m = state.metrics
         return TrainState(
             step=state.step + 1,
@@ -302,14 +345,48 @@ def make_train_step(
             },
         )
 
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    return _sharded(step, mesh)
 
 
-def build_train_step(config: TrainConfig, *, steps_per_epoch: int):
+def _sharded(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """``step`` jitted over ``mesh`` (state replicated, batch sharded), behind a host-side
+    wrapper that pads the batch to a multiple of the device count and places it."""
+    rep, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    jitted = jax.jit(
+        step,
+        in_shardings=(rep, rows, rows, rep, rows),
+        out_shardings=rep,
+        donate_argnums=0,
+    )
+
+    def sharded_step(state: TrainState, x, y, anneal, mask=None) -> TrainState:
+        x, y = parallel.to_host(x), parallel.to_host(y)
+        mask = np.ones(x.shape[0], np.float32) if mask is None else parallel.to_host(mask)
+        (x, pad), (y, _), (mask, _) = (parallel.pad_to_multiple(a, mesh.size) for a in (x, y, mask))
+        mask = (mask * pad).astype(np.float32)
+        anneal = np.asarray(parallel.to_host(anneal), np.float32)
+        return jitted(
+            parallel.replicate(state, mesh),
+            parallel.place(x, rows),
+            parallel.place(y, rows),
+            parallel.place(anneal, rep),
+            parallel.place(mask, rows),
+        )
+
+    return sharded_step
+
+
+def build_train_step(
+    config: TrainConfig, *, steps_per_epoch: int, mesh: jax.sharding.Mesh | None = None
+):
     """``(model, initial TrainState, jitted step)`` of a config, exactly as :func:`train`
     builds them: parameters from ``fold_in(key(seed), 0)``, step keys from
     ``fold_in(key(seed), 1)``, the config's optimizer over ``steps_per_epoch`` steps per
     epoch, its BinaryConnect projection and its objective (adversary, regulariser).
+    With ``mesh``, the step is data parallel over it and the state is replicated on it
+    (see :func:`make_train_step`).
 
     Example:
         >>> model, state, step = build_train_step(TrainConfig(arch="mlp"), steps_per_epoch=1)
@@ -329,5 +406,8 @@ def build_train_step(config: TrainConfig, *, steps_per_epoch: int):
         key=jax.random.fold_in(root, 1),
         project=binary_connect_projection(make_policy(config)),
         objective=make_objective(config.adversary, config.regularizer),
+        mesh=mesh,
     )
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)
     return model, state, step

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,85 +29,10 @@ import numpy as np
 
 from qadv import attacks, signal
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "perf"))
+from common import naive_hns_beta, time_calls, toy_cnn  # benchmarks/perf/common.py
+
 H, W, C, D = 32, 32, 3, 10
-
-
-def make_cnn(key):
-    """A small ReLU CNN on [0, 1] images: conv16/s2 - conv32/s2 - dense 10."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    w1 = jax.random.normal(k1, (3, 3, C, 16), jnp.float32) * float(1 / math.sqrt(27))
-    w2 = jax.random.normal(k2, (3, 3, 16, 32), jnp.float32) * float(1 / math.sqrt(144))
-    w3 = jax.random.normal(k3, (8 * 8 * 32, D), jnp.float32) * float(4 / math.sqrt(2048))
-    dn = ("NHWC", "HWIO", "NHWC")
-
-    def logits_fn(x):
-        h = jax.lax.conv_general_dilated(x - 0.5, w1, (2, 2), "SAME", dimension_numbers=dn)
-        h = jax.nn.relu(h)
-        h = jax.lax.conv_general_dilated(h, w2, (2, 2), "SAME", dimension_numbers=dn)
-        h = jax.nn.relu(h)
-        return h.reshape(x.shape[0], -1) @ w3
-
-    return logits_fn
-
-
-def median_time(fn, repeats):
-    jax.block_until_ready(fn())  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def interleaved_times(fns, repeats):
-    """Per-function run times, round-robin so that load drifts hit all functions alike."""
-    for fn in fns:
-        jax.block_until_ready(fn())  # compile / warm up
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[i].append(time.perf_counter() - t0)
-    return times
-
-
-def naive_hns_beta(logits_fn, x, y, grid_size=100):
-    """Reference-style search for one example: N x N Hessian at every grid point."""
-    a = np.asarray(logits_fn(x[None])[0], np.float64)
-    if int(np.argmax(a)) != int(y):
-        return 1.0
-    top = np.sort(a)[::-1]
-    gap = top[0] - top[1]
-    d = a.size
-
-    def bound(rho):
-        return (-math.log(rho) + math.log1p(-rho) + math.log(d - 1)) / gap
-
-    jac = _jac_one(logits_fn, x)  # computed once, like the release
-    norms = []
-    for beta in np.linspace(bound(1 - 1 / d - 0.01), bound(1e-72), grid_size):
-        norms.append(float(_naive_norm(jac, jnp.asarray(a, jnp.float32), jnp.float32(beta))))
-    k = int(np.argmax(norms))
-    return (
-        1.0
-        if k in (0, grid_size - 1)
-        else float(np.linspace(bound(0.89), bound(1e-72), grid_size)[k])
-    )
-
-
-_jac_one = jax.jit(
-    lambda f, x: jax.jacrev(lambda z: f(z[None])[0])(x).reshape(D, -1), static_argnums=0
-)
-
-
-@jax.jit
-def _naive_norm(jac, a, beta):
-    p = jax.nn.softmax(beta * a)
-    s = jnp.diag(p) - jnp.outer(p, p)
-    hess = beta * beta * (jac.T @ s @ jac)  # N x N
-    return jnp.sqrt(jnp.sum(hess * hess))
 
 
 def main():
@@ -118,7 +43,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
 
-    f = make_cnn(jax.random.key(0))
+    f = toy_cnn(jax.random.key(0), (H, W, C), D)
     x = jax.random.uniform(jax.random.key(1), (args.batch, H, W, C), jnp.float32)
     y = jnp.argmax(f(x), axis=1).astype(jnp.int32)
     key = jax.random.key(2)
@@ -126,7 +51,7 @@ def main():
     njs = attacks.njs(f, x[:16])
     hns = attacks.hns()
 
-    runs = interleaved_times(
+    timings = time_calls(
         [
             lambda: attacks.pgd(f, x, y, **common),
             lambda: attacks.pgd(f, x, y, temperature=njs, **common),
@@ -134,11 +59,11 @@ def main():
         ],
         args.repeats,
     )
-    t_pgd, t_njs, t_hns = (statistics.median(r) for r in runs)
-    m_pgd, m_njs, m_hns = (min(r) for r in runs)
+    t_pgd, t_njs, t_hns = (t.median_s for t in timings)
+    m_pgd, m_njs, m_hns = (t.min_s for t in timings)
 
     search = jax.jit(hns.init, static_argnums=0)
-    t_search = median_time(lambda: search(f, x, y), args.repeats) / args.batch
+    t_search = time_calls([lambda: search(f, x, y)], args.repeats)[0].median_s / args.batch
 
     n_naive = args.naive_examples
     naive_hns_beta(f, x[0], y[0])  # compile

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,9 @@ import numpy as np
 
 from qadv import report
 from qadv.attacks import AttackContext, example_keys, execute, prepare, registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "perf"))
+from common import toy_cnn  # benchmarks/perf/common.py
 
 ATTACKS = [
     ("pgd", {}),
@@ -47,18 +51,7 @@ ATTACKS = [
 
 def synthetic_cnn(key):
     """A small ReLU CNN on 28x28x1 [0, 1] images: conv16/s2 - conv32/s2 - dense 10."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    w1 = jax.random.normal(k1, (3, 3, 1, 16), jnp.float32) * float(1 / math.sqrt(9))
-    w2 = jax.random.normal(k2, (3, 3, 16, 32), jnp.float32) * float(1 / math.sqrt(144))
-    w3 = jax.random.normal(k3, (7 * 7 * 32, 10), jnp.float32) * float(4 / math.sqrt(1568))
-    dn = ("NHWC", "HWIO", "NHWC")
-
-    def logits_fn(x):
-        h = jax.lax.conv_general_dilated(x - 0.5, w1, (2, 2), "SAME", dimension_numbers=dn)
-        h = jax.nn.relu(h)
-        h = jax.lax.conv_general_dilated(h, w2, (2, 2), "SAME", dimension_numbers=dn)
-        return jax.nn.relu(h).reshape(x.shape[0], -1) @ w3
-
+    logits_fn = toy_cnn(key, (28, 28, 1), 10)
     return jax.tree_util.Partial(lambda w, x: logits_fn(x), ())
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from qadv.attacks import hns, make_pgd, njs, run_attack
+from qadv.attacks import hns, make_pgd, njs, start_and_run
 from qadv.attacks.norms import get_norm
 from qadv.signal import jacobian_singular_values
 from qadv.training.config import AdversaryConfig, RegularizerConfig
@@ -103,7 +103,7 @@ def _pgd_perturb(cfg: AdversaryConfig, *, steps: int, step_size: float):
             temperature=_temperature(cfg.temperature, logits_fn, x, mask),
             random_init=True,
         )
-        state = run_attack(atk, atk.init(key, x, y), steps)
+        state = start_and_run(atk, key, x, y, steps)
         return jax.lax.stop_gradient(state.x_adv)
 
     return perturb

@@ -28,7 +28,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from qadv.models import get_model, init_variables, make_logits_fn
+from qadv.models import (
+    check_compute_dtype,
+    get_model,
+    init_variables,
+    make_logits_fn,
+    with_compute_dtype,
+)
 from qadv.quant import QuantPolicy
 
 __all__ = [
@@ -312,36 +318,61 @@ class LoadedModel(NamedTuple):
 
     Attributes:
         model: the Flax module (rebuilt from the metadata).
-        variables: its variables (``params`` and, if any, ``batch_stats``).
+        variables: its variables (``params`` and, if any, ``batch_stats``), as stored
+            (float32).
         metadata: the checkpoint metadata (arch, policy, dataset, mean/std,
             num_classes, image_shape, clean_accuracy, qadv_version, config, step).
+        compute_dtype: the dtype :attr:`logits_fn` computes in, ``"float32"`` (default)
+            or ``"bfloat16"`` (see :mod:`qadv.models.precision`).
     """
 
     model: Any
     variables: Any
     metadata: dict
+    compute_dtype: str = "float32"
 
     @property
     def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
-        """Pure eval-mode logits function ``x (B,H,W,C) in [0,1] -> (B, d)``."""
-        return make_logits_fn(self.model, self.variables)
+        """Pure eval-mode logits function ``x (B,H,W,C) in [0,1] -> (B, d)`` float32.
+
+        A ``jax.tree_util.Partial`` whose function is equal for equal models and compute
+        dtypes, so that attacks compile once per model. With ``compute_dtype`` bfloat16
+        the model runs in bfloat16 and its logits come back in float32.
+        """
+        fn = make_logits_fn(self.model, self.variables)
+        return with_compute_dtype(fn, self.compute_dtype)
+
+    def with_compute_dtype(self, dtype: Any) -> LoadedModel:
+        """This model computing in ``dtype`` (one of :data:`qadv.models.COMPUTE_DTYPES`).
+
+        Raises:
+            ValueError: an unknown dtype.
+        """
+        return self._replace(compute_dtype=check_compute_dtype(dtype))
 
 
-def load_checkpoint(path: str | Path, *, step: int | None = None) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path, *, step: int | None = None, compute_dtype: Any = "float32"
+) -> LoadedModel:
     """Loads a trained model from a run folder (``out_dir`` of :func:`qadv.train.train`).
 
     Args:
         path: run folder, its ``checkpoints`` folder, or one step folder.
         step: step to load; default the latest finished one.
+        compute_dtype: dtype the model's logits function computes in: ``"float32"``
+            (default) or ``"bfloat16"``. The stored variables stay float32 and the
+            logits are float32 either way (see :mod:`qadv.models.precision`).
 
     Returns:
-        :class:`LoadedModel` ``(model, variables, metadata)``; ``.logits_fn`` gives
-        the eval-mode logits function.
+        :class:`LoadedModel` ``(model, variables, metadata, compute_dtype)``;
+        ``.logits_fn`` gives the eval-mode logits function.
 
     Raises:
-        ValueError: no checkpoint, corrupt/truncated files, or variables that do
-            not fit the architecture named in the metadata (one line each).
+        ValueError: no checkpoint, corrupt/truncated files, variables that do not fit
+            the architecture named in the metadata, or an unknown compute dtype (one
+            line each).
     """
+    compute_dtype = check_compute_dtype(compute_dtype)
     ckpt_dir, step = _select_step(path, step)
     meta = _read_metadata_file(_step_dir(ckpt_dir, step))
     model = build_model(meta)
@@ -353,4 +384,4 @@ def load_checkpoint(path: str | Path, *, step: int | None = None) -> LoadedModel
         )
     finally:
         manager.close()
-    return LoadedModel(model, variables, meta)
+    return LoadedModel(model, variables, meta, compute_dtype)

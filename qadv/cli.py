@@ -122,9 +122,22 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="example i uses fold_in(key(seed), i)")
     p.add_argument("--n", type=_positive_int("n"), default=None, help="first N test images")
     p.add_argument("--batch-size", type=_positive_int("batch size"), default=250)
+    _add_dtype(p)
     _add_parallel(p)
     _add_data_dir(p)
     _add_progress(p)
+
+
+def _add_dtype(p: argparse.ArgumentParser) -> None:
+    from qadv.models.precision import COMPUTE_DTYPES
+
+    p.add_argument(
+        "--dtype",
+        choices=COMPUTE_DTYPES,
+        default="float32",
+        help="model compute dtype; bfloat16 is faster on GPU/TPU, its logits and the "
+        "attack's arithmetic stay float32 (default float32)",
+    )
 
 
 def _add_parallel(p: argparse.ArgumentParser) -> None:
@@ -240,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="run folder written by `qadv train`")
     e.add_argument("--n", type=_positive_int("n"), default=None, help="first N test images")
     e.add_argument("--batch-size", type=_positive_int("batch size"), default=500)
+    _add_dtype(e)
     _add_data_dir(e)
 
     a = sub.add_parser("attack", help="robust accuracy of a checkpoint under one attack")
@@ -536,11 +550,17 @@ def _cmd_info(args) -> None:
     print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
-def _load(checkpoint: str, data_dir: str | None, n: int | None, devices: list | None = None):
+def _load(
+    checkpoint: str,
+    data_dir: str | None,
+    n: int | None,
+    devices: list | None = None,
+    dtype: str = "float32",
+):
     from qadv import data
     from qadv.checkpoint import load_checkpoint
 
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, compute_dtype=dtype)
     if devices is not None and len(devices) > 1:
         from qadv import parallel  # the weights on every device of the mesh
 
@@ -555,7 +575,7 @@ def _load(checkpoint: str, data_dir: str | None, n: int | None, devices: list | 
 def _cmd_eval(args) -> None:
     from qadv.evaluate import clean_predictions
 
-    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n)
+    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n, dtype=args.dtype)
     preds = clean_predictions(loaded.logits_fn, images, batch_size=args.batch_size)
     acc = 100.0 * float((preds == labels).mean())
     print(f"{args.checkpoint}: clean accuracy {acc:.2f}% on {len(labels)} test images")
@@ -578,7 +598,7 @@ def _run_options(args, loaded, images) -> dict:
 
     surrogate = None
     if args.surrogate is not None:
-        surrogate = load_checkpoint(args.surrogate).logits_fn
+        surrogate = load_checkpoint(args.surrogate, compute_dtype=args.dtype).logits_fn
     context = AttackContext(
         calib_images=images, input_std=tuple(loaded.metadata["std"]), surrogate=surrogate
     )
@@ -588,7 +608,11 @@ def _run_options(args, loaded, images) -> dict:
         context=context,
         out=args.out,
         progress=not args.no_progress,
-        extra={"checkpoint": str(args.checkpoint), "model": loaded.metadata},
+        extra={
+            "checkpoint": str(args.checkpoint),
+            "model": loaded.metadata,
+            "compute_dtype": loaded.compute_dtype,
+        },
         devices=_devices(args),
     )
 
@@ -606,7 +630,9 @@ def _cmd_attack(args) -> None:
         source=args.source,
         **options,
     )
-    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n, _devices(args))
+    loaded, images, labels = _load(
+        args.checkpoint, args.data_dir, args.n, _devices(args), dtype=args.dtype
+    )
     record = evaluate_attack(
         loaded.logits_fn, images, labels, config, **_run_options(args, loaded, images)
     )
@@ -637,7 +663,9 @@ def _cmd_evaluate(args) -> None:
         names = [a.strip() for a in args.attacks.split(",") if a.strip()]
         configs = presets.ensemble_members(names, norm=args.norm, eps=args.eps, **overrides)
         name = "+".join(names)
-    loaded, images, labels = _load(args.checkpoint, args.data_dir, args.n, _devices(args))
+    loaded, images, labels = _load(
+        args.checkpoint, args.data_dir, args.n, _devices(args), dtype=args.dtype
+    )
     record = evaluate_ensemble(
         loaded.logits_fn, images, labels, configs, name=name, **_run_options(args, loaded, images)
     )

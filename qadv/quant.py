@@ -299,11 +299,14 @@ def mbn_weight_bases(w: jax.Array, *, m_bases: int) -> tuple[jax.Array, jax.Arra
     std = sg(jnp.std(w))
     shape = (m_bases,) + (1,) * w.ndim
     bases = sign_ste(jnp.expand_dims(centred, 0) + shifts.reshape(shape) * std)
-    flat_b = sg(bases).reshape(m_bases, -1)
+    # the least-squares fit runs in at least float32 (bfloat16 has no pseudo-inverse, and
+    # its sums over a whole layer would be coarse); the ±1 bases are exact in any dtype
+    solve_dtype = jnp.promote_types(w.dtype, jnp.float32)
+    flat_b = sg(bases).reshape(m_bases, -1).astype(solve_dtype)
     gram = flat_b @ flat_b.T
-    rhs = flat_b @ sg(w).reshape(-1)
+    rhs = flat_b @ sg(w).reshape(-1).astype(solve_dtype)
     alphas = jnp.linalg.pinv(gram, hermitian=True) @ rhs
-    return bases, alphas
+    return bases, alphas.astype(w.dtype)
 
 
 def mbn_weights(w: jax.Array, *, m_bases: int) -> jax.Array:

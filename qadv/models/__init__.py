@@ -11,6 +11,7 @@ from qadv.models.calibrate import batch_norm_paths, recalibrate_batch_stats
 from qadv.models.densenet import DenseNet
 from qadv.models.layers import QConv, QDense, quantize_bias, quantize_kernel
 from qadv.models.mobilenet import MobileNetV2
+from qadv.models.precision import COMPUTE_DTYPES, check_compute_dtype, with_compute_dtype
 from qadv.models.registry import (
     MODEL_NAMES,
     check_images,
@@ -25,6 +26,7 @@ from qadv.models.vgg import VGG
 
 __all__ = [
     "CNN",
+    "COMPUTE_DTYPES",
     "MLP",
     "MODEL_NAMES",
     "VGG",
@@ -37,6 +39,7 @@ __all__ = [
     "QDense",
     "ResNet",
     "batch_norm_paths",
+    "check_compute_dtype",
     "check_images",
     "get_model",
     "init_variables",
@@ -45,4 +48,5 @@ __all__ = [
     "quantize_bias",
     "quantize_kernel",
     "recalibrate_batch_stats",
+    "with_compute_dtype",
 ]

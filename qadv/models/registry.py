@@ -141,7 +141,7 @@ def check_images(x, image_shape: Sequence[int] | None = None) -> None:
             f"expected images of shape (B, {', '.join(map(str, image_shape))}), got {shape}"
         )
     dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
-    if not np.issubdtype(dtype, np.floating):
+    if not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 included
         raise ValueError(f"expected float images in [0, 1], got dtype {dtype}")
     if isinstance(x, jax.core.Tracer):
         return

@@ -47,6 +47,7 @@ __all__ = [
     "activation_bytes",
     "centred_gram",
     "centred_jacobian_gram",
+    "class_chunk",
     "curvature_terms",
     "error_signal_norm",
     "gram",
@@ -166,7 +167,8 @@ def jacobian_chunks(
     example stays within the memory budget (see :func:`resolve_memory_budget`).
 
     One (example, class) pair costs the example's activations (its reverse pass) plus one
-    Jacobian row; classes are chunked first, then examples.
+    Jacobian row. Examples are batched first (what the model is built for), then classes
+    up to :func:`class_chunk`.
 
     Example:
         >>> import jax.numpy as jnp
@@ -174,7 +176,7 @@ def jacobian_chunks(
         >>> jacobian_chunks(f, jnp.zeros((8, 2, 2, 1)), 3, memory_budget=10**9)
         (8, 3)
         >>> jacobian_chunks(f, jnp.zeros((8, 2, 2, 1)), 3, memory_budget=88)
-        (1, 2)
+        (2, 1)
     """
     b = x.shape[0]
     per_pair = (
@@ -182,9 +184,29 @@ def jacobian_chunks(
         + int(np.prod(x.shape[1:])) * jnp.dtype(x.dtype).itemsize
     )
     pairs = max(1, resolve_memory_budget(memory_budget) // per_pair)
-    classes = int(min(num_rows, pairs))
-    examples = int(max(1, min(b, pairs // classes)))
-    return examples, classes
+    examples = int(min(b, pairs))
+    return examples, class_chunk(examples, num_rows, pairs // examples)
+
+
+PAIRS_PER_PASS = 128
+"""(example, class) pairs a batched reverse pass should carry to keep a device busy."""
+
+
+def class_chunk(examples: int, num_rows: int, limit: int | None = None) -> int:
+    """Classes pulled back at once through a linearisation of ``examples`` examples.
+
+    Just enough to give each reverse pass :data:`PAIRS_PER_PASS` (example, class) pairs:
+    one class at a time for a batch of 128 or more (the pullbacks then run one after the
+    other, each as large as a PGD step's), more for small batches; never more than
+    ``num_rows`` or ``limit`` (the memory budget's).
+
+    Example:
+        >>> class_chunk(256, 10), class_chunk(8, 10), class_chunk(8, 10, limit=4)
+        (1, 10, 4)
+    """
+    want = -(-PAIRS_PER_PASS // max(int(examples), 1))
+    cap = num_rows if limit is None else min(num_rows, limit)
+    return int(max(1, min(want, cap)))
 
 
 def _class_rows(
@@ -290,12 +312,12 @@ def jacobian(
     """
     d = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)).shape[-1]
     k = d if classes is None else classes.shape[1]
-    examples, class_chunk = _resolve_chunks(logits_fn, x, k, chunk, memory_budget)
+    examples, classes_at_once = _resolve_chunks(logits_fn, x, k, chunk, memory_budget)
 
     def one(args):
         xi, ci = args
         logits, pull = jax.vjp(logits_fn, xi[None])
-        return _class_rows(pull, logits, None if ci is None else ci[None], class_chunk)[0]
+        return _class_rows(pull, logits, None if ci is None else ci[None], classes_at_once)[0]
 
     return map_examples(one, (x, classes), examples)
 
@@ -325,13 +347,14 @@ def centred_jacobian_gram(
     item = jnp.dtype(x.dtype).itemsize
     row = int(np.prod(x.shape[1:])) * item
     act = activation_bytes(logits_fn, x.shape[1:], x.dtype)
-    class_chunk = int(max(1, min(k, (budget - k * row) // max(act, 1))))
-    examples = int(max(1, min(b, budget // (k * row + class_chunk * act))))
+    chunk = int(max(1, min(k, (budget - k * row) // max(act, 1))))
+    examples = int(max(1, min(b, budget // (k * row + chunk * act))))
+    chunk = class_chunk(examples, k, chunk)
 
     def one(args):
         xi, ci = args
         logits, pull = jax.vjp(logits_fn, xi[None])
-        rows = _class_rows(pull, logits, ci[None], class_chunk)[0].reshape(k, -1)
+        rows = _class_rows(pull, logits, ci[None], chunk)[0].reshape(k, -1)
         rows = rows - rows[:1]
         return jnp.einsum("in,jn->ij", rows, rows, precision=_HIGHEST)
 

@@ -200,8 +200,8 @@ def make_pgd(
     def start(key, x, y) -> PGDState:
         x_adv = start_point(key, x)
         logits, vjp_fn = jax.vjp(logits_fn, x_adv)
-        if hasattr(strategy, "init_linearised"):
-            tstate = strategy.init_linearised(logits_fn, x_adv, y, logits, vjp_fn)
+        if hasattr(strategy, "init_linearised"):  # HNS: Jacobian rows from this pullback
+            tstate, vjp_fn = strategy.init_linearised(logits_fn, x_adv, y, logits, vjp_fn)
         else:
             tstate = strategy.init(logits_fn, x_adv, y)
         return advance(state_at(x, y, x_adv, tstate), logits, vjp_fn)

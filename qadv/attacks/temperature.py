@@ -240,6 +240,18 @@ def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None) -> 
 # -------------------------------------------------------------------------------- HNS
 
 
+def _pullback_from_rows(rows: jax.Array, classes: jax.Array):
+    """``c -> (J^T c,)`` per example from the Jacobian rows of ``classes`` (all ``d``)."""
+
+    def pull(c):
+        w = jnp.take_along_axis(c, classes, axis=1).astype(rows.dtype)  # (B, d) in row order
+        flat = rows.reshape(rows.shape[0], rows.shape[1], -1)
+        g = jnp.einsum("bk,bkn->bn", w, flat, precision=jax.lax.Precision.HIGHEST)
+        return (g.reshape(rows.shape[:1] + rows.shape[2:]),)
+
+    return pull
+
+
 @dataclasses.dataclass(frozen=True)
 class HNS:
     """Hessian norm scaling (Algorithm 2); build with ``hns(...)``."""
@@ -281,11 +293,18 @@ class HNS:
 
     def centred_gram(self, logits_fn, x, logits, pull) -> tuple[jax.Array, jax.Array]:
         """``(classes (B, k), G' (B, k, k))``: the ``k`` largest-logit classes (top first) and
-        the Gram matrix of their Jacobian rows minus the top row.
+        the Gram matrix of their Jacobian rows minus the top row (see :meth:`_rows`)."""
+        classes, _, gc = self._rows(logits_fn, x, logits, pull)
+        return classes, gc
+
+    def _rows(self, logits_fn, x, logits, pull):
+        """``(classes, rows or None, G')``.
 
         The rows come from the linearisation ``pull`` (no new forward pass) when the
-        ``B k N`` rows fit the memory budget, ``c`` classes at a time with ``c`` from the
-        budget; otherwise from chunks of examples, each with its own forward pass.
+        ``B k N`` rows fit the memory budget, ``c`` classes at a time
+        (:func:`qadv.signal.class_chunk`: one at a time from batch 128 on, within the
+        budget); otherwise from chunks of examples, each with its own forward pass (and
+        ``rows`` is ``None``: they were never held at once).
         """
         b, d = logits.shape
         k = self.num_rows(d)
@@ -293,23 +312,27 @@ class HNS:
         budget = signal.resolve_memory_budget(self.memory_budget)
         n = int(np.prod(x.shape[1:]))
         item = jnp.dtype(x.dtype).itemsize
-
-        def gram_of(rows):  # (B, k, ...) -> (B, k, k), centred at row 0
-            flat = rows.reshape(rows.shape[0], k, -1)
-            return signal.gram(flat - flat[:, :1])
-
         if b * k * n * item <= budget:
             per_pair = signal.activation_bytes(logits_fn, x.shape[1:], x.dtype) + n * item
-            chunk = max(1, budget // (b * per_pair))
-            return classes, gram_of(signal.jacobian_rows(pull, logits, classes, class_chunk=chunk))
-        return classes, signal.centred_jacobian_gram(logits_fn, x, classes, memory_budget=budget)
+            chunk = signal.class_chunk(b, k, budget // (b * per_pair))
+            rows = signal.jacobian_rows(pull, logits, classes, class_chunk=chunk)
+            flat = rows.reshape(b, k, -1)
+            return classes, rows, signal.gram(flat - flat[:, :1])
+        gc = signal.centred_jacobian_gram(logits_fn, x, classes, memory_budget=budget)
+        return classes, None, gc
 
     def init(self, logits_fn, x, y) -> BetaInfo:
         logits, pull = jax.vjp(logits_fn, x)
-        return self.init_linearised(logits_fn, x, y, logits, pull)
+        return self.init_linearised(logits_fn, x, y, logits, pull)[0]
 
-    def init_linearised(self, logits_fn, x, y, logits, pull) -> BetaInfo:
-        """:meth:`init` given the logits and pullback at ``x`` (shared with a first step)."""
+    def init_linearised(self, logits_fn, x, y, logits, pull):
+        """:meth:`init` given ``logits, pull = jax.vjp(logits_fn, x)``, shared with the
+        attack's first step; returns ``(state, pull)``.
+
+        When all ``d`` Jacobian rows were taken from ``pull``, the returned pullback is
+        ``c -> J^T c`` from those rows: the first step's gradient then costs no reverse
+        pass of its own (equal to ``pull`` up to float rounding).
+        """
         grid = self.grid(logits)
         valid = jnp.all(jnp.isfinite(grid), axis=-1) & (grid[:, 0] > 0)
         safe_grid = jnp.where(valid[:, None], grid, jnp.ones_like(grid))
@@ -320,10 +343,12 @@ class HNS:
             log_norms = signal.log_hessian_norm_from_gram(
                 signal.gram(jac), safe_logits, safe_grid, curv, y
             )
-        else:
-            classes, gc = self.centred_gram(logits_fn, x, safe_logits, pull)
-            log_norms = signal.log_hessian_norm_topk(gc, safe_logits, classes, safe_grid)
-        return self.select(log_norms, grid, logits, y)
+            return self.select(log_norms, grid, logits, y), pull
+        classes, rows, gc = self._rows(logits_fn, x, safe_logits, pull)
+        log_norms = signal.log_hessian_norm_topk(gc, safe_logits, classes, safe_grid)
+        if rows is not None and rows.shape[1] == logits.shape[1]:
+            pull = _pullback_from_rows(rows, classes)
+        return self.select(log_norms, grid, logits, y), pull
 
     def beta(self, state: BetaInfo, logits, y) -> BetaInfo:
         return state

@@ -34,6 +34,15 @@ def write_mnist_like(folder, *, n_train=12, n_test=5, gz=True, seed=0, learnable
     return out
 
 
+def mnist_like_dir(tmp_path_factory, name, *, n_train, n_test):
+    """``(root, root / "data")``: a fresh folder with a learnable MNIST-like data set."""
+    root = tmp_path_factory.mktemp(name)
+    data_dir = root / "data"
+    data_dir.mkdir()
+    write_mnist_like(data_dir, n_train=n_train, n_test=n_test, learnable=True)
+    return root, data_dir
+
+
 def relu_mlp(seed, *, n_in, hidden=12, d=5):
     """A fixed random ReLU MLP ``x (B, ...) -> logits (B, d)`` on ``n_in`` input pixels."""
     import math

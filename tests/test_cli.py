@@ -3,17 +3,14 @@
 import json
 
 import pytest
-from synthetic import write_mnist_like
+from synthetic import mnist_like_dir
 
 from qadv import cli
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    data_dir = root / "data"
-    data_dir.mkdir()
-    write_mnist_like(data_dir, n_train=256, n_test=40, learnable=True)
+    root, data_dir = mnist_like_dir(tmp_path_factory, "cli", n_train=256, n_test=40)
     out = root / "run"
     code = cli.main(
         [

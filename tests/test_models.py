@@ -294,3 +294,25 @@ def test_bops_resnet20_mbn3x3_differs_from_table():
     m = get_model("resnet20", num_classes=10, policy=get_policy("ref"))
     costs = layer_costs(m, input_shape=(32, 32, 3))
     assert round(bops(costs, get_policy("mbn3x3")) / 1e8, 2) == 3.89
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 6, 2), (2, 7, 7, 3), (1, 28, 28, 4)])
+@pytest.mark.parametrize("values", ["ties", "continuous"])
+def test_max_pool_equals_flax_in_value_and_gradient(shape, values):
+    """Ties (sign activations give +-1 everywhere) route the gradient to the first
+    maximum of the window, exactly as select_and_scatter does."""
+    import flax.linen as nn
+
+    from qadv.models.layers import max_pool_2x2
+
+    k1, k2 = jax.random.split(jax.random.key(sum(shape)))
+    if values == "ties":
+        x = jax.random.randint(k1, shape, -1, 2).astype(jnp.float32)
+    else:
+        x = jax.random.normal(k1, shape)
+    ref = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), np.asarray(ref(x)))
+    ct = jax.random.normal(k2, ref(x).shape)
+    got = jax.vjp(max_pool_2x2, x)[1](ct)[0]
+    want = jax.vjp(ref, x)[1](ct)[0]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

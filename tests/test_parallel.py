@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from synthetic import relu_mlp, write_mnist_like
+from synthetic import mnist_like_dir, relu_mlp
 
 from qadv import checkpoint, cli, parallel
 from qadv.training import TrainConfig, build_train_step
@@ -194,10 +194,7 @@ def test_device_count_does_not_change_the_result():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """``qadv train`` with and without ``--shard`` (batch 13: 4 steps, each padded to 16)."""
-    root = tmp_path_factory.mktemp("parallel")
-    data_dir = root / "data"
-    data_dir.mkdir()
-    write_mnist_like(data_dir, n_train=52, n_test=16, learnable=True)
+    root, data_dir = mnist_like_dir(tmp_path_factory, "parallel", n_train=52, n_test=16)
     argv = [
         "train",
         "--dataset",

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from synthetic import write_mnist_like
+from synthetic import mnist_like_dir
 
 from qadv import attacks, checkpoint, cli
 from qadv.attacks import gradient
@@ -127,10 +127,7 @@ def test_multi_bit_model_in_bfloat16():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("precision")
-    data_dir = root / "data"
-    data_dir.mkdir()
-    write_mnist_like(data_dir, n_train=128, n_test=40, learnable=True)
+    root, data_dir = mnist_like_dir(tmp_path_factory, "precision", n_train=128, n_test=40)
     out = root / "run"
     argv = ["train", "--dataset", "mnist", "--arch", "mlp", "--quant", "bnn_wq", "--epochs", "2"]
     argv += ["--batch-size", "32", "--out", str(out), "--data-dir", str(data_dir)]

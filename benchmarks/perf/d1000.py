@@ -21,6 +21,8 @@ Run::
 
 from __future__ import annotations
 
+import dataclasses
+
 import common
 import jax
 import numpy as np
@@ -182,6 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", nargs="+", type=int, default=[8, 32])
     p.add_argument("--top-k", nargs="+", type=int, default=[10])
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument(
+        "--eps", type=float, default=None, help="L-inf radius (default: the model's, 8/255)"
+    )
     args = p.parse_args(argv)
     rec = common.Record("d1000", argv)
 
@@ -190,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         bench = trained_bench(args.classes, max(args.batch), steps=args.train_steps)
     else:
         bench = common.load_bench(args.arch, n=max(args.batch), classes=args.classes)
+    if args.eps is not None:
+        bench = dataclasses.replace(bench, eps=float(args.eps))
     cases = []
     for batch in args.batch:
         common.log(f"{args.arch} d={args.classes} batch {batch} ...")

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qadv.models.layers import QConv, QDense, activation, batch_norm, normalize
+from qadv.models.layers import QConv, QDense, activation, batch_norm, max_pool_2x2, normalize
 from qadv.quant import QuantPolicy
 
 __all__ = ["BinaryNetResNet", "BinaryNetVGG"]
@@ -106,7 +106,7 @@ class BinaryNetVGG(nn.Module):
             role = "first" if i == 0 else "hidden"
             h = QConv(w, 3, policy=p, role=role, use_bias=True)(h, **kw)
             if i % 2 == 1:
-                h = nn.max_pool(h, (2, 2), strides=(2, 2))
+                h = max_pool_2x2(h)
             h = act(bn()(h))
         h = h.reshape(h.shape[0], -1)
         for _ in range(2):

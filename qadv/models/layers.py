@@ -119,6 +119,32 @@ def batch_norm(policy: QuantPolicy, *, train: bool, name: str | None = None) -> 
     )
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2 (``VALID``), equal to ``nn.max_pool(x, (2, 2),
+    strides=(2, 2))`` in value and in gradient, without XLA's ``select_and_scatter``.
+
+    The gradient goes to the first maximum of each window in row-major order, as
+    ``select_and_scatter`` (with ``ge``) routes it, so ties, which are everywhere after a
+    sign activation, are broken the same way. On a CPU ``select_and_scatter`` costs about
+    50 times the pooling itself and dominated every attack step of a pooled CNN; here the
+    backward pass is one select.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> x = jnp.array([1.0, 3.0, 3.0, 2.0]).reshape(1, 2, 2, 1)
+        >>> float(max_pool_2x2(x)[0, 0, 0, 0])
+        3.0
+        >>> jax.grad(lambda v: max_pool_2x2(v).sum())(x).reshape(-1).tolist()
+        [0.0, 1.0, 0.0, 0.0]
+    """
+    b, h, w, c = x.shape
+    ho, wo = h // 2, w // 2
+    x = x[:, : 2 * ho, : 2 * wo, :]
+    win = x.reshape(b, ho, 2, wo, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(b, ho, wo, c, 4)
+    first = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(win), axis=-1), 4, dtype=jnp.bool_)
+    return jnp.sum(jnp.where(first, win, jnp.zeros_like(win)), axis=-1)
+
+
 def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
     """``(x - mean) / std`` per channel (NHWC); ``mean``/``std`` of length 1 or C.
 

@@ -7,14 +7,10 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from qadv.models.layers import QConv, QDense, activation, batch_norm, normalize
+from qadv.models.layers import QConv, QDense, activation, batch_norm, max_pool_2x2, normalize
 from qadv.quant import QuantPolicy
 
 __all__ = ["CNN", "MLP"]
-
-
-def _max_pool(x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class MLP(nn.Module):
@@ -90,6 +86,6 @@ class CNN(nn.Module):
             role = "first" if i == 0 else "hidden"
             h = QConv(w, 3, policy=p, role=role)(h, train=train, anneal=anneal)
             h = batch_norm(p, train=train)(h)
-            h = _max_pool(act(h))
+            h = max_pool_2x2(act(h))
         h = h.reshape(h.shape[0], -1)
         return QDense(self.num_classes, policy=p, role="last")(h, train=train, anneal=anneal)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from qadv.models.layers import QConv, QDense, activation, batch_norm, normalize
+from qadv.models.layers import QConv, QDense, activation, batch_norm, max_pool_2x2, normalize
 from qadv.quant import QuantPolicy
 
 __all__ = ["VGG", "VGG16_CFG"]
@@ -47,7 +47,7 @@ class VGG(nn.Module):
         first = True
         for v in self.cfg:
             if v == "M":
-                h = nn.max_pool(h, (2, 2), strides=(2, 2))
+                h = max_pool_2x2(h)
                 continue
             role = "first" if first else "hidden"
             first = False

@@ -221,11 +221,20 @@ def _class_rows(
     cot = jax.nn.one_hot(classes, d, dtype=logits.dtype)  # (B, k, d)
     cot = jnp.moveaxis(cot, 1, 0)  # (k, B, d)
     chunk = k if class_chunk is None else int(max(1, min(k, class_chunk)))
+    pull = jax.vmap(lambda c: vjp_fn(c)[0])
+    n_chunks = -(-k // chunk)
     if chunk >= k:
-        rows = jax.vmap(lambda c: vjp_fn(c)[0])(cot)
+        rows = pull(cot)
+    elif n_chunks <= UNROLL_CHUNKS and jax.default_backend() == "cpu":
+        # XLA's CPU code runs a pullback inside a loop much slower than unrolled
+        rows = jnp.concatenate([pull(cot[i : i + chunk]) for i in range(0, k, chunk)])
     else:
         rows = jax.lax.map(lambda c: vjp_fn(c)[0], cot, batch_size=chunk)
     return jnp.moveaxis(rows, 0, 1)
+
+
+UNROLL_CHUNKS = 32
+"""On a CPU, at most this many class chunks are unrolled instead of looped."""
 
 
 def jacobian_rows(

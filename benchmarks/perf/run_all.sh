@@ -33,7 +33,7 @@ R18_BATCH=(128)
 "$PY" benchmarks/perf/throughput.py --arch resnet18 --batch "${R18_BATCH[@]}" --repeats 1 \
     --out "$OUT/throughput_resnet18.json"
 # 1b. HNS at d = 1000: all classes against top-k
-"$PY" benchmarks/perf/d1000.py --classes 1000 --batch 8 32 --top-k 10 20 --repeats 2 \
+"$PY" benchmarks/perf/d1000.py --classes 1000 --batch 8 32 --top-k 10 20 --repeats 2 --eps 0.0627 \
     --out "$OUT/d1000.json"
 # 2. batched HNS beta search against the naive N x N search
 "$PY" benchmarks/perf/hns_search.py --arch cnn cnn32 resnet18 --checkpoint "$CKPT" \

@@ -220,9 +220,20 @@ def make_pgd(
     return Attack(init, step, start)
 
 
+CPU_UNROLL_STEPS = 32
+"""On a CPU, attacks of at most this many steps are unrolled (see :func:`run_attack`)."""
+
+
 def run_attack(attack: Attack, state: PGDState, steps: int) -> PGDState:
-    """Apply ``attack.step`` ``steps`` times with ``lax.scan``."""
-    return jax.lax.scan(lambda s, _: (attack.step(s), None), state, None, length=steps)[0]
+    """Apply ``attack.step`` ``steps`` times with ``lax.scan``.
+
+    On a CPU backend the loop is unrolled for up to :data:`CPU_UNROLL_STEPS` steps: XLA's
+    CPU code inside a while loop ran PGD-20 on the Fashion-MNIST CNN 1.6 times slower
+    than the same steps unrolled (compilation took as long). On GPU/TPU it stays a loop.
+    """
+    unroll = steps <= CPU_UNROLL_STEPS and jax.default_backend() == "cpu"
+    body = lambda s, _: (attack.step(s), None)  # noqa: E731
+    return jax.lax.scan(body, state, None, length=steps, unroll=bool(unroll) or 1)[0]
 
 
 def start_and_run(attack: Attack, key, x, y, steps: int) -> PGDState:

@@ -196,3 +196,12 @@ def test_hns_at_1000_classes_batch_8_stays_within_a_fixed_memory_budget():
     rows = 8 * d * 32 * 32 * 3 * 4
     used_exact = _temp_bytes(lambda a, b: exact.init(f, a, b).beta, x, y)
     assert used_exact < rows, (used_exact, rows)  # its d x d Gram matrices dominate
+
+
+def test_make_pgd_still_unpacks_as_init_and_step():
+    f = _conv_net(3)
+    init, step = gradient.make_pgd(f, eps=0.1, step_size=0.03)
+    x = jnp.full((2, 8, 8, 2), 0.5)
+    s = step(init(jax.random.key(0), x, jnp.array([0, 1])))
+    assert s.x_adv.shape == x.shape
+    assert gradient.Attack(init, step).start is None

@@ -80,17 +80,25 @@ class PGDState(NamedTuple):
     fallback: jax.Array  # (B,) bool: fell back to beta = 1 at any step
 
 
-class Attack(NamedTuple):
-    """``init(key, x, y) -> PGDState`` and ``step(PGDState) -> PGDState``.
-
-    ``start(key, x, y)`` equals ``step(init(key, x, y))`` but shares one forward pass
-    (and its linearisation) between the temperature rule's set-up and the first step:
-    HNS takes its Jacobian rows from the same pullback that gives the first gradient.
-    """
-
+class _InitStep(NamedTuple):
     init: Callable[[Any, jax.Array, jax.Array], PGDState]
     step: Callable[[PGDState], PGDState]
-    start: Callable[[Any, jax.Array, jax.Array], PGDState] | None = None
+
+
+class Attack(_InitStep):
+    """The pair ``(init, step)``: ``init(key, x, y) -> PGDState``, ``step(PGDState) ->
+    PGDState`` (it unpacks as two values).
+
+    ``attack.start(key, x, y)`` equals ``step(init(key, x, y))`` but shares one forward
+    pass (and its linearisation) between the temperature rule's set-up and the first
+    step: HNS takes its Jacobian rows from the same pullback that gives the first
+    gradient. ``start`` is ``None`` for a pair built without it.
+    """
+
+    def __new__(cls, init, step, start=None):
+        self = super().__new__(cls, init, step)
+        self.start = start
+        return self
 
 
 class AttackInfo(NamedTuple):

@@ -291,14 +291,9 @@ class HNS:
         """Jacobian rows per example: ``d``, or ``top_k`` when that is smaller."""
         return d if self.top_k is None else int(min(self.top_k, d))
 
-    def centred_gram(self, logits_fn, x, logits, pull) -> tuple[jax.Array, jax.Array]:
-        """``(classes (B, k), G' (B, k, k))``: the ``k`` largest-logit classes (top first) and
-        the Gram matrix of their Jacobian rows minus the top row (see :meth:`_rows`)."""
-        classes, _, gc = self._rows(logits_fn, x, logits, pull)
-        return classes, gc
-
     def _rows(self, logits_fn, x, logits, pull):
-        """``(classes, rows or None, G')``.
+        """``(classes (B, k), rows or None, G' (B, k, k))``: the ``k`` largest-logit classes
+        (top first), their Jacobian rows and the Gram matrix of the rows minus the top row.
 
         The rows come from the linearisation ``pull`` (no new forward pass) when the
         ``B k N`` rows fit the memory budget, ``c`` classes at a time

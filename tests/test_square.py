@@ -210,6 +210,88 @@ def test_p_schedule_matches_the_reference():
         assert square.p_selection(it, queries=100, p_init=0.3) == pytest.approx(p, rel=1e-12)
 
 
+def _reference_p(it, n_queries, p_init, rescale):
+    """AutoAttack's ``SquareAttack.p_selection``, written out as the reference does."""
+    if rescale:
+        it = int(it / n_queries * 10000)
+    if 10 < it <= 50:
+        return p_init / 2
+    if 50 < it <= 200:
+        return p_init / 4
+    if 200 < it <= 500:
+        return p_init / 8
+    if 500 < it <= 1000:
+        return p_init / 16
+    if 1000 < it <= 2000:
+        return p_init / 32
+    if 2000 < it <= 4000:
+        return p_init / 64
+    if 4000 < it <= 6000:
+        return p_init / 128
+    if 6000 < it <= 8000:
+        return p_init / 256
+    if 8000 < it:
+        return p_init / 512
+    return p_init
+
+
+def test_p_schedule_on_the_real_budget():
+    # resc_schedule=False (AutoAttack standard, 5,000 queries): the bounds count real
+    # iterations, so p halves after 10, 50, 200, 500, 1000, 2000 and 4000 only.
+    expected_5000 = {
+        0: 0.8,
+        10: 0.8,
+        11: 0.4,
+        50: 0.4,
+        51: 0.2,
+        200: 0.2,
+        201: 0.1,
+        500: 0.1,
+        501: 0.05,
+        1000: 0.05,
+        1001: 0.025,
+        2000: 0.025,
+        2001: 0.0125,
+        4000: 0.0125,
+        4001: 0.00625,
+        4999: 0.00625,
+    }
+    for it, p in expected_5000.items():
+        got = square.p_selection(it, queries=5000, p_init=0.8, rescale=False)
+        assert got == pytest.approx(p, rel=1e-12), it
+    # the two settings against the reference rule, over whole budgets
+    for queries in (100, 5000, 10000, 12000):
+        for rescale in (True, False):
+            ours = [square.p_selection(i, queries=queries, rescale=rescale) for i in range(queries)]
+            ref = [_reference_p(i, queries, 0.8, rescale) for i in range(queries)]
+            np.testing.assert_allclose(ours, ref, rtol=1e-12)
+    # at 10,000 queries the two settings coincide; at 5,000 rescaling halves twice as fast
+    assert square.p_selection(26, queries=5000) == 0.2
+    assert square.p_selection(26, queries=5000, rescale=False) == 0.4
+    sides = square.window_sides(
+        "linf", (28, 28, 1), queries=5000, p_init=0.8, iterations=5000, rescale=False
+    )
+    assert sides[10] == 25 and sides[11] == 18 and sides[-1] == round(math.sqrt(0.00625 * 784))
+
+
+def test_rescale_schedule_option_changes_the_attack():
+    fixed = registry.make("square", norm="linf", eps=0.1, queries=Q, rescale_schedule=False)
+    assert fixed != CFG["linf"] and registry.from_dict(registry.to_dict(fixed)) == fixed
+    assert registry.to_dict(fixed)["rescale_schedule"] is False
+    a = _run(fixed, mlp, X, Y, range(16))
+    b = _run(CFG["linf"], mlp, X, Y, range(16))
+    # different windows from iteration 6 on, so different points where the search ran
+    assert not np.array_equal(np.asarray(a.x_adv), np.asarray(b.x_adv))
+
+
+def test_standard_preset_builds_autoattacks_square():
+    for name in ("standard", "plus-temperature"):
+        sq = [c for c in registry.preset(name, eps=8 / 255) if c.kind == "square"]
+        assert len(sq) == 1 and sq[0].queries == 5000 and sq[0].rescale_schedule is False
+    # a single Square keeps the reference class's default
+    assert registry.make("square").rescale_schedule is True
+
+
 def test_window_sides():
     linf = square.window_sides("linf", (32, 32, 3), queries=5000, p_init=0.8, iterations=30)
     assert linf[0] == 29 and linf[6] == 20 and linf[26] == 14  # round(sqrt(p * 1024))
@@ -242,6 +324,7 @@ def test_window_pattern_is_the_reference_pseudo_gaussian(s):
 def test_config_label_and_round_trip():
     cfg = registry.make("square")
     assert (cfg.queries, cfg.p_init, cfg.restarts, cfg.loss) == (5000, 0.8, 1, "margin")
+    assert cfg.rescale_schedule is True
     assert cfg.label == "Square L∞"
     assert registry.make("square", norm="l2", eps=0.5).label == "Square L2"
     assert registry.make("square", loss="ce").label == "Square-CE L∞"
@@ -258,6 +341,7 @@ def test_config_label_and_round_trip():
         ({"loss": "dlr"}, "unknown loss 'dlr'; choose one of: margin, ce"),
         ({"norm": "l1"}, "unknown norm 'l1'; choose one of: linf, l2"),
         ({"restarts": 0}, "restarts must be an integer >= 1"),
+        ({"rescale_schedule": "no"}, "rescale_schedule must be a bool, got 'no'"),
     ],
 )
 def test_bad_options_raise(option, match):

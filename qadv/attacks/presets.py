@@ -2,43 +2,76 @@
 examples still robust.
 
 - ``standard``: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries),
-  as AutoAttack's standard version;
+  as AutoAttack's standard version (which builds Square with ``resc_schedule=False``:
+  its window-size schedule runs on the real 5,000 queries, not rescaled to 10,000);
 - ``plus-temperature``: ``standard`` plus PGD++ (NJS), PGD++ (HNS) and APGD-CE++ (HNS);
 - ``gradient``: PGD, PGD++ (NJS), PGD++ (HNS) (no gradient-free member; quick).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from qadv.attacks import registry
 
 __all__ = ["ensemble_members"]
 
 _STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: How AutoAttack's ``standard`` version builds its members where that differs from the
+#: registered defaults (``autoattack.py``: ``SquareAttack(..., resc_schedule=False)``).
+_STANDARD_DEFAULTS = {"square": {"rescale_schedule": False}}
 
 
-def ensemble_members(names, *, norm: str, eps: float, **overrides) -> list:
+def ensemble_members(
+    names,
+    *,
+    norm: str,
+    eps: float,
+    member_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    **overrides,
+) -> list:
     """Configs for registered attack ``names`` at one threat model.
 
-    ``overrides`` apply to each member that has the option (e.g. ``steps``)."""
+    ``member_defaults`` maps a name to options of that member (e.g. ``{"square":
+    {"rescale_schedule": False}}``); ``overrides`` then apply to each member that has the
+    option (e.g. ``steps``), over those defaults.
+
+    Example:
+        >>> [c.label for c in ensemble_members(["pgd", "square"], norm="linf", eps=0.1)]
+        ['PGD L∞', 'Square L∞']
+    """
+    member_defaults = member_defaults or {}
     out = []
     for name in names:
         temperature = None
         if "++" in name:
             name, temperature = name.split("++")
-        opts = {k: v for k, v in overrides.items() if k in registry.option_names(name)}
+        opts = dict(member_defaults.get(name, {}))
+        opts.update(
+            {
+                k: v
+                for k, v in overrides.items()
+                if v is not None and k in registry.option_names(name)
+            }
+        )
         out.append(registry.make(name, norm=norm, eps=eps, temperature=temperature, **opts))
     return out
 
 
 @registry.register_preset("standard")
 def standard(*, norm: str, eps: float, **overrides) -> list:
-    return ensemble_members(_STANDARD, norm=norm, eps=eps, **overrides)
+    return ensemble_members(
+        _STANDARD, norm=norm, eps=eps, member_defaults=_STANDARD_DEFAULTS, **overrides
+    )
 
 
 @registry.register_preset("plus-temperature")
 def plus_temperature(*, norm: str, eps: float, **overrides) -> list:
     extra = ("pgd++njs", "pgd++hns", "apgd-ce++hns")
-    return ensemble_members(_STANDARD + extra, norm=norm, eps=eps, **overrides)
+    return ensemble_members(
+        _STANDARD + extra, norm=norm, eps=eps, member_defaults=_STANDARD_DEFAULTS, **overrides
+    )
 
 
 @registry.register_preset("gradient")

@@ -10,9 +10,12 @@ one square window of side ``s`` at a uniformly random position, queries the mode
 and keeps the proposal only if it raises the adversarial loss (the CW margin
 ``max_{i != y} z_i - z_y`` by default) or misclassifies. The side follows the
 reference's schedule: ``p`` (the fraction of pixels a window covers) starts at
-``p_init`` and halves at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000
-of a 10,000-query budget (rescaled to ``queries``, see :func:`p_selection`), and
-``s = max(round(sqrt(p * H * W)), 1)``.
+``p_init`` and halves after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and
+8000, and ``s = max(round(sqrt(p * H * W)), 1)``. With ``rescale_schedule=True`` (the
+reference's ``SquareAttack`` default) these bounds are for a 10,000-query budget and the
+iteration is rescaled to ``queries``; with ``False`` they count real iterations, as
+AutoAttack's ``standard`` version builds Square (``resc_schedule=False``, 5,000 queries:
+``p`` then halves seven times, the last after iteration 4000). See :func:`p_selection`.
 
 - **L∞**: start from vertical stripes (``x ± ε``, one random sign per column and
   channel); a proposal sets the window to ``x ± ε`` with one random sign per channel.
@@ -94,26 +97,38 @@ _BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # ------------------------------------------------------------------ schedule (host side)
 
 
-def p_selection(iteration: int, *, queries: int, p_init: float = 0.8) -> float:
+def p_selection(
+    iteration: int, *, queries: int, p_init: float = 0.8, rescale: bool = True
+) -> float:
     """The fraction ``p`` of pixels a window covers at ``iteration`` (0-based).
 
-    The iteration is first rescaled to a 10,000-query budget, ``int(iteration /
-    queries * 10000)``; then ``p = p_init / 2**k`` with ``k`` the number of bounds
-    (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000) it exceeds.
+    With ``rescale`` the iteration is first rescaled to a 10,000-query budget,
+    ``int(iteration / queries * 10000)``; without it, it is used as it is (AutoAttack's
+    ``standard``: ``resc_schedule=False``). Then ``p = p_init / 2**k`` with ``k`` the
+    number of bounds (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000) it exceeds.
 
     Example:
         >>> [p_selection(i, queries=5000) for i in (0, 5, 6, 26, 4999)]
         [0.8, 0.8, 0.4, 0.2, 0.0015625]
+        >>> [p_selection(i, queries=5000, rescale=False) for i in (0, 10, 11, 51, 4999)]
+        [0.8, 0.8, 0.4, 0.2, 0.00625]
     """
-    it = int(iteration / queries * 10000)
+    it = int(iteration / queries * 10000) if rescale else int(iteration)
     return p_init / 2 ** sum(it > b for b in _BOUNDS)
 
 
 def window_sides(
-    norm: str, image_shape: tuple[int, int, int], *, queries: int, p_init: float, iterations: int
+    norm: str,
+    image_shape: tuple[int, int, int],
+    *,
+    queries: int,
+    p_init: float,
+    iterations: int,
+    rescale: bool = True,
 ) -> np.ndarray:
     """Window side ``s`` at each of ``iterations`` iterations, ``(iterations,)`` int32.
 
+    ``p`` is :func:`p_selection` (``rescale`` as there);
     ``s = max(round(sqrt(p * H * W)), 1)`` for L∞; for L2 at least 3 and odd (an even
     side gets one more pixel); both at most ``min(H, W)``.
 
@@ -125,7 +140,8 @@ def window_sides(
     n_features = h * w * c
     sides = []
     for i in range(iterations):
-        s = round(math.sqrt(p_selection(i, queries=queries, p_init=p_init) * n_features / c))
+        p = p_selection(i, queries=queries, p_init=p_init, rescale=rescale)
+        s = round(math.sqrt(p * n_features / c))
         if norm == "l2":
             s = max(s, 3)
             s += 1 - s % 2
@@ -408,6 +424,7 @@ def square_attack(
     p_init: float = 0.8,
     restarts: int = 1,
     loss: str = "margin",
+    rescale_schedule: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """Square Attack on a batch, pure and jit-able (no validation, no jit).
 
@@ -423,6 +440,9 @@ def square_attack(
         p_init: initial fraction of pixels a window covers.
         restarts: independent restarts for the examples not yet misclassified.
         loss: ``"margin"`` or ``"ce"`` (ascended).
+        rescale_schedule: run the ``p`` schedule on a 10,000-query budget rescaled to
+            ``queries`` (the reference class's default) rather than on ``queries`` itself
+            (``False``: AutoAttack's ``standard``).
 
     Returns:
         ``(x_adv (B, H, W, C), queries (B,) int32)``.
@@ -447,7 +467,12 @@ def square_attack(
     if queries < 2:
         return x, spent
     sides = window_sides(
-        norm, x.shape[1:], queries=queries, p_init=p_init, iterations=max(queries - 2, 0)
+        norm,
+        x.shape[1:],
+        queries=queries,
+        p_init=p_init,
+        iterations=max(queries - 2, 0),
+        rescale=rescale_schedule,
     )
     run = functools.partial(_restart, logits_fn, loss_fn, x, y, norm=norm, eps=e, sides=sides)
 
@@ -481,6 +506,10 @@ class SquareConfig(registry.AttackConfig):
         p_init: initial fraction of pixels a window covers.
         restarts: independent restarts for the examples not yet misclassified.
         loss: ``"margin"`` (CW margin, AutoAttack's untargeted Square) or ``"ce"``.
+        rescale_schedule: ``True`` (the reference ``SquareAttack``'s default) runs the
+            window-size schedule on a 10,000-query budget rescaled to ``queries``;
+            ``False`` runs it on the real budget, as AutoAttack's ``standard`` version
+            (and qadv's ``standard`` preset) builds Square. CLI: ``--no-rescale-schedule``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -501,6 +530,7 @@ class SquareConfig(registry.AttackConfig):
     p_init: float = 0.8
     restarts: int = 1
     loss: str = "margin"
+    rescale_schedule: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -508,6 +538,8 @@ class SquareConfig(registry.AttackConfig):
         check_scalar("p_init", self.p_init, allow_zero=False, maximum=1.0)
         check_int("restarts", self.restarts, 1)
         check_choice("loss", self.loss, SQUARE_LOSSES)
+        if not isinstance(self.rescale_schedule, bool):
+            raise ValueError(f"rescale_schedule must be a bool, got {self.rescale_schedule!r}")
 
     @property
     def label(self) -> str:
@@ -526,5 +558,6 @@ class SquareConfig(registry.AttackConfig):
             p_init=float(self.p_init),
             restarts=self.restarts,
             loss=self.loss,
+            rescale_schedule=self.rescale_schedule,
         )
         return finish(logits_fn, x, y, x_adv, norm=self.geometry, queries=spent)

@@ -1,0 +1,105 @@
+"""Helpers for fault-injection tests: kill a ``qadv`` command with SIGKILL mid-run, and
+compare the files of two runs up to the fields that legitimately vary."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Fields that differ between two correct runs: timings (and every ``*time_s``), provenance,
+# where a run resumed.
+VARYING = frozenset(
+    {"wall_time_s", "train_time_s", "seconds", "environment", "resumed_from_step", "out_dir"}
+)
+
+
+def qadv_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qadv.cli", *args]
+
+
+def _newest_mtime(folder: Path) -> float:
+    times = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()]
+    return max(times, default=0.0)
+
+
+def kill_midway(argv: list[str], cwd: Path, *, delay: float, timeout: float = 300.0) -> bool:
+    """Start ``argv`` in ``cwd``, wait until it writes its first file there, then sleep
+    ``delay`` seconds and SIGKILL it. True iff the kill landed (the command had not
+    finished by then)."""
+    before = _newest_mtime(cwd)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None and _newest_mtime(cwd) <= before:
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"{argv} wrote nothing in {timeout}s")
+            time.sleep(0.02)
+        time.sleep(delay)
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()
+            assert proc.returncode == 0, f"{argv} failed before the kill: {err[-2000:]}"
+            return False
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        return proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stderr.close()
+
+
+def strip_varying(value):
+    """``value`` (parsed JSON) without the :data:`VARYING` fields, recursively."""
+    if isinstance(value, dict):
+        return {
+            k: strip_varying(v)
+            for k, v in value.items()
+            if k not in VARYING and not k.endswith("time_s")
+        }
+    if isinstance(value, list):
+        return [strip_varying(v) for v in value]
+    return value
+
+
+def load_json_lines(path: Path):
+    if path.suffix == ".jsonl":
+        return [json.loads(s) for s in path.read_text().splitlines()]
+    return json.loads(path.read_text())
+
+
+def assert_same_json_files(ref: Path, got: Path, pattern: str = "*.json*") -> int:
+    """Every JSON/JSONL file under ``ref`` exists under ``got`` with the same content up to
+    :data:`VARYING`; no ``.partial.npz`` is left under ``got``. Returns the files compared."""
+    files = sorted(
+        p.relative_to(ref) for p in ref.rglob(pattern) if p.suffix in (".json", ".jsonl")
+    )
+    assert files, f"no JSON files under {ref}"
+    for rel in files:
+        a, b = load_json_lines(ref / rel), load_json_lines(got / rel)
+        assert strip_varying(a) == strip_varying(b), f"{rel} differs after kill and resume"
+    assert not list(got.rglob("*.partial.npz")), "a finished run left partial results"
+    return len(files)
+
+
+def assert_same_checkpoint(ref: Path, got: Path) -> None:
+    """Same latest step, bitwise equal variables, same metadata."""
+    import jax
+
+    from qadv import checkpoint
+
+    steps_ref = checkpoint.complete_steps(ref / "checkpoints")
+    steps_got = checkpoint.complete_steps(got / "checkpoints")
+    assert steps_ref[-1] == steps_got[-1]
+    a, b = checkpoint.load_checkpoint(ref), checkpoint.load_checkpoint(got)
+    jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+    assert strip_varying(a.metadata) == strip_varying(b.metadata)

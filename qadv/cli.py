@@ -154,8 +154,16 @@ def _add_parallel(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as one line on stderr (exit status 2), like every other
+    user error, instead of the usage text followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qadv",
         description="Honest robustness evaluation of quantized networks (FGSM++/PGD++).",
     )

@@ -919,10 +919,68 @@ COMMANDS = {
 }
 
 
+_FILE_OUTPUTS = ("attack", "evaluate", "diagnose")
+"""Commands whose ``--out`` is a file; every other command's is a folder."""
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every command takes: the precision policy and the compilation cache."""
+    from qadv.precision import PRECISIONS
+
+    for p in parser._subparsers._group_actions[0].choices.values():
+        p.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=None,
+            help="float32 matmul/conv precision (default float32, also on GPUs/TPUs whose "
+            "own default is lower; env QADV_PRECISION); tensorfloat32 and bfloat16 are "
+            "faster and less exact",
+        )
+        p.add_argument(
+            "--no-compile-cache",
+            action="store_true",
+            help="do not use JAX's persistent compilation cache (default: "
+            "$QADV_CACHE_DIR or ~/.cache/qadv/jax; env QADV_COMPILE_CACHE=0 also turns it off)",
+        )
+
+
+def _compile_cache(disabled: bool) -> None:
+    """JAX's persistent compilation cache in the user's cache folder, so a rerun (a
+    resumed evaluation, the next model of a sweep) does not compile again."""
+    import os
+
+    import jax
+
+    if disabled or os.environ.get("QADV_COMPILE_CACHE", "1") in ("0", "false", "no"):
+        return
+    if jax.config.jax_compilation_cache_dir:  # the user chose one
+        return
+    root = os.environ.get("QADV_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qadv", "jax"
+    )
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError:
+        return  # an unwritable cache folder only costs compile time
+    jax.config.update("jax_compilation_cache_dir", root)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _add_common(parser)
     args = parser.parse_args(argv)
     try:
+        if args.precision is not None:
+            from qadv import precision
+
+            precision.set_precision(args.precision)
+        _compile_cache(args.no_compile_cache)
+        if getattr(args, "out", None):
+            from qadv.report import check_output_path
+
+            check_output_path(args.out, folder=args.command not in _FILE_OUTPUTS)
         if getattr(args, "distributed", False):
             from qadv import parallel
 

@@ -19,9 +19,12 @@ import numpy as np
 
 __all__ = [
     "atomic_write_json",
+    "check_output_path",
+    "cpu_info",
     "environment",
     "format_table",
     "git_commit",
+    "library_versions",
     "parse_fraction",
     "plot_curves",
     "read_json",
@@ -86,11 +89,58 @@ def git_commit(path: str | os.PathLike | None = None) -> str:
     return sha + ("+dirty" if dirty else "")
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name and the instruction-set features that change XLA's CPU code
+    (and so its float rounding): AVX, AVX2, AVX-512, FMA, AMX, NEON/SVE."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model") and model in ("", platform.machine()):
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    wanted = (
+        "avx",
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512bw",
+        "avx512_bf16",
+        "avx512_vnni",
+        "amx_bf16",
+        "amx_tile",
+        "asimd",
+        "sve",
+        "sve2",
+    )
+    return {"cpu_model": model, "cpu_features": [f for f in wanted if f in flags]}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on (``"-"`` where not installed)."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "orbax-checkpoint"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
 def environment() -> dict[str, Any]:
-    """Hardware and software provenance recorded with every result."""
+    """Hardware and software provenance recorded with every result: device kind, the
+    precision policy (:mod:`qadv.precision`), CPU features, XLA flags and library
+    versions, all of which can change float rounding."""
     import jax
 
-    from qadv import __version__
+    from qadv import __version__, precision
 
     devices = jax.devices()
     return {
@@ -100,11 +150,40 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [str(getattr(d, "device_kind", d)) for d in devices],
         "device_count": len(devices),
+        "matmul_precision": precision.current(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        **cpu_info(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "libraries": library_versions(),
         "python": platform.python_version(),
     }
+
+
+def check_output_path(path: str | os.PathLike, *, folder: bool | None = None) -> None:
+    """Refuse an output path that cannot be written, before any work starts: a one-line
+    ``ValueError`` naming it. ``folder=True``/``False`` also requires it to be (or become)
+    a folder / a file; ``None`` accepts either."""
+    path = Path(path)
+    if folder is False and path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder; give a file name")
+    if folder is True and path.exists() and not path.is_dir():
+        raise ValueError(f"cannot write into {path}: it is a file, not a folder")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent != path and not parent.is_dir():
+        raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
+    folder_to_write = parent if parent != path or path.is_dir() else path.parent
+    try:  # a real write: permissions, read-only file systems, full disks
+        with tempfile.TemporaryFile(dir=folder_to_write):
+            pass
+        if path.is_file():
+            with open(path, "ab"):
+                pass
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
 
 
 def atomic_write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:

@@ -432,6 +432,7 @@ class FABConfig(registry.AttackConfig):
     """
 
     kind: ClassVar[str] = "fab"
+    minimum_norm: ClassVar[bool] = True
 
     steps: int = 100
     restarts: int = 1
@@ -538,6 +539,7 @@ class DeepFoolConfig(registry.AttackConfig):
     """
 
     kind: ClassVar[str] = "deepfool"
+    minimum_norm: ClassVar[bool] = True
 
     steps: int = 50
     overshoot: float = 0.02

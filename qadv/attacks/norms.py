@@ -41,6 +41,9 @@ class Norm(NamedTuple):
         project: ``(x_adv, x, eps) ->`` the point in the ball and ``[0, 1]``.
         distance: ``(x_adv, x) -> (B,)`` per-example norm of ``x_adv - x``.
         default_step: ``(eps, steps) ->`` the paper's step size (Table 6).
+        diameter: ``n ->`` the largest distance between two images of ``n`` values in
+            ``[0, 1]`` (1 for L∞, ``sqrt(n)`` for L2; ``None`` for an unknown ``n`` where it
+            depends on it): no meaningful radius exceeds it.
     """
 
     name: str
@@ -51,6 +54,18 @@ class Norm(NamedTuple):
     distance: Callable[[jax.Array, jax.Array], jax.Array]
     default_step: Callable[[float, int], float]
 
+    diameter: Callable[[int | None], float | None] = lambda n: 1.0
+    """``n -> `` the largest distance between two images of ``n`` values in ``[0, 1]``
+    (``None`` where it depends on ``n`` and ``n`` is unknown)."""
+
+    def within(self, dist, eps, *, rtol: float = 1e-4, atol: float = 1e-5) -> np.ndarray:
+        """Host-side ``dist <= eps`` with the ball's float tolerance: a perturbation that an
+        attack placed on the sphere of radius ``eps`` in float32 measures slightly above
+        ``eps`` when read back in float64. Every count of "broken at radius r" uses this
+        comparison, so a record and a reading of it at its own ``eps`` agree."""
+        dist = np.asarray(dist, np.float64)
+        return dist <= np.float64(eps) * (1 + rtol) + atol
+
     def in_ball(self, x_adv, x, eps, *, rtol: float = 1e-4, atol: float = 1e-5) -> np.ndarray:
         """Host-side check ``(B,)``: finite, in ``[0, 1]`` and within ``eps`` (float tolerance)."""
         x_adv = np.asarray(x_adv, np.float64)
@@ -59,7 +74,27 @@ class Norm(NamedTuple):
         finite = np.all(np.isfinite(x_adv), axis=axes)
         box = np.all((x_adv >= -atol) & (x_adv <= 1 + atol), axis=axes)
         dist = np.asarray(self.distance(x_adv, x))
-        return finite & box & (dist <= eps * (1 + rtol) + atol)
+        return finite & box & self.within(dist, eps, rtol=rtol, atol=atol)
+
+    def check_eps(self, eps: float, size: int | None = None) -> None:
+        """Refuse a radius in the wrong units: larger than the diameter of the ``[0, 1]``
+        box of ``size`` values (L∞: 1 whatever the size; L2: ``sqrt(size)``, checked only
+        once the size is known), which usually means pixel units (seed papers write ε = 2
+        for 2/255). One-line ``ValueError``.
+
+        Example:
+            >>> LINF.check_eps(2.0)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: eps=2 is larger than 1, ... did you mean 2/255 = 0.007843?
+        """
+        limit = self.diameter(None if size is None else int(size))
+        if limit is not None and float(eps) > limit * (1 + 1e-6):
+            raise ValueError(
+                f"eps={float(eps):g} is larger than {limit:.4g}, the {self.label} diameter of "
+                f"[0, 1] images, so every image is in the ball; qadv's images are in [0, 1]: "
+                f"did you mean {float(eps):g}/255 = {float(eps) / 255:.4g}?"
+            )
 
 
 def _axes(x: jax.Array) -> tuple[int, ...]:
@@ -175,7 +210,16 @@ LINF = Norm(
     _linf_distance,
     _linf_default_step,
 )
-L2 = Norm("l2", "L2", _l2_random_start, _l2_normalize, _l2_project, _l2_distance, _l2_default_step)
+L2 = Norm(
+    "l2",
+    "L2",
+    _l2_random_start,
+    _l2_normalize,
+    _l2_project,
+    _l2_distance,
+    _l2_default_step,
+    lambda n: None if n is None else float(np.sqrt(n)),
+)
 NORMS: dict[str, Norm] = {"linf": LINF, "l2": L2}
 
 

@@ -72,6 +72,13 @@ class AttackResult(NamedTuple):
         queries: ``(B,)`` int32 model evaluations spent (a forward or a
             forward-and-backward pass counts one).
         aux: dict of attack-specific ``(B,)`` arrays (e.g. ``beta``, ``fallback``).
+        found: ``(B, H, W, C)`` or ``None``: for minimum-norm attacks, the smallest
+            adversarial point found, also beyond ``eps`` (the clean image where none was
+            found), so that an evaluation can verify the distances it reports.
+
+    ``distance`` is the attack's own account. :func:`qadv.evaluate.evaluate_attack` never
+    scores it: it re-runs the model on ``x_adv`` (and ``found``) and measures the norms on
+    the float32 images itself.
     """
 
     x_adv: jax.Array
@@ -80,6 +87,7 @@ class AttackResult(NamedTuple):
     distance: jax.Array
     queries: jax.Array
     aux: dict
+    found: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +151,8 @@ def finish_min_norm(
     """
     inside = distance <= jnp.asarray(eps, x.dtype)
     x_adv = jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), x_found, x)
-    return finish(logits_fn, x, y, x_adv, norm=norm, queries=queries, aux=aux, distance=distance)
+    res = finish(logits_fn, x, y, x_adv, norm=norm, queries=queries, aux=aux, distance=distance)
+    return res._replace(found=x_found)
 
 
 def split_logits_fn(logits_fn: LogitsFn) -> tuple[Any, Any]:

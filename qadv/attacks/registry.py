@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from qadv.attacks.norms import NORMS, Norm, get_norm
-from qadv.attacks.validation import check_choice, check_scalar
+from qadv.attacks.validation import check_choice, check_scalar, is_concrete
 
 __all__ = [
     "AttackConfig",
@@ -55,6 +55,9 @@ class AttackConfig:
     """
 
     kind: ClassVar[str] = ""
+    minimum_norm: ClassVar[bool] = False
+    """True for attacks that report the smallest adversarial point they find even beyond
+    ``eps`` (FAB, DeepFool): their records answer radii above ``eps`` too."""
 
     norm: str = "linf"
     eps: float = 8 / 255
@@ -66,6 +69,8 @@ class AttackConfig:
     def validate(self) -> None:
         check_choice("norm", self.norm, NORMS)
         check_scalar("eps", self.eps, allow_zero=False)
+        if is_concrete(self.eps):
+            self.geometry.check_eps(self.eps)
 
     @property
     def label(self) -> str:

@@ -11,8 +11,13 @@ Protocol (DESIGN §2, AutoAttack):
 - example ``i`` of the evaluated set uses the PRNG key ``fold_in(key(seed), i)``, so each
   per-example result is the same for any batch size, device count, or subset it is
   evaluated in (the ensemble relies on this);
-- partial results are saved after every batch; a rerun with the same attack, data and
-  seed resumes where it stopped.
+- every distance in a record is measured here, on the float32 images, for an image that
+  the model was re-run on and that is adversarial; an attack's own account of its
+  distances is never scored. A minimum-norm attack's points beyond ``eps`` are verified
+  the same way before their distances are kept;
+- partial results are saved after every batch; a rerun with the same model, attack,
+  data, seed and precision resumes where it stopped. A record or partial state of
+  another model (:func:`model_fingerprint`) is never reused.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import parallel, report
+from qadv import parallel, precision, report
 from qadv.attacks import registry
 from qadv.attacks.protocol import (
     AttackContext,
@@ -44,10 +49,12 @@ __all__ = [
     "batch_placer",
     "cached_attack",
     "check_data",
+    "check_writable",
     "clean_predictions",
     "data_fingerprint",
     "device_multiple",
     "evaluate_attack",
+    "model_fingerprint",
     "padded",
     "predict",
     "progress_bar",
@@ -135,6 +142,50 @@ def data_fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+_PROBE_SIZE = 8
+_PROBE_SEED = 20211
+
+
+@functools.partial(jax.jit, static_argnames="fn_static")
+def _probe_logits(fn_static, fn_dyn, x) -> jax.Array:
+    logits_fn = fn_static if fn_static is not None else fn_dyn
+    return logits_fn(x)
+
+
+def model_fingerprint(logits_fn: Callable, images: np.ndarray) -> str:
+    """Short hash that tells one model from another: its logits on a fixed probe batch
+    (the first 8 of ``images`` and 8 seeded uniform images of their shape), the weights
+    bound in a ``jax.tree_util.Partial``, and the precision policy in force.
+
+    Any change of weights, architecture, compute dtype or matmul precision changes it, so
+    a cached or resumed record is reused only for the model that made it. On one machine
+    it is the same from run to run; on another machine float rounding may differ, and a
+    record is then recomputed rather than trusted.
+
+    Args:
+        logits_fn: the model, images ``(B, H, W, C)`` in [0, 1] -> logits ``(B, d)``.
+        images: float32 ``(N, H, W, C)``, the evaluated set (only the first 8 are used).
+    """
+    images = np.asarray(images, np.float32)
+    rng = np.random.default_rng(_PROBE_SEED)
+    noise = rng.random((_PROBE_SIZE, *images.shape[1:]), dtype=np.float32)
+    probe = np.concatenate([images[:_PROBE_SIZE], noise])
+    fn_static, fn_dyn = split_logits_fn(logits_fn)
+    logits = np.asarray(_probe_logits(fn_static, fn_dyn, jnp.asarray(probe)), np.float32)
+    h = hashlib.sha256()
+    h.update(precision.current().encode())
+    h.update(str(logits.shape).encode())
+    h.update(np.ascontiguousarray(logits).tobytes())
+    if fn_dyn is not None:
+        for leaf in jax.tree_util.tree_leaves(fn_dyn):
+            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+                continue  # several hosts: the logits speak for these weights
+            a = np.asarray(leaf)
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
 class _NoBar:
     def update(self, n: int) -> None:
         pass
@@ -216,6 +267,23 @@ def _json_floats(a: np.ndarray) -> list:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, np.float64)]
 
 
+def _verified_distance(logits_fn, put, geometry, x_cand, xb, yb, size) -> np.ndarray:
+    """``(m,)`` float64 norm of ``x_cand - x`` measured on the float32 images where
+    ``x_cand`` is finite, in ``[0, 1]`` and misclassified when the model is re-run on it;
+    ``inf`` elsewhere (no verified adversarial point)."""
+    m = len(x_cand)
+    x = xb[:m]
+    adv_pred = parallel.to_host(predict(logits_fn, put(padded(x_cand, size)[0])))[:m]
+    inside = geometry.in_ball(x_cand, x, np.inf)  # finite and in [0, 1]
+    measured = np.asarray(geometry.distance(x_cand, x), np.float64)
+    return np.where((adv_pred != yb) & inside, measured, np.inf)
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, before any work, a result file that cannot be written (one line)."""
+    report.check_output_path(path, folder=False)
+
+
 def evaluate_attack(
     logits_fn: Callable,
     images: np.ndarray,
@@ -270,14 +338,21 @@ def evaluate_attack(
     n = len(images)
     context = resolve_context(context, calib_images, input_std, images)
     geometry = config.geometry
+    config.validate()
+    config.geometry.check_eps(config.eps, images[0].size)
+    if out is not None:
+        check_writable(out)
     data = prepare(config, logits_fn, context)
     cfg_dict = registry.to_dict(config)
+    model_fp = model_fingerprint(logits_fn, images)
     run_id = (
         hashlib.sha256(
             json.dumps([cfg_dict, seed], sort_keys=True, default=str).encode()
         ).hexdigest()[:16]
         + ":"
         + data_fingerprint(images, labels, indices)
+        + ":"
+        + model_fp
     )
 
     partial_path = Path(str(out) + ".partial.npz") if out is not None else None
@@ -330,14 +405,13 @@ def evaluate_attack(
                 f"{config.label}: the attack returned an image outside the {geometry.label} "
                 f"ball of radius {config.eps:.6g} or outside [0, 1] (example {bad})"
             )
-        adv_pred = parallel.to_host(predict(logits_fn, put(padded(x_adv, size)[0])))[:m]
-        broken = adv_pred != labels[sel]
-        dist = parallel.to_host(res.distance).astype(np.float64)[:m]
-        # a verified break is at most ||x_adv - x||; an unverified one is no break
-        measured = np.asarray(geometry.distance(x_adv, xb[:m]), np.float64)
-        dist = np.where(
-            broken, np.minimum(np.where(np.isfinite(dist), dist, np.inf), measured), dist
-        )
+        dist = _verified_distance(logits_fn, put, geometry, x_adv, xb, labels[sel], size)
+        if res.found is not None:  # a minimum-norm attack's points, also beyond eps
+            found = parallel.to_host(res.found)[:m]
+            dist = np.minimum(
+                dist, _verified_distance(logits_fn, put, geometry, found, xb, labels[sel], size)
+            )
+        broken = geometry.within(dist, config.eps)
         state["robust"][sel] = ~broken
         state["distance"][sel] = dist
         state["queries"][sel] = parallel.to_host(res.queries)[:m]
@@ -367,6 +441,10 @@ def evaluate_attack(
         "attacked": int(state["clean_correct"].sum()),
         "queries": _stats(state["queries"][state["clean_correct"]]),
         "batch_size": batch_size,
+        "norm": config.norm,
+        "eps": float(config.eps),
+        "minimum_norm": bool(config.minimum_norm),
+        "model_fingerprint": model_fp,
         "wall_time_s": float(state["seconds"]),
         "environment": report.environment(),
         **(extra or {}),
@@ -402,10 +480,12 @@ def cached_attack(
     **kwargs,
 ) -> dict[str, Any]:
     """:func:`evaluate_attack`, reusing the record at ``path`` when it is for the same
-    attack config, seed and data (images, labels, indices); otherwise evaluate (resuming
-    from ``<path>.partial.npz``) and save there. ``path=None`` always evaluates.
+    model, attack config, seed and data (images, labels, indices); otherwise evaluate
+    (resuming from ``<path>.partial.npz``) and save there. ``path=None`` always evaluates.
 
-    The record carries ``data_fingerprint``, the hash its reuse is checked against.
+    The record carries ``data_fingerprint`` and ``model_fingerprint``
+    (:func:`model_fingerprint`, which includes the precision policy), the hashes its
+    reuse is checked against: a record of another model is recomputed, never reused.
     """
     images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
     idx = np.arange(len(images)) if indices is None else np.asarray(indices)
@@ -419,6 +499,7 @@ def cached_attack(
             rec.get("config") == registry.to_dict(config)
             and rec.get("seed") == seed
             and rec.get("data_fingerprint") == fingerprint
+            and rec.get("model_fingerprint") == model_fingerprint(logits_fn, images)
         ):
             return rec
     extra = {**(kwargs.pop("extra", None) or {}), "data_fingerprint": fingerprint}

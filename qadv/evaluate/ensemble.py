@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from qadv import parallel, report
-from qadv.attacks import registry
+from qadv.attacks import get_norm, registry
 from qadv.attacks.protocol import AttackContext
 from qadv.evaluate.core import (
     _check_inputs,
@@ -121,7 +121,8 @@ def evaluate_ensemble(
         )
         newly = sel[~member_robust]
         broken_by[newly] = k
-        distance[newly] = member_dist[~member_robust]
+        # verified distances: <= eps where broken, beyond eps from minimum-norm members
+        distance[sel] = np.minimum(distance[sel], member_dist)
         robust[newly] = False
         members.append(
             {
@@ -135,9 +136,12 @@ def evaluate_ensemble(
             }
         )
 
+    eps_values = sorted({float(c.eps) for c in configs})
     record = {
         "ensemble": name,
         "n": n,
+        "norm": configs[0].norm,
+        "eps": eps_values[0] if len(eps_values) == 1 else eps_values,
         "seed": seed,
         "clean_accuracy": 100.0 * float(clean_correct.mean()),
         "robust_accuracy": 100.0 * float(robust.mean()),
@@ -159,18 +163,75 @@ def evaluate_ensemble(
     return record
 
 
-def robust_accuracy_at(record: dict, radii) -> np.ndarray:
-    """Robust accuracy (percent) at each radius from per-example perturbation norms.
+def _threat(record: dict) -> tuple[Any, float | None, float]:
+    """``(norm, eps, limit)`` of a record: its norm, the radius it was scored at (``None``
+    for an ensemble whose members ran at different radii) and the largest radius it can
+    answer (its ``eps``, or ``inf`` if a minimum-norm attack measured every example)."""
+    members = record.get("attacks") or [record]
+    if not all("config" in m for m in members):  # a hand-made record: no threat model
+        return get_norm("linf"), None, np.inf
+    configs = [registry.from_dict(m["config"]) for m in members]
+    norms = {c.norm for c in configs}
+    if len(norms) != 1:
+        raise ValueError(f"the record mixes threat models {sorted(norms)}; read one at a time")
+    eps_values = {float(c.eps) for c in configs}
+    limit = np.inf if any(c.minimum_norm for c in configs) else max(eps_values)
+    eps = eps_values.pop() if len(eps_values) == 1 else None
+    return get_norm(norms.pop()), eps, limit
 
-    An example counts as robust at ``r`` iff it is classified correctly and the smallest
-    adversarial perturbation found is larger than ``r`` (minimum-norm attacks such as FAB
-    and DeepFool report it beyond their ``eps``). For a bounded attack the answer is
-    only meaningful up to its ``eps`` (it reports no perturbation it did not find). Works
-    on the records of
-    ``evaluate_attack`` and ``evaluate_ensemble``.
+
+def robust_accuracy_at(record: dict, radii, *, with_kind: bool = False):
+    """Robust accuracy (percent) at each radius, read from a record's verified distances.
+
+    An example counts as robust at ``r`` iff it is classified correctly and no verified
+    adversarial image lies within ``r`` (compared with the ball's own float tolerance,
+    :meth:`~qadv.attacks.norms.Norm.within`, as the evaluation itself does), so at the
+    record's own ``eps`` the answer *is* the record's robust accuracy.
+
+    What a record can answer:
+
+    - a bounded attack (PGD, APGD, Square, ...) run at ``eps`` says nothing about radii
+      above ``eps``: they are refused (``ValueError``);
+    - below ``eps`` its reading is an **upper bound**: the attack was not run at that
+      radius, and one run there may break more (``with_kind=True`` says so per radius);
+    - a minimum-norm attack (FAB, DeepFool) verifies the smallest point it finds even
+      beyond ``eps``; its record, and an ensemble with such a member, answers any radius.
+
+    Args:
+        record: a record of :func:`qadv.evaluate.evaluate_attack` or
+            :func:`evaluate_ensemble`.
+        radii: one radius or a sequence, in the record's norm.
+        with_kind: also return, per radius, ``"measured"`` (the record's own ``eps``, or
+            a minimum-norm attack) or ``"upper bound"`` (below a bounded attack's ``eps``).
+
+    Returns:
+        ``(len(radii),)`` float array, or ``(array, list of kinds)`` with ``with_kind``.
     """
+    norm, eps, limit = _threat(record)
     ex = record["examples"]
     clean = np.asarray(ex["clean_correct"], bool)
     dist = np.asarray([np.inf if v is None else v for v in ex["distance"]], np.float64)
     radii = np.atleast_1d(np.asarray(radii, np.float64))
-    return np.asarray([100.0 * float(np.mean(clean & (dist > r))) for r in radii])
+    bad = [r for r in radii if not np.isfinite(r) or r < 0]
+    if bad:
+        raise ValueError(f"bad radius {bad[0]!r}; radii must be finite and >= 0")
+    above = [r for r in radii if r > limit and not norm.within(r, limit, rtol=1e-6, atol=0)]
+    if above:
+        raise ValueError(
+            f"radius {above[0]:.6g} is above eps={limit:.6g}, the largest radius this record's "
+            "bounded attacks ran at; they say nothing beyond it: run the attack at that radius"
+        )
+    values = np.asarray([100.0 * float(np.mean(clean & ~norm.within(dist, r))) for r in radii])
+    if not with_kind:
+        return values
+    # a minimum-norm attack alone is read at every radius as it was run; otherwise only
+    # the radius it was scored at is a measurement (a cascade attacks an example only
+    # until one member breaks it, so distances below eps are not the members' minimum)
+    single_min_norm = "attacks" not in record and "config" in record and np.isinf(limit)
+
+    def kind(r: float) -> str:
+        at_eps = eps is not None and abs(r - eps) <= 1e-6 * eps
+        return "measured" if at_eps or single_min_norm else "upper bound"
+
+    kinds = [kind(float(r)) for r in radii]
+    return values, kinds

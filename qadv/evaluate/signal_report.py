@@ -38,6 +38,7 @@ from qadv.evaluate.core import (
     check_data,
     clean_predictions,
     data_fingerprint,
+    model_fingerprint,
     padded,
 )
 
@@ -619,7 +620,12 @@ def signal_report(
         input_std=context.input_std if context.input_std is not None else std,
     )
     fp = data_fingerprint(images, labels)
-    base = {"data": fp, "model": meta.get("out_dir", model_name), "seed": seed}
+    base = {
+        "data": fp,
+        "model": meta.get("out_dir", model_name),
+        "model_fingerprint": model_fingerprint(logits_fn, images),
+        "seed": seed,
+    }
     progress_fn = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
 
     progress_fn("signal table (Table 13)")

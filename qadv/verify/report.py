@@ -128,7 +128,7 @@ def gap_to_truth(
         and the MILP time statistics.
     """
     from qadv.attacks import presets
-    from qadv.evaluate.core import cached_attack, check_data, data_fingerprint
+    from qadv.evaluate.core import cached_attack, check_data, data_fingerprint, model_fingerprint
 
     images, labels = check_data(images, labels)
     eps_list = [float(e) for e in eps_list]
@@ -155,7 +155,12 @@ def gap_to_truth(
     rows = []
     for eps in eps_list:
         tag = _eps_tag(eps)
-        header = {"eps": eps, "time_limit": time_limit, "data": fingerprint}
+        header = {
+            "eps": eps,
+            "time_limit": time_limit,
+            "data": fingerprint,
+            "model": model_fingerprint(logits_fn, images),
+        }
         exact = _Jsonl(out_dir / "exact" / f"eps_{tag}.jsonl" if out_dir else None, header)
         verify_batch(
             net,
@@ -397,6 +402,7 @@ def minimal_perturbations(
         check_data,
         clean_predictions,
         data_fingerprint,
+        model_fingerprint,
         progress_bar,
     )
     from qadv.verify.milp import minimal_linf
@@ -436,6 +442,7 @@ def minimal_perturbations(
         "eps_max": eps_max,
         "attacks": list(min_norm_attacks),
         "data": data_fingerprint(images[idx], labels[idx], idx),
+        "model": model_fingerprint(logits_fn, images[idx]),
     }
     rows = _Jsonl(out_dir / "minimal.jsonl" if out_dir else None, header)
     bar = progress_bar(sum(int(i) not in rows.rows for i in idx), "minimal L∞", progress)

@@ -356,7 +356,8 @@ def load_study_config(path: str | Path, options: Mapping[str, str] | None = None
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file has no ``config`` function, or an option it does not take.
+        ValueError: the file fails to run, has no ``config`` function, or an option it
+            does not take.
     """
     path = Path(path)
     if not path.is_file():
@@ -365,7 +366,10 @@ def load_study_config(path: str | Path, options: Mapping[str, str] | None = None
     if spec is None or spec.loader is None:
         raise ValueError(f"cannot import {path} as a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the file's own error (syntax, import, ...), as one line
+        raise ValueError(f"study config file {path}: {type(e).__name__}: {e}") from None
     fn = getattr(module, "config", None)
     if not callable(fn):
         raise ValueError(f"{path} defines no config() function returning a StudyConfig")

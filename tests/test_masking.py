@@ -164,3 +164,102 @@ def test_bad_input(kwargs, match):
     x, y = data(smooth, n=4)
     with pytest.raises(ValueError, match=match):
         masking_report(smooth, x, y, progress=False, **kwargs)
+
+
+def _with_fake_fgsm(monkeypatch, flip):
+    """Serve FGSM as PGD-``max_steps``'s record with ``flip(robust)`` examples broken."""
+    import qadv.evaluate.masking as masking
+
+    real = masking.cached_attack
+    seen = {}
+
+    def fake(path, logits_fn, images, labels, config, **kwargs):
+        if config.label.startswith("FGSM"):
+            rec = dict(seen["long"])
+            robust = np.asarray(rec["examples"]["robust"], bool).copy()
+            robust[flip(robust)] = False
+            rec["examples"] = {**rec["examples"], "robust": robust.tolist()}
+            rec["robust_accuracy"] = 100.0 * robust.mean()
+            return rec
+        rec = real(path, logits_fn, images, labels, config, **kwargs)
+        if getattr(config, "steps", None) == CFG.max_steps:
+            seen["long"] = rec
+        return rec
+
+    monkeypatch.setattr(masking, "cached_attack", fake)
+
+
+def test_worst_case_counts_every_attack_run_at_eps(monkeypatch):
+    """An example only FGSM breaks leaves the worst case: every attack of every check feeds
+    it (FGSM, the PGD-max_steps run of the iterations curve, the step-size sweep)."""
+    x, y = data(smooth)
+    checks = ["iterations", "step-size"]
+    r0 = masking_report(smooth, x, y, config=CFG, checks=checks, progress=False)
+    acc = r0["robust_accuracy"]
+    assert {"PGD", "FGSM", f"PGD-{CFG.max_steps}", "PGD (η = 0.1)", "Square"} <= set(acc)
+    assert acc["worst case over all"] == min(acc.values())
+    _with_fake_fgsm(monkeypatch, lambda robust: np.flatnonzero(robust))  # FGSM breaks all
+    r = masking_report(smooth, x, y, config=CFG, checks=checks, progress=False)
+    assert r["robust_accuracy"]["FGSM"] == 0.0
+    assert r["robust_accuracy"]["worst case over all"] == 0.0 < acc["worst case over all"]
+
+
+def test_fgsm_beats_pgd_only_by_the_paired_sign_test(monkeypatch):
+    x, y = data(smooth)
+    # two examples broken only by FGSM: 4.2 points on 48 examples, above the tolerance,
+    # but a sign test of 2 against 0 gives p = 0.25: not evidence
+    _with_fake_fgsm(monkeypatch, lambda robust: np.flatnonzero(robust)[:2])
+    r = masking_report(smooth, x, y, config=CFG, checks=["iterations"], progress=False)
+    d = r["checks"][0]["data"]
+    assert d["pgd_max_steps"] - d["fgsm"] > CFG.tolerance
+    assert d["fgsm_test"]["broken_only_by_other"] == 2 and d["fgsm_test"]["p_value"] == 0.25
+    assert statuses(r) == {"iterations": "pass"}
+    # eight examples broken only by FGSM: p = 2**-8, masking suspected, with its test
+    _with_fake_fgsm(monkeypatch, lambda robust: np.flatnonzero(robust)[:8])
+    r = masking_report(smooth, x, y, config=CFG, checks=["iterations"], progress=False)
+    assert statuses(r) == {"iterations": "masking suspected"}
+    assert "sign test p = 0.0039" in r["checks"][0]["reason"]
+
+
+def _mlp(quant, *, compute="float32"):
+    from qadv.models import get_model, init_variables, make_logits_fn, with_compute_dtype
+    from qadv.quant import get_policy
+
+    m = get_model("mlp", num_classes=D, policy=get_policy(quant), widths=(32, 32))
+    v = init_variables(m, key=jax.random.key(0), input_shape=(4, 4, 1))
+    return with_compute_dtype(make_logits_fn(m, v), compute)
+
+
+def fidelity(f, n=64):
+    x, y = data(f, n=n)
+    r = masking_report(f, x, y, config=CFG, checks=["gradient-fidelity"], progress=False)
+    return r["checks"][0]
+
+
+def test_fidelity_holds_for_a_linear_model_with_large_logits():
+    """Logits of 1e3-1e4 (a large weight every class shares) on a margin whose gradient
+    is O(1): at step 1e-4 float32 rounding of the logits alone is O(10) in the finite
+    difference, which must not read as a bad gradient."""
+    f = lambda x: x.reshape(x.shape[0], -1) @ (W + 600.0)  # noqa: E731
+    x, _ = data(smooth)
+    z = np.abs(np.asarray(f(jnp.asarray(x))))
+    assert 1e3 < z.min() and z.max() < 1e4
+    v = fidelity(f)
+    assert v["status"] == "pass", v["reason"]
+    assert v["data"]["disagree_fraction"] == 0.0
+
+
+def test_fidelity_holds_for_a_bfloat16_mlp():
+    v = fidelity(_mlp("ref", compute="bfloat16"))
+    assert v["status"] == "pass", v["reason"]
+    assert v["data"]["compute_epsilon"] == 2.0**-7
+    # the same network in float32: resolved at the smallest step, and agreeing
+    v32 = fidelity(_mlp("ref"))
+    assert v32["status"] == "pass" and v32["data"]["compute_epsilon"] == 2.0**-23
+    assert v32["data"]["unresolved_fraction"] == 0.0
+
+
+def test_fidelity_flags_a_straight_through_sign_network():
+    v = fidelity(_mlp("bnn_waq"))
+    assert v["status"] == "masking suspected", v["reason"]
+    assert v["data"]["disagree_fraction"] > 0.9

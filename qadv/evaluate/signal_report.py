@@ -494,7 +494,8 @@ def _plots(out_dir: Path, record: Mapping[str, Any], per_example: Mapping[str, A
             ax.set_xscale("log")
         ax.set_xlabel(f"{record['bounds']['norm']} distance")
         ax.set_ylabel("examples")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no warning when no distance was found
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / "bounds_hist.png")

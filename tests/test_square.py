@@ -347,3 +347,22 @@ def test_config_label_and_round_trip():
 def test_bad_options_raise(option, match):
     with pytest.raises(ValueError, match=match):
         registry.make("square", **option)
+
+
+def test_schedule_benchmark_compares_paired_on_the_same_images():
+    """``benchmarks/square_schedule.py`` at a tiny size: both schedules, paired counts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "square_schedule.py"
+    spec = importlib.util.spec_from_file_location("square_schedule", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x, y = np.asarray(X[:12]), np.asarray(Y[:12])
+    r = bench.compare(mlp, x, y, eps=0.1, queries=40, batch_size=12, seed=0, progress=False)
+    rows = list(r["schedules"].values())
+    assert [row["rescale_schedule"] for row in rows] == [True, False]
+    only = list(r["broken_only_by"].values())
+    robust = [round(row["robust_accuracy"] * 12 / 100) for row in rows]
+    assert robust[0] - robust[1] == only[1] - only[0]
+    assert r["robust_under_both"] <= min(robust)

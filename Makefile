@@ -27,11 +27,15 @@ data:
 demo: env data
 	$(BIN)/qadv demo $(DEMO_ARGS)
 
+# loadgroup: the tests that share a module or session fixture run on one worker
+# (tests/conftest.py groups them); no reorder: the heavy modules go first.
+PYTEST_XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: env
-	$(BIN)/python -m pytest -m "not slow" -n 2 -q
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_XDIST) -q
 
 test-all: env
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest $(PYTEST_XDIST) -q
 
 bench: env
 	$(BIN)/python benchmarks/bench_attacks.py

@@ -1,19 +1,38 @@
-"""Strict test environment.
+"""Strict test environment, shared fixtures and scheduling.
 
 Rank promotion raises everywhere and warnings are errors (pyproject). Strict dtype
 promotion is applied to qadv's own numerics (attacks, signal, quantizers) through the
 ``strict_dtypes`` fixture: Flax's pooling and parts of Optax promote int/float
 internally, so it cannot be switched on globally.
+
+Compiled programs are kept in JAX's persistent compilation cache under
+``.pytest_cache/jax`` (git-ignored; delete it to start cold, or set
+``JAX_COMPILATION_CACHE_DIR`` to put it elsewhere): a second run of the suite on the same
+machine reads most of its XLA programs back instead of compiling them.
+
+Markers: ``slow`` (excluded from ``make test``) and ``needs_devices(n)`` (skipped when
+fewer than ``n`` JAX devices exist; on CPU this file asks XLA for 8 host devices, a GPU
+machine has as many as it has GPUs).
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax
 import pytest
+from synthetic import mnist_like_dir
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+REPO = Path(__file__).resolve().parents[1]
+
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", str(REPO / ".pytest_cache" / "jax"))
+# the suite compiles thousands of small programs; most take well under the 1 s default
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 @pytest.fixture
@@ -25,3 +44,95 @@ def strict_dtypes():
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# ----------------------------------------------------------------------------- shared model
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(tmp_path_factory):
+    """``(run_dir, data_dir)``: ``qadv train`` of a BNN-WQ MLP (2 epochs, batch 32) on a
+    learnable MNIST-like set of 256 training and 40 test images. Tests only read the run
+    folder (every output goes elsewhere). Built once per xdist worker; the tests that use
+    it share one worker (see ``pytest_collection_modifyitems``)."""
+    from qadv import cli
+
+    root, data_dir = mnist_like_dir(tmp_path_factory, "trained_mlp", n_train=256, n_test=40)
+    out = root / "run"
+    argv = ["train", "--dataset", "mnist", "--arch", "mlp", "--quant", "bnn_wq"]
+    argv += ["--epochs", "2", "--batch-size", "32", "--out", str(out)]
+    assert cli.main([*argv, "--data-dir", str(data_dir), "--no-progress"]) == 0
+    return out, data_dir
+
+
+# ----------------------------------------------------------------------------- markers
+
+
+def pytest_configure(config):
+    # registered by pytest-xdist too; here for runs without it (-p no:xdist)
+    config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker")
+
+
+def pytest_runtest_setup(item):
+    marker = item.get_closest_marker("needs_devices")
+    if marker is not None and len(jax.devices()) < marker.args[0]:
+        pytest.skip(f"needs {marker.args[0]} JAX devices, found {len(jax.devices())}")
+
+
+# ----------------------------------------------------------------------------- collection
+
+#: Modules by their cost in the default run, heaviest first (measured on 2 CPU cores).
+#: They start first so that no long module is left running alone at the end.
+HEAVY_FIRST = (
+    "test_demo.py",
+    "test_chunked_hns.py",
+    "test_attacks.py",
+    "test_study.py",
+    "test_bounds.py",
+    "test_robust_training.py",
+    "test_cli.py",
+    "test_precision.py",
+)
+
+
+def _has_tfds() -> bool:
+    return importlib.util.find_spec("tensorflow_datasets") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip doctests that need tensorflow_datasets where it is missing; put the heavy
+    modules first (a stable sort, so each module keeps its order); and give every test
+    that uses a module- or session-scoped fixture of its own an ``xdist_group``, so
+    that ``--dist loadgroup`` builds each such fixture on one worker only."""
+    if not _has_tfds():
+        skip = pytest.mark.skip(reason="tensorflow_datasets is not installed")
+        for item in items:
+            dtest = getattr(item, "dtest", None)
+            if dtest is not None and any(
+                "tensorflow_datasets" in ex.source for ex in dtest.examples
+            ):
+                item.add_marker(skip)
+
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+    for item in items:
+        group = _own_fixture_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _own_fixture_group(item) -> str | None:
+    """The name of the first session-scoped fixture of this file that ``item`` uses, or
+    its module's file name if it uses a module-scoped fixture of its module; ``None``
+    if neither."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    own = (item.module.__name__, __name__) if hasattr(item, "module") else (__name__,)
+    for name in item.fixturenames:
+        defs = info.name2fixturedefs.get(name)
+        if not defs or defs[-1].scope == "function" or defs[-1].func.__module__ not in own:
+            continue
+        return name if defs[-1].scope == "session" else item.path.name
+    return None

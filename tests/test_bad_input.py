@@ -315,11 +315,6 @@ def test_entry_points_refuse_bad_batches(entry, kind):
     _library_refuses(entry, lambda: _entry_points()[entry](x, y))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qadv.evaluate.core.check_data does not check labels against [0, d): a label "
-    "out of range scores the image as misclassified instead of being refused",
-)
 @pytest.mark.parametrize("entry", ["evaluate_attack", "evaluate_ensemble"])
 def test_evaluation_refuses_labels_out_of_range(entry):
     for kind in sorted(LABEL_RANGE):
@@ -417,11 +412,6 @@ def test_load_checkpoint_refuses_foreign_and_missing_runs(files, tmp_path):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qadv.evaluate.ensemble.robust_accuracy_at raises KeyError for a record without "
-    "per-example results and accepts NaN radii",
-)
 def test_robust_accuracy_at_refuses_bad_records():
     good = {"examples": {"clean_correct": [True, False], "distance": [0.1, None]}}
     _library_refuses("robust_accuracy_at", lambda: evaluate.robust_accuracy_at({}, [0.1]))

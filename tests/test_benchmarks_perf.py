@@ -53,6 +53,7 @@ def test_foolbox_missing_is_skipped(tmp_path, monkeypatch, capsys):
     assert "pip install 'qadv[foolbox]'" in capsys.readouterr().out
 
 
+@pytest.mark.needs_devices(2)
 def test_scaling_tiny(tmp_path):
     rec = _run(
         "scaling", tmp_path, "--devices", "1", "2", "--n", "8", "--batch", "4", "--steps", "1",

@@ -3,37 +3,15 @@
 import json
 
 import pytest
-from synthetic import mnist_like_dir
 
 from qadv import cli
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root, data_dir = mnist_like_dir(tmp_path_factory, "cli", n_train=256, n_test=40)
-    out = root / "run"
-    code = cli.main(
-        [
-            "train",
-            "--dataset",
-            "mnist",
-            "--arch",
-            "mlp",
-            "--quant",
-            "bnn_wq",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "32",
-            "--out",
-            str(out),
-            "--data-dir",
-            str(data_dir),
-            "--no-progress",
-        ]
-    )
-    assert code == 0
-    return out, data_dir
+@pytest.fixture
+def run(trained_mlp):
+    """``(run_dir, data_dir)`` of the suite's trained BNN-WQ MLP (``qadv train``, see
+    conftest.py)."""
+    return trained_mlp
 
 
 def test_train_eval_attack_diagnose(run, capsys, tmp_path):

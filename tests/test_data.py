@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from synthetic import write_mnist_like
 
 from qadv import data
@@ -76,6 +75,7 @@ def test_unknown_names():
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "cifar10", "cifar100"])
 def test_tfds_mock(name):
+    tfds = pytest.importorskip("tensorflow_datasets")
     info = data.DATASETS[name]
     with tfds.testing.mock_data(num_examples=6):
         x, y = data.load_split(name, "train", source="tfds")

@@ -10,15 +10,14 @@ from qadv.evaluate.masking import CHECKS, MaskingConfig
 from qadv.train import TrainConfig
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    (root / "data").mkdir()
-    write_mnist_like(root / "data", n_train=128, n_test=24, learnable=True)
+def _settings(root, *, small):
+    """``run_demo`` keywords. ``small`` (the default run) keeps every stage, the resume
+    and both models but at the least work each allows: one budget, 2 PGD steps, 8 images;
+    the full tiny setting (marked slow) has two budgets and longer attacks."""
     base = dict(
         dataset="mnist",
         arch="mlp",
-        arch_opts={"widths": (16,)},
+        arch_opts={"widths": (8,) if small else (16,)},
         epochs=1,
         batch_size=32,
         source="idx",
@@ -29,25 +28,47 @@ def tiny(tmp_path_factory):
     }
     masking = MaskingConfig(
         eps=0.1,
-        max_steps=4,
+        steps=2 if small else 20,
+        max_steps=2 if small else 4,
         eps_factors=(8 / 25.5, 1.0),
+        eps_cap=0.2 if small else None,
         step_factors=(0.25,),
         temperatures=("njs",),
         margin_loss=False,
-        square_queries=20,
-        batch_size=16,
+        square_queries=10 if small else 20,
+        batch_size=8 if small else 16,
     )
-    kw = dict(
-        n=20,
+    eps = {"paper's CIFAR-10 budget": 8 / 255}
+    if not small:
+        eps["Fashion-MNIST budget"] = 0.1
+    return dict(
+        n=8 if small else 20,
         data_dir=root / "data",
-        batch_size=16,
+        batch_size=8 if small else 16,
         progress=False,
         models=models,
         masking=masking,
-        ensemble={"steps": 3, "queries": 20, "n_targets": 1},
-        eps={"paper's CIFAR-10 budget": 8 / 255, "Fashion-MNIST budget": 0.1},
+        ensemble={"steps": 1 if small else 3, "queries": 10 if small else 20, "n_targets": 1},
+        eps=eps,
     )
-    return root, kw
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    (root / "data").mkdir()
+    write_mnist_like(root / "data", n_train=128, n_test=24, learnable=True)
+    return root
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(True, id="small"),
+        pytest.param(False, id="full", marks=pytest.mark.slow),
+    ]
+)
+def tiny(data_root, request, tmp_path):
+    return tmp_path, _settings(data_root, small=request.param)
 
 
 def test_demo_writes_verdict_report_plots_and_resumes(tiny, monkeypatch):
@@ -73,7 +94,8 @@ def test_demo_writes_verdict_report_plots_and_resumes(tiny, monkeypatch):
     for name in ("float", "bnn_wq"):
         assert (out / "masking" / name / "masking.md").exists()
     saved = json.loads((out / "demo.json").read_text())
-    assert saved["verdict"] == result["verdict"] and len(saved["table"]) == 4
+    assert saved["verdict"] == result["verdict"]
+    assert len(saved["table"]) == len(kw["models"]) * len(kw["eps"])
     # transfer from the float model runs for the binarised one only
     st = {k: {v["name"]: v["status"] for v in r["checks"]} for k, r in result["masking"].items()}
     assert st["float"]["transfer"] == "skipped" and st["bnn_wq"]["transfer"] != "skipped"
@@ -89,7 +111,7 @@ def test_demo_writes_verdict_report_plots_and_resumes(tiny, monkeypatch):
     assert again["table"] == result["table"] and again["verdict"] == result["verdict"]
 
 
-def test_demo_bad_n(tiny):
-    root, kw = tiny
+def test_demo_bad_n(data_root):
+    kw = _settings(data_root, small=True)
     with pytest.raises(ValueError, match="bad n 999; the test set has 24 images"):
-        demo.run_demo(root / "bad", **{**kw, "n": 999})
+        demo.run_demo(data_root / "bad", **{**kw, "n": 999})

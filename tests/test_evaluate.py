@@ -235,20 +235,32 @@ def test_diagnose_counts_saturated_examples():
     assert soft["jsv_examples"] == 5 and np.isfinite(soft["jsv_mean"])
 
 
+def _assert_same_record(got, want):
+    """Per-example results, flags and the accuracies counted from them are equal; the β
+    statistics are float32 numbers computed on batches of other shapes (each device
+    holds 2 rows, not 16), where XLA may vectorise differently: each β can move by a few
+    float32 ulps and their float32 mean sums n of them, so they agree to within
+    ``4 n eps32`` relative (n = 20 examples: about 1e-5)."""
+    for k in ("clean_accuracy", "robust_accuracy", "fallback_count", "examples"):
+        assert got[k] == want[k], k
+    assert got["beta"].keys() == want["beta"].keys()
+    rtol = 4 * got["n"] * float(np.finfo(np.float32).eps)
+    for k, v in want["beta"].items():
+        assert got["beta"][k] == pytest.approx(v, rel=rtol), k
+
+
+@pytest.mark.needs_devices(8)
 def test_sharded_evaluation_equals_single_device():
-    devices = jax.devices()
-    assert len(devices) == 8, "tests run with 8 host devices (tests/conftest.py)"
+    devices = jax.devices()[:8]
     f = _model(scale=3.0)
     x, y = _data(n=20)
     cfg = registry.make("pgd", temperature="hns", **PGD)
     one = evaluate.evaluate_attack(f, x, y, cfg, batch_size=16, progress=False)
     many = evaluate.evaluate_attack(f, x, y, cfg, batch_size=16, progress=False, devices=devices)
-    for k in ("clean_accuracy", "robust_accuracy", "beta", "fallback_count", "examples"):
-        assert many[k] == one[k]
+    _assert_same_record(many, one)
     # a batch size that does not divide over 8 devices is padded, never dropped
     odd = evaluate.evaluate_attack(f, x, y, cfg, batch_size=10, progress=False, devices=devices)
-    for k in ("clean_accuracy", "robust_accuracy", "beta", "fallback_count", "examples"):
-        assert odd[k] == one[k]
+    _assert_same_record(odd, one)
     assert odd["n"] == len(x)
 
 

@@ -78,6 +78,7 @@ def test_pad_to_multiple_repeats_the_last_row_and_masks_it():
         parallel.pad_to_multiple(np.zeros((0, 2)), 8)
 
 
+@pytest.mark.needs_devices(8)
 def test_mesh_and_placement_shard_the_batch_and_replicate_the_rest():
     mesh = parallel.make_mesh()
     assert mesh.size == len(jax.devices()) == 8 and mesh.axis_names == ("batch",)
@@ -113,6 +114,7 @@ def test_masked_batch_norm_ignores_padding_rows():
 # ----------------------------------------------------------------------------- train steps
 
 
+@pytest.mark.needs_devices(8)
 def test_sharded_adversarial_step_equals_single_device_step():
     """The small CNN with BatchNorm, BNN-WQ, PGD-2 adversarial training: one step on a
     batch of 13 sharded over 8 devices (padded to 16) equals the single-device step. The
@@ -174,6 +176,7 @@ def test_njs_training_temperature_calibrates_on_the_real_rows():
     assert abs(float(unmasked) / float(want) - 1) > 1e-3  # the padding would change it
 
 
+@pytest.mark.needs_devices(8)
 def test_device_count_does_not_change_the_result():
     """Two steps with batch 13 on meshes of 1, 2, 4 and 8 devices equal the unsharded steps."""
     config = _mlp_config()

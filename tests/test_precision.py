@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from synthetic import mnist_like_dir
 
 from qadv import attacks, checkpoint, cli
 from qadv.attacks import gradient
@@ -125,14 +124,11 @@ def test_multi_bit_model_in_bfloat16():
     assert out.dtype == jnp.float32 and np.all(np.isfinite(out))
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root, data_dir = mnist_like_dir(tmp_path_factory, "precision", n_train=128, n_test=40)
-    out = root / "run"
-    argv = ["train", "--dataset", "mnist", "--arch", "mlp", "--quant", "bnn_wq", "--epochs", "2"]
-    argv += ["--batch-size", "32", "--out", str(out), "--data-dir", str(data_dir)]
-    assert cli.main([*argv, "--no-progress"]) == 0
-    return out, data_dir
+@pytest.fixture
+def run(trained_mlp):
+    """``(run_dir, data_dir)`` of the suite's trained BNN-WQ MLP (``qadv train``, see
+    conftest.py)."""
+    return trained_mlp
 
 
 def _test_set(data_dir):

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tensorflow_datasets as tfds
 from synthetic import TRAIN_POLICIES, write_idx
 from test_train import _synthetic
 
@@ -159,10 +158,26 @@ def fmnist_batch():
     return jnp.asarray(x, jnp.float32) / 255.0, jnp.asarray(y)
 
 
-@pytest.mark.parametrize("adv", ["pgd", "fastat"])
-@pytest.mark.parametrize(
-    ("policy", "opts"), POLICIES, ids=[f"{p}-{o.get('wq_method', '')}" for p, o in POLICIES]
-)
+# The default run keeps two cases: PGD on BinaryConnect (the latent-weight projection)
+# and FastAT on MD-tanh-S (the annealed soft weights). The step is the same program for
+# every policy; each policy's own forward pass is trained in test_train.py.
+_DEFAULT_ADVERSARIAL = {("bnn_wq-bc", "pgd"), ("bnn_wq-md_tanh_s", "fastat")}
+_ADVERSARIAL = [
+    pytest.param(
+        policy,
+        opts,
+        adv,
+        id=f"{policy}-{opts.get('wq_method', '')}-{adv}",
+        marks=()
+        if (f"{policy}-{opts.get('wq_method', '')}".rstrip("-"), adv) in _DEFAULT_ADVERSARIAL
+        else pytest.mark.slow,
+    )
+    for adv in ("pgd", "fastat")
+    for policy, opts in POLICIES
+]
+
+
+@pytest.mark.parametrize(("policy", "opts", "adv"), _ADVERSARIAL)
 def test_adversarial_steps_reduce_adversarial_loss(policy, opts, adv, fmnist_batch):
     x, y = fmnist_batch
     config = TrainConfig(
@@ -232,6 +247,7 @@ def test_every_mode_trains_end_to_end(mode, tmp_path):
         robust_steps=2,
         **kw,
     )
+    tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=8):
         summary = train(config, tmp_path, progress=False)
     robust = "adv" in kw or "igr" in kw

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from synthetic import TRAIN_POLICIES, write_idx
 
 from qadv import checkpoint, train
@@ -320,6 +319,7 @@ def test_tfds_mock_cifar_one_epoch(tmp_path):
         eval_batch_size=4,
         source="tfds",
     )
+    tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=8):
         summary = train.train(config, tmp_path, progress=False)
     assert summary["steps"] == 2 and 0.0 <= summary["clean_accuracy"] <= 1.0

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
@@ -164,14 +165,42 @@ def split_logits_fn(logits_fn: LogitsFn) -> tuple[Any, Any]:
     return logits_fn, None
 
 
+TRACED_FIELDS: tuple[str, ...] = ("eps", "step_size")
+"""Config fields passed to the compiled run as traced scalars, not compiled in: a sweep
+over radii or step sizes reuses one compiled attack per shape."""
+
+
+def _traced_scalars(config) -> dict[str, Any]:
+    """``config``'s real-valued :data:`TRACED_FIELDS`."""
+    out = {}
+    for name in TRACED_FIELDS:
+        v = getattr(config, name, None)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[name] = v
+    return out
+
+
+def _replace_fields(config, values: Mapping[str, Any]):
+    """A copy of the frozen ``config`` with ``values`` set as they are (no
+    ``__post_init__``, no validation: the values may be tracers)."""
+    config = copy.copy(config)
+    for name, v in values.items():
+        object.__setattr__(config, name, v)
+    return config
+
+
 @functools.partial(jax.jit, static_argnames=("config", "fn_static"))
-def _execute(config, data, fn_static, fn_dyn, x, y, keys) -> AttackResult:
+def _execute(config, scalars, data, fn_static, fn_dyn, x, y, keys) -> AttackResult:
     logits_fn = fn_static if fn_static is not None else fn_dyn
-    return config.run(data, logits_fn, x, y, keys)
+    return _replace_fields(config, scalars).run(data, logits_fn, x, y, keys)
 
 
 def execute(config, data, logits_fn: LogitsFn, x, y, keys) -> AttackResult:
     """Run a prepared attack, compiled once per (config, model function, shapes).
+
+    The radius and step size (:data:`TRACED_FIELDS`) are arguments of the compiled
+    function, not constants in it: configs that differ only there share one compiled
+    attack (a sweep over ε or η compiles once).
 
     Args:
         config: a validated attack config (see :mod:`qadv.attacks.registry`).
@@ -182,7 +211,11 @@ def execute(config, data, logits_fn: LogitsFn, x, y, keys) -> AttackResult:
         keys: ``(B,)`` per-example PRNG keys (:func:`example_keys`).
     """
     fn_static, fn_dyn = split_logits_fn(logits_fn)
-    return _execute(config, data, fn_static, fn_dyn, x, jnp.asarray(y).astype(jnp.int32), keys)
+    scalars = _traced_scalars(config)
+    static = _replace_fields(config, {name: 0.0 for name in scalars})
+    traced = {name: jnp.asarray(v, jnp.float32) for name, v in scalars.items()}
+    y = jnp.asarray(y).astype(jnp.int32)
+    return _execute(static, traced, data, fn_static, fn_dyn, x, y, keys)
 
 
 def prepare(config, logits_fn: LogitsFn, context: AttackContext | None = None):

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -206,11 +207,22 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-def check_data(images, labels) -> tuple[np.ndarray, np.ndarray]:
+def check_data(images, labels, logits_fn: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(float32 images (N, H, W, C) in [0, 1], int32 labels (N,))`` with N >= 1, or a
-    one-line ``ValueError`` naming what is wrong."""
+    one-line ``ValueError`` naming what is wrong. Labels must be whole numbers >= 0; with
+    ``logits_fn`` also below its number of classes."""
     images = np.asarray(images, np.float32)
-    labels = np.asarray(labels, np.int32)
+    raw = np.asarray(labels)
+    if raw.size and not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, bool)):
+        if not np.issubdtype(raw.dtype, np.floating) or not np.all(np.isfinite(raw)):
+            raise ValueError(f"labels must be integers, got dtype {raw.dtype}")
+        if np.any(raw != np.round(raw)):
+            raise ValueError(
+                f"labels must be whole numbers, got e.g. {raw[raw != np.round(raw)][0]!r}"
+            )
+    labels = raw.astype(np.int32)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {labels.min()}")
     if images.ndim != 4 or labels.shape != (len(images),):
         raise ValueError(
             f"images must be (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}"
@@ -221,11 +233,16 @@ def check_data(images, labels) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"images must lie in [0, 1], got range [{images.min():.4g}, {images.max():.4g}]"
         )
+    if logits_fn is not None:
+        out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32))
+        d = int(out.shape[-1])
+        if labels.max() >= d:
+            raise ValueError(f"labels must lie in [0, {d}) for this model, got {labels.max()}")
     return images, labels
 
 
-def _check_inputs(images, labels, indices, batch_size):
-    images, labels = check_data(images, labels)
+def _check_inputs(images, labels, indices, batch_size, logits_fn=None):
+    images, labels = check_data(images, labels, logits_fn)
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int | np.integer)
@@ -334,7 +351,7 @@ def evaluate_attack(
         ``examples``: ``index``, ``clean_correct``, ``robust``, ``distance`` (norm of the
         smallest adversarial perturbation found, ``None`` if none), ``queries``.
     """
-    images, labels, indices = _check_inputs(images, labels, indices, batch_size)
+    images, labels, indices = _check_inputs(images, labels, indices, batch_size, logits_fn)
     n = len(images)
     context = resolve_context(context, calib_images, input_std, images)
     geometry = config.geometry
@@ -367,10 +384,14 @@ def evaluate_attack(
     }
     aux: dict[str, np.ndarray] = {}
     if partial_path is not None and partial_path.exists():
-        with np.load(partial_path) as saved:
-            if str(saved["run_id"]) == run_id:
-                state = {k: saved[k].copy() for k in state}
-                aux = {k[4:]: saved[k].copy() for k in saved.files if k.startswith("aux_")}
+        try:
+            with np.load(partial_path) as saved:
+                if str(saved["run_id"]) == run_id:
+                    loaded = {k: saved[k].copy() for k in state}
+                    aux = {k[4:]: saved[k].copy() for k in saved.files if k.startswith("aux_")}
+                    state = loaded
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged partial file: start afresh (it is written atomically)
 
     t0, seconds0 = time.perf_counter(), float(state["seconds"])
     put = batch_placer(devices)

@@ -78,7 +78,7 @@ def evaluate_ensemble(
     """
     if not configs:
         raise ValueError("an ensemble needs at least one attack")
-    images, labels, _ = _check_inputs(images, labels, None, batch_size)
+    images, labels, _ = _check_inputs(images, labels, None, batch_size, logits_fn)
     n = len(images)
     for c in configs:
         c.validate()
@@ -207,10 +207,18 @@ def robust_accuracy_at(record: dict, radii, *, with_kind: bool = False):
     Returns:
         ``(len(radii),)`` float array, or ``(array, list of kinds)`` with ``with_kind``.
     """
-    norm, eps, limit = _threat(record)
-    ex = record["examples"]
-    clean = np.asarray(ex["clean_correct"], bool)
-    dist = np.asarray([np.inf if v is None else v for v in ex["distance"]], np.float64)
+    try:
+        norm, eps, limit = _threat(record)
+        ex = record["examples"]
+        clean = np.asarray(ex["clean_correct"], bool)
+        dist = np.asarray([np.inf if v is None else v for v in ex["distance"]], np.float64)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"not a record of evaluate_attack or evaluate_ensemble (no {e}); "
+            "it needs per-example 'clean_correct' and 'distance'"
+        ) from None
+    if clean.shape != dist.shape:
+        raise ValueError(f"record has {clean.shape} clean flags but {dist.shape} distances")
     radii = np.atleast_1d(np.asarray(radii, np.float64))
     bad = [r for r in radii if not np.isfinite(r) or r < 0]
     if bad:

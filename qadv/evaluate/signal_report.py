@@ -606,7 +606,7 @@ def signal_report(
         raise ValueError(
             f"expected a LoadedModel or a logits function, got {type(loaded_or_logits_fn)}"
         )
-    images, labels = check_data(images, labels)
+    images, labels = check_data(images, labels, logits_fn)
     if norm not in ("linf", "l2"):
         raise ValueError(f"unknown norm {norm!r}; choose one of: linf, l2")
     if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):

@@ -15,8 +15,16 @@ from qadv.models import get_model, init_variables, make_logits_fn
 from qadv.quant import get_policy
 from qadv.verify.enumerate import enumerate_robustness
 from qadv.verify.iprop import iprop
-from qadv.verify.milp import NOT_ROBUST, ROBUST, exact_robustness, minimal_linf, verify_batch
-from qadv.verify.network import extract_network
+from qadv.verify.milp import (
+    NOT_ROBUST,
+    ROBUST,
+    UNSOLVED,
+    exact_robustness,
+    minimal_linf,
+    sign_gaps,
+    verify_batch,
+)
+from qadv.verify.network import Layer, Network, extract_network
 from qadv.verify.report import gap_to_truth
 
 SHAPE = (4, 4, 1)
@@ -113,6 +121,116 @@ def test_milp_matches_enumeration(policy, widths, seed):
         assert row == sorted(row, key=lambda s: s == NOT_ROBUST)
         statuses += row
     assert ROBUST in statuses or NOT_ROBUST in statuses
+
+
+def _integer_net(seed):
+    """Two sign layers with exact-integer hidden pre-activations (no BatchNorm, integer
+    biases): the second layer's ``a`` can be exactly 0, where ``sign(0) = +1``."""
+    rng = np.random.default_rng(seed)
+    n1, n2 = int(rng.integers(4, 11)), int(rng.integers(2, 7))
+    std, mean = 0.4, 0.3
+    w1 = np.where(rng.normal(size=(16, n1)) >= 0, 1.0, -1.0)
+    b1 = rng.normal(size=n1) - (mean / std) * w1.sum(0)
+    w2 = np.where(rng.normal(size=(n1, n2)) >= 0, 1.0, -1.0)
+    b2 = np.round(rng.normal(size=n2) * 2)
+    w3 = np.where(rng.normal(size=(n2, 4)) >= 0, 1.0, -1.0)
+    b3 = np.round(rng.normal(size=4) * 2)
+    layers = (Layer(w1 / std, b1, "sign"), Layer(w2, b2, "sign"), Layer(w3, b3, "none"))
+    net = Network(layers, SHAPE, "bnn_waq")
+    x = rng.uniform(size=SHAPE).astype(np.float32)
+    return net, x, int(np.argmax(net.logits(x[None])[0]))
+
+
+def _check_integer_case(seed, eps, **kw):
+    net, x, y = _integer_net(seed)
+    v = exact_robustness(net, x, y, eps, **kw)
+    assert v.status != UNSOLVED, (seed, eps, v)
+    assert (v.status == ROBUST) == enumerate_robustness(net, x, y, eps).robust, (seed, eps, v)
+    if v.status == NOT_ROBUST:
+        assert_counterexample(v, net.logits, x, y, eps)
+
+
+# every one of these was "unsolved" when a tie a = 0 could take the -1 side of the big-M
+# encoding and three no-good cuts were the limit; with the margin they need no cut at all
+@pytest.mark.parametrize(
+    "seed,eps", [(43, 0.2), (43, 0.5), (60, 0.2), (60, 0.5), (74, 0.08), (74, 0.5)]
+)
+def test_sign_ties_at_zero_are_decided(seed, eps):
+    _check_integer_case(seed, eps)
+    _check_integer_case(seed, eps, max_cuts=0)
+
+    net, x, y = _integer_net(seed)
+    with pytest.raises(ValueError, match="max_cuts"):
+        exact_robustness(net, x, y, eps, max_cuts=-1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(80))
+def test_integer_two_sign_layer_sweep(seed):
+    for eps in (0.03, 0.08, 0.2, 0.5):
+        _check_integer_case(seed, eps)
+
+
+def test_sign_gaps_match_the_reachable_values():
+    rng = np.random.default_rng(0)
+    hs = np.array(np.meshgrid(*[[-1.0, 1.0]] * 5)).reshape(5, -1).T  # all of {±1}^5
+    # ±1 weights, and ±1 weights times a BatchNorm-like factor (exact in binary, or not)
+    for scale in (1.0, 0.375, 0.37):
+        w = np.where(rng.normal(size=(5, 40)) >= 0, scale, -scale)
+        w[:, :10] *= rng.integers(1, 4, size=(5, 10))  # integer multiples of the step
+        b = np.concatenate([np.round(rng.normal(size=20) * 3) * scale, rng.normal(size=20)])
+        gaps = sign_gaps(Layer(w, b, "sign"))
+        a = hs @ w + b
+        neg = np.where(a < 0, a, -np.inf).max(0)  # largest negative value per neuron
+        has_neg = np.isfinite(neg)
+        assert np.all(gaps >= 0) and np.sum(gaps > 0) >= 20
+        if scale != 0.37:  # exact arithmetic: every neuron gets its margin
+            assert np.all(gaps > 0)
+        assert np.all(gaps[has_neg] <= -neg[has_neg])  # sound: no value in (-gap, 0)
+        # exact for equal-magnitude weights of an unstable neuron (values on both sides
+        # of 0); the lattice may be finer than the values otherwise. A possible tie that
+        # rounding blurs (scale 0.37, a multiple of it as bias) gets no margin at all.
+        pure = has_neg & (a.max(0) >= 0) & (np.arange(40) >= 10) & (gaps > 0)
+        assert pure.sum() >= 10
+        np.testing.assert_allclose(gaps[pure], -neg[pure], rtol=0, atol=1e-8)
+    # no common step: no margin
+    assert sign_gaps(Layer(np.array([[1.0], [np.pi]]), np.zeros(1), "sign")).tolist() == [0.0]
+    # a neuron that comes within rounding of 0 from below gets no margin either
+    w = np.array([[0.5], [0.3], [0.2]])
+    assert sign_gaps(Layer(w, np.array([-1e-12]), "sign")).tolist() == [0.0]
+
+
+def test_integer_bias_model_matches_enumeration():
+    """The same through a real ``mlp`` (no BatchNorm, integer biases): counterexamples are
+    confirmed on the JAX model."""
+    m = get_model(
+        "mlp",
+        num_classes=4,
+        policy=get_policy("bnn_waq"),
+        widths=(6, 4),
+        mean=(0.3,),
+        std=(0.4,),
+        use_batch_norm=False,
+    )
+    v = _randomised(
+        init_variables(m, key=jax.random.key(7), input_shape=SHAPE), jax.random.key(107)
+    )
+    params = dict(v["params"])
+    for name in ("QDense_1", "QDense_2"):
+        layer = dict(params[name])
+        layer["bias"] = jnp.round(layer["bias"] * 2)
+        params[name] = layer
+    v = {**v, "params": params}
+    net, f = extract_network(m, v), jax.jit(make_logits_fn(m, v))
+    assert np.all(net.layers[1].bias == np.round(net.layers[1].bias))
+    xs, ys = examples(f, 7, 3)  # 5 of these 9 checks were "unsolved" with the old encoding
+    for x, y in zip(xs, ys, strict=True):
+        for eps in (0.05, 0.2, 0.5):
+            verdict = exact_robustness(net, x, y, eps, logits_fn=f)
+            assert verdict.status != UNSOLVED
+            assert (verdict.status == ROBUST) == enumerate_robustness(net, x, y, eps).robust
+            if verdict.status == NOT_ROBUST:
+                assert_counterexample(verdict, f, x, y, eps)
 
 
 def test_float_last_hardtanh_matches_enumeration():

@@ -10,7 +10,12 @@ Encoding (Narodytska et al. 2018; Khalil et al. 2019; Tjeng et al. 2019 for ReLU
   ``a``; they are the big-M constants, and every neuron whose sign or phase they fix
   (``l >= 0`` or ``u < 0``) becomes a constant (no binary);
 * a sign unit ``h = sign(a)`` (``sign(0) = +1``) is a binary ``z`` with ``h = 2z - 1`` and
-  ``a >= l (1 - z)``, ``a <= u z``;
+  ``a >= l (1 - z)``, ``a <= u z - delta (1 - z)``. ``delta`` is the strict-inequality
+  margin of ``sign(a) = -1``: behind a sign layer ``a`` takes values on a lattice (integers
+  for ``±1`` weights and an integer bias), so ``a < 0`` implies ``a <= -delta`` for the gap
+  ``delta > 0`` that :func:`sign_gaps` derives from the weights and bias, and an exact tie
+  ``a = 0`` can only be ``+1``. On the first layer (real input) and where no lattice is
+  known, ``delta = 0`` and a tie is left to the counterexample check below;
 * a ReLU ``y = max(a, 0)`` is ``y >= 0``, ``y >= a``, ``y <= u z``, ``y <= a - l (1 - z)``;
 * a hardtanh (BNN-WAQ with a float classifier) is ``relu(a + 1) - relu(a - 1) - 1``;
 * "adversarial for target ``j``" is ``logit_j - logit_y >= 0`` for ``j < y`` and
@@ -33,8 +38,10 @@ fixed and a linear program moves ``x`` to the interior of that pattern's region 
 largest slack on every sign constraint and on the logit condition), the point is rounded to
 float32 inside the ball and scored by ``logits_fn`` (the JAX model) or, without one, by the
 float64 network. A pattern that is adversarial only on a measure-zero boundary (or only
-within solver tolerances) is excluded by a no-good cut and the MILP is solved again, at most
-``max_cuts`` times per target; an example still undecided then is ``unsolved``.
+within solver tolerances) is excluded by a no-good cut and the MILP is solved again. Every
+cut removes one activation pattern, so the rounds make progress; by default up to
+``max(16, 4 n)`` cuts per target for ``n`` binaries (at most the ``2^n`` patterns), with the
+time limit as the real cap. An example still undecided then is ``unsolved``.
 An example whose MILPs hit the time limit is ``unsolved`` too, and never counted either way.
 
 "Exact" therefore means exact in real arithmetic up to HiGHS's feasibility tolerances
@@ -55,7 +62,7 @@ import jax
 import numpy as np
 from scipy import optimize, sparse
 
-from qadv.verify.network import Network, apply_activation
+from qadv.verify.network import Layer, Network, apply_activation
 
 __all__ = [
     "NOT_ROBUST",
@@ -68,6 +75,7 @@ __all__ = [
     "exact_robustness",
     "interval_bounds",
     "minimal_linf",
+    "sign_gaps",
     "verify_batch",
 ]
 
@@ -231,6 +239,8 @@ def _encode(net: Network, lo: np.ndarray, hi: np.ndarray, bounds) -> tuple:
         a, c = layer.weight.T @ e, layer.weight.T @ e0 + layer.bias
         l_all, u_all = bounds[k]
         pieces = [("sign", 0.0, 1.0)] if layer.activation == "sign" else []
+        binary_input = k > 0 and net.layers[k - 1].activation == "sign"
+        gaps = sign_gaps(layer) if binary_input and pieces else np.zeros(layer.width)
         if layer.activation == "relu":
             pieces = [("relu", 0.0, 1.0)]
         if layer.activation == "hardtanh":  # relu(a + 1) - relu(a - 1) - 1
@@ -241,17 +251,19 @@ def _encode(net: Network, lo: np.ndarray, hi: np.ndarray, bounds) -> tuple:
                 l, u = l_all[i] + shift, u_all[i] + shift
                 ai, ci = a[i], c[i] + shift
                 if kind == "sign":
-                    if l >= 0 or u < 0:
-                        s = 1.0 if l >= 0 else -1.0
+                    delta = gaps[i]  # a < 0 implies a <= -delta (0: no margin known)
+                    if l > -delta or l >= 0 or u < 0:
+                        s = 1.0 if l > -delta or l >= 0 else -1.0
                         units.append(_Unit(k, i, kind, shift, -1, int(s > 0)))
                         out_rows.append((i, np.zeros(0), weight * s))
                         continue
                     z = prog.var(0, 1, True)
                     units.append(_Unit(k, i, kind, shift, z, -1))
                     coef = _pad(ai[None], prog.nvar)[0]
-                    # a >= l (1 - z)  <=>  a + l z >= l ;  a <= u z
+                    # a >= l (1 - z)  <=>  a + l z >= l ;
+                    # a <= u z - delta (1 - z)  <=>  a - (u + delta) z <= -delta
                     prog.row(coef + _onehot(z, prog.nvar, l), l - ci, np.inf)
-                    prog.row(coef + _onehot(z, prog.nvar, -u), -np.inf, -ci)
+                    prog.row(coef + _onehot(z, prog.nvar, -(u + delta)), -np.inf, -ci - delta)
                     out_rows.append((i, _onehot(z, prog.nvar, 2.0 * weight), -weight))
                     continue
                 if u <= 0:
@@ -280,6 +292,84 @@ def _encode(net: Network, lo: np.ndarray, hi: np.ndarray, bounds) -> tuple:
         e, e0 = e_new, e0_new
     last = net.layers[-1]
     return prog, units, (last.weight.T @ e, last.weight.T @ e0 + last.bias)
+
+
+_GAP_RTOL = 1e-9
+
+
+def sign_gaps(layer: Layer) -> np.ndarray:
+    """Per neuron, the ``delta > 0`` with ``a < 0  =>  a <= -delta`` over ``{±1}`` inputs.
+
+    For a layer whose input ``h`` is a sign layer's output, ``a = h @ w + b`` takes finitely
+    many values. When the magnitudes of a neuron's weights are integer multiples of one step
+    ``g`` (``±1`` weights: ``g = 1``; BatchNorm-folded ``±1`` weights: ``g = |w|``), those
+    values lie on the lattice ``c + 2 g Z`` with ``c = b - sum(w)`` (every ``h_k = -1``), so
+    the largest negative value is ``-2 g (1 - frac(c / 2g))``, or ``-2g`` when ``0`` itself
+    is a value (an exact tie, ``sign(0) = +1``). The MILP uses that gap as the strict margin
+    of ``sign(a) = -1``: ``a <= -delta`` instead of ``a <= 0``, which excludes the tie
+    ``a = 0`` from the ``-1`` side by construction.
+
+    ``delta`` is reduced by ``1e-9 (|b| + sum|w|)`` against rounding. It is ``0`` (no margin:
+    ties then left to the counterexample check and the no-good cuts) for a neuron without a
+    common step (float weights), or whose lattice comes within that tolerance of ``0``
+    without the arithmetic being exact (integers, or dyadic fractions): there rounding, not
+    the real value, decides the sign of a near-tie.
+
+    Example:
+        >>> w = np.array([[1.0, 2.0, 0.5], [-1.0, 1.0, 0.3], [1.0, -1.0, 0.2]])
+        >>> sign_gaps(Layer(w, np.array([0.0, 0.5, 0.0]), "sign")).round(6).tolist()
+        [1.0, 1.5, 0.0]
+
+        (the first neuron takes the values ``±1, ±3``; the second ``0.5 + {0, ±2, ±4}``;
+        the third may tie at ``0.5 - 0.3 - 0.2`` up to rounding.)
+    """
+    w, b = layer.weight, layer.bias
+    out = np.zeros(layer.width)
+    for i in range(layer.width):
+        col = w[:, i]
+        tol = _GAP_RTOL * (abs(b[i]) + np.abs(col).sum()) + 1e-300
+        g = _common_step(np.abs(col[col != 0]))
+        if g <= 0:
+            continue
+        c = b[i] - col.sum()
+        f = c / (2 * g) - np.floor(c / (2 * g))  # in [0, 1)
+        if f == 0 and _exact_sums(np.append(col, b[i])):
+            gap = 2 * g  # a = 0 is a value: an exact tie, sign(0) = +1
+        elif min(f, 1 - f) * 2 * g <= tol:  # a near-tie that rounding may put on either side
+            continue
+        else:
+            gap = 2 * g * (1 - f)
+        out[i] = max(gap - tol, 0.0)
+    return out
+
+
+def _exact_sums(v: np.ndarray) -> bool:
+    """Every signed sum of ``v`` is exact in float64 (multiples of ``2^-20``, small)."""
+    scaled = v * 2.0**20
+    return bool(np.all(scaled == np.round(scaled)) and np.abs(scaled).sum() < 2.0**52)
+
+
+def _common_step(m: np.ndarray) -> float:
+    """The largest ``g`` with every entry of ``m > 0`` an integer multiple of it (0: none)."""
+    if not m.size:
+        return 0.0
+    vals = np.unique(m)
+    top = float(vals[-1])
+    tol = _GAP_RTOL * top
+    g = float(vals[0])
+    for v in vals[1:]:
+        a, r = float(v), g
+        while r > tol:
+            a, r = r, float(np.fmod(a, r))
+            if r > a - tol:  # fmod's remainder within tolerance of a full step
+                r = 0.0
+        g = a
+        if g < 1e-4 * top:
+            return 0.0
+    ratio = vals / g
+    if np.any(np.abs(ratio - np.round(ratio)) > 1e-8 * ratio):
+        return 0.0
+    return g
 
 
 def _onehot(i: int, n: int, value: float) -> np.ndarray:
@@ -380,7 +470,7 @@ def exact_robustness(
     *,
     logits_fn: LogitsFn | None = None,
     time_limit: float = 10.0,
-    max_cuts: int = 3,
+    max_cuts: int | None = None,
 ) -> Verdict:
     """Decide whether ``net`` classifies every point of the ``eps``-ball around ``x`` as ``y``.
 
@@ -392,7 +482,11 @@ def exact_robustness(
         logits_fn: the JAX model's ``(B, H, W, C) -> (B, d)`` logits function; every
             counterexample is confirmed on it (default: on the float64 ``net``).
         time_limit: seconds for the whole example (all targets); past it, ``unsolved``.
-        max_cuts: no-good cuts per target before giving up on a numerically degenerate one.
+        max_cuts: no-good cuts per target before giving up on a degenerate target (its
+            MILP keeps finding activation patterns that are adversarial only on a boundary
+            or within tolerances). ``None`` (default): adaptive, ``max(16, 4 n)`` for ``n``
+            binaries, capped by the ``2^n`` patterns there are; each cut removes one pattern,
+            so every round makes progress, and ``time_limit`` is the real cap.
 
     Returns:
         A :class:`Verdict`.
@@ -414,6 +508,8 @@ def exact_robustness(
     y = int(y)
     if not 0 <= y < net.num_classes:
         raise ValueError(f"bad label {y}; use 0..{net.num_classes - 1}")
+    if max_cuts is not None and not (isinstance(max_cuts, int | np.integer) and max_cuts >= 0):
+        raise ValueError(f"bad max_cuts {max_cuts!r}; use an integer >= 0 or None")
     if _is_adversarial(net, logits_fn, x, y):
         return Verdict(NOT_ROBUST, x.copy(), -1, time.monotonic() - t0, 0)
     lo, hi = ball(x, float(eps))
@@ -429,6 +525,7 @@ def exact_robustness(
     w, b = net.layers[-1].weight, net.layers[-1].bias
     prog, units, (logit_e, logit_e0) = _encode(net, lo, hi, bounds)
     integrality = np.array(prog.integrality)
+    cut_limit = _cut_limit(int(integrality.sum()), max_cuts)
     var_bounds = optimize.Bounds(np.array(prog.lb), np.array(prog.ub))
     milps = 0
     for j in targets:
@@ -440,7 +537,7 @@ def exact_robustness(
         diff = logit_e[j] - logit_e[y]
         target_row = (np.flatnonzero(diff), diff[np.flatnonzero(diff)])
         cuts: list = []
-        for _ in range(max_cuts + 1):
+        for _ in range(cut_limit + 1):
             remaining = time_limit - (time.monotonic() - t0)
             if remaining <= 0:
                 return Verdict(UNSOLVED, None, -1, time.monotonic() - t0, milps, "time limit")
@@ -474,6 +571,14 @@ def exact_robustness(
         else:
             return Verdict(UNSOLVED, None, -1, time.monotonic() - t0, milps, "numerical")
     return Verdict(ROBUST, None, -1, time.monotonic() - t0, milps)
+
+
+def _cut_limit(n_binaries: int, max_cuts: int | None) -> int:
+    """No-good cuts allowed per target (see :func:`exact_robustness`)."""
+    if max_cuts is not None:
+        return int(max_cuts)
+    adaptive = max(16, 4 * n_binaries)
+    return adaptive if n_binaries >= 20 else min(adaptive, 2**n_binaries)
 
 
 def _no_good_cut(units: Sequence[_Unit], xval: np.ndarray) -> tuple:

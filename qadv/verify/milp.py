@@ -240,7 +240,7 @@ def _encode(net: Network, lo: np.ndarray, hi: np.ndarray, bounds) -> tuple:
         l_all, u_all = bounds[k]
         pieces = [("sign", 0.0, 1.0)] if layer.activation == "sign" else []
         binary_input = k > 0 and net.layers[k - 1].activation == "sign"
-        gaps = sign_gaps(layer) if binary_input and pieces else np.zeros(layer.width)
+        gaps = sign_gaps(layer) if binary_input and layer.activation == "sign" else None
         if layer.activation == "relu":
             pieces = [("relu", 0.0, 1.0)]
         if layer.activation == "hardtanh":  # relu(a + 1) - relu(a - 1) - 1
@@ -251,7 +251,7 @@ def _encode(net: Network, lo: np.ndarray, hi: np.ndarray, bounds) -> tuple:
                 l, u = l_all[i] + shift, u_all[i] + shift
                 ai, ci = a[i], c[i] + shift
                 if kind == "sign":
-                    delta = gaps[i]  # a < 0 implies a <= -delta (0: no margin known)
+                    delta = 0.0 if gaps is None else gaps[i]  # a < 0 => a <= -delta
                     if l > -delta or l >= 0 or u < 0:
                         s = 1.0 if l > -delta or l >= 0 else -1.0
                         units.append(_Unit(k, i, kind, shift, -1, int(s > 0)))

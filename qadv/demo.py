@@ -111,67 +111,69 @@ def run_demo(
         "ensembles": {model: {eps name: record}}, "wall_time_s": ...}``.
     """
     t0 = time.time()
-    out_dir = Path(out_dir)
-    models = dict(DEMO_MODELS if models is None else models)
-    if epochs is not None:
-        models = {k: dataclasses.replace(c, epochs=epochs) for k, c in models.items()}
-    eps = dict(DEMO_EPS if eps is None else eps)
-    ensemble = {"queries": 1000, "n_targets": 3} if ensemble is None else dict(ensemble)
-    masking = masking if masking is not None else demo_masking_config(batch_size=batch_size)
-    masking.validate()
-    dataset = {c.dataset for c in models.values()}
-    if len(dataset) != 1:
-        raise ValueError(f"demo models must share one dataset, got {sorted(dataset)}")
-    floats = [k for k, c in models.items() if c.policy == "ref"]
-    test_x, test_y = data.load_split(dataset.pop(), "test", data_dir=data_dir)
-    if not 1 <= n <= len(test_x):
-        raise ValueError(f"bad n {n}; the test set has {len(test_x)} images")
-    images = test_x[:n].astype(np.float32) / np.float32(255.0)
-    labels = test_y[:n].astype(np.int32)
+    with report.CompileClock() as clock:
+        out_dir = Path(out_dir)
+        models = dict(DEMO_MODELS if models is None else models)
+        if epochs is not None:
+            models = {k: dataclasses.replace(c, epochs=epochs) for k, c in models.items()}
+        eps = dict(DEMO_EPS if eps is None else eps)
+        ensemble = {"queries": 1000, "n_targets": 3} if ensemble is None else dict(ensemble)
+        masking = masking if masking is not None else demo_masking_config(batch_size=batch_size)
+        masking.validate()
+        dataset = {c.dataset for c in models.values()}
+        if len(dataset) != 1:
+            raise ValueError(f"demo models must share one dataset, got {sorted(dataset)}")
+        floats = [k for k, c in models.items() if c.policy == "ref"]
+        test_x, test_y = data.load_split(dataset.pop(), "test", data_dir=data_dir)
+        if not 1 <= n <= len(test_x):
+            raise ValueError(f"bad n {n}; the test set has {len(test_x)} images")
+        images = test_x[:n].astype(np.float32) / np.float32(255.0)
+        labels = test_y[:n].astype(np.int32)
 
-    trained, loaded = {}, {}
-    for name, config in models.items():
-        trained[name] = train(config, out_dir / name, data_dir=data_dir, progress=progress)
-        loaded[name] = load_checkpoint(out_dir / name)
+        trained, loaded = {}, {}
+        for name, config in models.items():
+            trained[name] = train(config, out_dir / name, data_dir=data_dir, progress=progress)
+            loaded[name] = load_checkpoint(out_dir / name)
 
-    reports, ensembles, diagnostics = {}, {}, {}
-    for name, m in loaded.items():
-        surrogate = loaded[floats[0]].logits_fn if floats and name != floats[0] else None
-        context = AttackContext(calib_images=images, input_std=tuple(m.metadata["std"]))
-        reports[name] = masking_report(
-            m.logits_fn,
-            images,
-            labels,
-            config=masking,
-            surrogate=surrogate,
-            context=context,
-            out_dir=out_dir / "masking" / name,
-            progress=progress,
-            name=name,
-        )
-        diagnostics[name] = diagnose(m.logits_fn, images, labels)
-        ensembles[name] = {}
-        for label, e in eps.items():
-            ensembles[name][label] = evaluate_ensemble(
+        reports, ensembles, diagnostics = {}, {}, {}
+        for name, m in loaded.items():
+            surrogate = loaded[floats[0]].logits_fn if floats and name != floats[0] else None
+            context = AttackContext(calib_images=images, input_std=tuple(m.metadata["std"]))
+            reports[name] = masking_report(
                 m.logits_fn,
                 images,
                 labels,
-                registry.preset("standard", norm="linf", eps=e, **ensemble),
-                name="standard",
-                batch_size=batch_size,
-                seed=seed,
+                config=masking,
+                surrogate=surrogate,
                 context=context,
-                out=out_dir / "results" / name / f"standard_eps{e:.6g}.json",
+                out_dir=out_dir / "masking" / name,
                 progress=progress,
+                name=name,
             )
+            diagnostics[name] = diagnose(m.logits_fn, images, labels)
+            ensembles[name] = {}
+            for label, e in eps.items():
+                ensembles[name][label] = evaluate_ensemble(
+                    m.logits_fn,
+                    images,
+                    labels,
+                    registry.preset("standard", norm="linf", eps=e, **ensemble),
+                    name="standard",
+                    batch_size=batch_size,
+                    seed=seed,
+                    context=context,
+                    out=out_dir / "results" / name / f"standard_eps{e:.6g}.json",
+                    progress=progress,
+                )
 
-    table, rows = _table(models, reports, ensembles, eps)
-    _plots(out_dir, models, reports, loaded, images, labels)
-    verdict = _verdict(models, reports, ensembles, floats, masking, eps)
+        table, rows = _table(models, reports, ensembles, eps)
+        _plots(out_dir, models, reports, loaded, images, labels)
+        verdict = _verdict(models, reports, ensembles, floats, masking, eps)
     wall = time.time() - t0
+    timing = clock.as_dict(wall)
     env = report.environment()
     text = _markdown(
-        verdict, table, models, trained, reports, diagnostics, n, wall, env, masking, ensemble
+        verdict, table, models, trained, reports, diagnostics, n, timing, env, masking, ensemble
     )
     (out_dir / "report.md").write_text(text)
     report.atomic_write_json(
@@ -185,6 +187,7 @@ def run_demo(
             },
             "diagnostics": diagnostics,
             "wall_time_s": wall,
+            "timing": timing,
             "environment": env,
         },
     )
@@ -194,6 +197,7 @@ def run_demo(
         "masking": reports,
         "ensembles": ensembles,
         "wall_time_s": wall,
+        "timing": timing,
     }
 
 
@@ -368,7 +372,7 @@ def _verdict(models, reports, ensembles, floats, masking: MaskingConfig, eps) ->
 
 
 def _markdown(
-    verdict, table, models, trained, reports, diagnostics, n, wall, env, masking, ensemble
+    verdict, table, models, trained, reports, diagnostics, n, timing, env, masking, ensemble
 ) -> str:
     names = list(models)
     checks = [v["name"] for v in reports[names[0]]["checks"]]
@@ -467,7 +471,11 @@ def _markdown(
         "",
         "## Provenance",
         "",
-        f"- command: `qadv demo --n {n}`; wall time: {wall:.0f} s",
+        f"- command: `qadv demo --n {n}`; wall time: {timing['wall_time_s']:.0f} s, of which "
+        f"{timing['compile_time_s']:.0f} s compiling ({timing['programs_compiled']} XLA "
+        f"programs) and {timing['run_time_s']:.0f} s running",
+        f"- matmul precision: {env['matmul_precision']}; CPU: {env['cpu_model']} "
+        f"({', '.join(env['cpu_features']) or 'no listed features'})",
         f"- git commit: {env['git_commit']}",
         f"- jax {env['jax_version']} on {env['backend']} ({', '.join(env['devices'])}), "
         f"{env['cpu_count']} CPU cores, {env['processor']}",

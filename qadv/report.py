@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CompileClock",
     "atomic_write_json",
     "check_output_path",
     "cpu_info",
@@ -184,6 +185,56 @@ def check_output_path(path: str | os.PathLike, *, folder: bool | None = None) ->
                 pass
     except OSError as e:
         raise ValueError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
+
+
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+class CompileClock:
+    """Seconds JAX spent tracing, lowering and compiling inside a ``with`` block, and the
+    number of XLA programs compiled (from JAX's monitoring events), so a record can state
+    its compile time apart from its run time.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> with CompileClock() as clock:
+        ...     _ = jax.jit(lambda v: v * 5.0)(jnp.ones(3)).block_until_ready()
+        >>> clock.programs >= 1 and clock.seconds > 0
+        True
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.programs = 0
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        if event in _COMPILE_EVENTS:
+            self.seconds += float(duration)
+            self.programs += event == _COMPILE_EVENTS[-1]
+
+    def __enter__(self) -> CompileClock:
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import jax
+
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+    def as_dict(self, wall_s: float) -> dict[str, float]:
+        """``{"wall_time_s", "compile_time_s", "run_time_s", "programs_compiled"}``."""
+        return {
+            "wall_time_s": wall_s,
+            "compile_time_s": self.seconds,
+            "run_time_s": max(wall_s - self.seconds, 0.0),
+            "programs_compiled": self.programs,
+        }
 
 
 def atomic_write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 # Fields that differ between two correct runs: timings (and every ``*time_s``), provenance,
 # where a run resumed.
 VARYING = frozenset(
-    {"wall_time_s", "seconds", "environment", "resumed", "resumed_from_step", "out_dir"}
+    {"wall_time_s", "seconds", "timing", "environment", "resumed", "resumed_from_step", "out_dir"}
 )
 
 

@@ -394,60 +394,61 @@ def evaluate_attack(
             pass  # a damaged partial file: start afresh (it is written atomically)
 
     t0, seconds0 = time.perf_counter(), float(state["seconds"])
-    put = batch_placer(devices)
-    if not state["clean_done"]:
-        clean_size = device_multiple(batch_size, devices)
-        for start in range(0, n, batch_size):
-            xb, m = padded(images[start : start + batch_size], clean_size)
-            pred = parallel.to_host(predict(logits_fn, put(xb)))[:m]
-            state["clean_correct"][start : start + m] = pred == labels[start : start + m]
-        state["clean_done"] = np.asarray(True)
-        # misclassified clean images are never robust and are not attacked
-        state["done"] |= ~state["clean_correct"]
+    with report.CompileClock() as clock:
+        put = batch_placer(devices)
+        if not state["clean_done"]:
+            clean_size = device_multiple(batch_size, devices)
+            for start in range(0, n, batch_size):
+                xb, m = padded(images[start : start + batch_size], clean_size)
+                pred = parallel.to_host(predict(logits_fn, put(xb)))[:m]
+                state["clean_correct"][start : start + m] = pred == labels[start : start + m]
+            state["clean_done"] = np.asarray(True)
+            # misclassified clean images are never robust and are not attacked
+            state["done"] |= ~state["clean_correct"]
 
-    base_key = jax.random.key(seed)
-    todo = np.flatnonzero(~state["done"])
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    bar = progress_bar(len(batches), config.label, progress)
-    for sel in batches:
-        size = _bucket(len(sel), batch_size, devices)
-        xb, m = padded(images[sel], size)
-        yb, _ = padded(labels[sel], size)
-        ib, _ = padded(indices[sel], size)
-        keys = example_keys(base_key, jnp.asarray(ib))
-        if devices is not None and len(devices) > 1:
-            keys = put(keys)
-        res = execute(config, data, logits_fn, put(xb), put(yb), keys)
-        x_adv = parallel.to_host(res.x_adv)[:m]
-        ok = geometry.in_ball(x_adv, xb[:m], config.eps)
-        if not ok.all():
-            bad = int(indices[sel][np.flatnonzero(~ok)[0]])
-            raise RuntimeError(
-                f"{config.label}: the attack returned an image outside the {geometry.label} "
-                f"ball of radius {config.eps:.6g} or outside [0, 1] (example {bad})"
-            )
-        dist = _verified_distance(logits_fn, put, geometry, x_adv, xb, labels[sel], size)
-        if res.found is not None:  # a minimum-norm attack's points, also beyond eps
-            found = parallel.to_host(res.found)[:m]
-            dist = np.minimum(
-                dist, _verified_distance(logits_fn, put, geometry, found, xb, labels[sel], size)
-            )
-        broken = geometry.within(dist, config.eps)
-        state["robust"][sel] = ~broken
-        state["distance"][sel] = dist
-        state["queries"][sel] = parallel.to_host(res.queries)[:m]
-        for k, v in res.aux.items():
-            v = parallel.to_host(v)[:m]
-            if k not in aux:
-                aux[k] = np.zeros((n, *v.shape[1:]), v.dtype)
-            aux[k][sel] = v
-        state["done"][sel] = True
-        state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
-        if partial_path is not None and parallel.is_main_process():
-            _save_partial(partial_path, state, aux, run_id)
-        bar.update(1)
-        bar.set_postfix(robust=f"{100 * state['robust'][state['done']].mean():.1f}%")
-    bar.close()
+        base_key = jax.random.key(seed)
+        todo = np.flatnonzero(~state["done"])
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        bar = progress_bar(len(batches), config.label, progress)
+        for sel in batches:
+            size = _bucket(len(sel), batch_size, devices)
+            xb, m = padded(images[sel], size)
+            yb, _ = padded(labels[sel], size)
+            ib, _ = padded(indices[sel], size)
+            keys = example_keys(base_key, jnp.asarray(ib))
+            if devices is not None and len(devices) > 1:
+                keys = put(keys)
+            res = execute(config, data, logits_fn, put(xb), put(yb), keys)
+            x_adv = parallel.to_host(res.x_adv)[:m]
+            ok = geometry.in_ball(x_adv, xb[:m], config.eps)
+            if not ok.all():
+                bad = int(indices[sel][np.flatnonzero(~ok)[0]])
+                raise RuntimeError(
+                    f"{config.label}: the attack returned an image outside the {geometry.label} "
+                    f"ball of radius {config.eps:.6g} or outside [0, 1] (example {bad})"
+                )
+            dist = _verified_distance(logits_fn, put, geometry, x_adv, xb, labels[sel], size)
+            if res.found is not None:  # a minimum-norm attack's points, also beyond eps
+                found = parallel.to_host(res.found)[:m]
+                dist = np.minimum(
+                    dist, _verified_distance(logits_fn, put, geometry, found, xb, labels[sel], size)
+                )
+            broken = geometry.within(dist, config.eps)
+            state["robust"][sel] = ~broken
+            state["distance"][sel] = dist
+            state["queries"][sel] = parallel.to_host(res.queries)[:m]
+            for k, v in res.aux.items():
+                v = parallel.to_host(v)[:m]
+                if k not in aux:
+                    aux[k] = np.zeros((n, *v.shape[1:]), v.dtype)
+                aux[k][sel] = v
+            state["done"][sel] = True
+            state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
+            if partial_path is not None and parallel.is_main_process():
+                _save_partial(partial_path, state, aux, run_id)
+            bar.update(1)
+            bar.set_postfix(robust=f"{100 * state['robust'][state['done']].mean():.1f}%")
+        bar.close()
     state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
 
     robust = state["robust"] & state["clean_correct"]
@@ -467,6 +468,7 @@ def evaluate_attack(
         "minimum_norm": bool(config.minimum_norm),
         "model_fingerprint": model_fp,
         "wall_time_s": float(state["seconds"]),
+        "timing": clock.as_dict(time.perf_counter() - t0),
         "environment": report.environment(),
         **(extra or {}),
     }

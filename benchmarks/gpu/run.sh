@@ -23,18 +23,18 @@ export QADV_CACHE_DIR=/tmp/qadv-jax-cache   # cold compilation cache
 } > "$OUT/device.txt" 2>&1
 
 ( start=$(date +%s)
-  timeout 420 $PY -m qadv.cli demo --data-dir "$DATA" --out /tmp/qadv-demo --no-progress
+  timeout 390 $PY -m qadv.cli demo --data-dir "$DATA" --out /tmp/qadv-demo --no-progress
   echo "demo rc=$? wall_s=$(( $(date +%s) - start ))"
   tar czf "$OUT/demo.tar.gz" -C /tmp qadv-demo --exclude='*/runs/*/checkpoints' 2>/dev/null
 ) > "$OUT/demo.log" 2>&1 &
 demo=$!
 
 start=$(date +%s)
-timeout 450 $PY -m pytest -m "not slow" -n 8 -q -p no:cacheprovider -rfE \
+timeout 390 $PY -m pytest -m "not slow" -n 10 --dist loadgroup -q -p no:cacheprovider -rfE \
   > "$OUT/tests.log" 2>&1
 echo "pytest rc=$? wall_s=$(( $(date +%s) - start ))" >> "$OUT/tests.log"
 wait $demo
 
-timeout 100 $PY benchmarks/perf/precision_cost.py --arch resnet18 --batch 512 --repeats 3 \
+timeout 90 $PY benchmarks/perf/precision_cost.py --arch resnet18 --batch 512 --repeats 3 \
   --out "$OUT/precision_cost.json" > "$OUT/precision_cost.log" 2>&1
 echo "precision_cost rc=$?" >> "$OUT/precision_cost.log"

@@ -148,7 +148,17 @@ def test_hns_example_chunked_path_equals_shared_linearisation():
     assert not bool(np.all(np.asarray(shared.default)))  # the rule picked interior betas
 
 
-@pytest.mark.parametrize("temp", ["none", "fixed", "njs", "hns", "hns-topk"])
+@pytest.mark.parametrize(
+    "temp",
+    # only HNS has a start of its own (init_linearised); fixed and NJS take the plain one
+    [
+        "none",
+        pytest.param("fixed", marks=pytest.mark.slow),
+        pytest.param("njs", marks=pytest.mark.slow),
+        "hns",
+        "hns-topk",
+    ],
+)
 def test_start_equals_init_then_step(temp):
     f = _conv_net(10, key=7, scale=4.0)
     x = jax.random.uniform(jax.random.key(8), (5, 8, 8, 2))

@@ -147,8 +147,9 @@ def activation_bytes(logits_fn: LogitsFn, example_shape, dtype=jnp.float32) -> i
 
     Example:
         >>> import jax.numpy as jnp
-        >>> activation_bytes(lambda x: x.reshape(x.shape[0], -1) @ jnp.ones((4, 3)), (2, 2, 1))
-        28
+        >>> n = activation_bytes(lambda x: x.reshape(x.shape[0], -1) @ jnp.ones((4, 3)), (2, 2, 1))
+        >>> 28 <= n <= 4096  # 28 on a CPU; a GPU aligns its buffers (1024)
+        True
     """
     shape = tuple(example_shape)
     try:
@@ -175,8 +176,9 @@ def jacobian_chunks(
         >>> f = lambda x: x.reshape(x.shape[0], -1) @ jnp.ones((4, 3))
         >>> jacobian_chunks(f, jnp.zeros((8, 2, 2, 1)), 3, memory_budget=10**9)
         (8, 3)
-        >>> jacobian_chunks(f, jnp.zeros((8, 2, 2, 1)), 3, memory_budget=88)
-        (2, 1)
+        >>> examples, classes = jacobian_chunks(f, jnp.zeros((8, 2, 2, 1)), 3, memory_budget=88)
+        >>> examples < 8 and classes == 1  # (2, 1) on a CPU; buffer sizes differ by backend
+        True
     """
     b = x.shape[0]
     per_pair = (
@@ -394,7 +396,7 @@ def jacobian_singular_values(logits_fn: LogitsFn, x: jax.Array) -> jax.Array:
         >>> import jax.numpy as jnp
         >>> w = jnp.array([[3.0, 0.0], [0.0, 4.0]])
         >>> f = lambda x: x.reshape(x.shape[0], -1) @ w
-        >>> jacobian_singular_values(f, jnp.ones((1, 2, 1, 1))).tolist()
+        >>> jacobian_singular_values(f, jnp.ones((1, 2, 1, 1))).round(5).tolist()
         [[4.0, 3.0]]
     """
     ev = jnp.linalg.eigvalsh(gram(jacobian(logits_fn, x)))

@@ -71,6 +71,24 @@ def strip_varying(value):
     return value
 
 
+def _bitwise() -> bool:
+    """Runs repeat bit for bit on a CPU; GPU reductions are not deterministic run to run."""
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def _close(a, b) -> bool:
+    """Equal JSON up to float32 rounding of the numbers (relative 1e-5)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(u, v) for u, v in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return bool(np.isclose(a, b, rtol=1e-5, atol=1e-7))
+    return a == b
+
+
 def load_json_lines(path: Path):
     if path.suffix == ".jsonl":
         return [json.loads(s) for s in path.read_text().splitlines()]
@@ -85,8 +103,11 @@ def assert_same_json_files(ref: Path, got: Path, pattern: str = "*.json*") -> in
     )
     assert files, f"no JSON files under {ref}"
     for rel in files:
-        a, b = load_json_lines(ref / rel), load_json_lines(got / rel)
-        assert strip_varying(a) == strip_varying(b), f"{rel} differs after kill and resume"
+        a, b = strip_varying(load_json_lines(ref / rel)), strip_varying(load_json_lines(got / rel))
+        if _bitwise():
+            assert a == b, f"{rel} differs after kill and resume"
+        else:
+            assert _close(a, b), f"{rel} differs after kill and resume beyond float32 rounding"
     assert not list(got.rglob("*.partial.npz")), "a finished run left partial results"
     return len(files)
 
@@ -101,5 +122,12 @@ def assert_same_checkpoint(ref: Path, got: Path) -> None:
     steps_got = checkpoint.complete_steps(got / "checkpoints")
     assert steps_ref[-1] == steps_got[-1]
     a, b = checkpoint.load_checkpoint(ref), checkpoint.load_checkpoint(got)
-    jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+    if _bitwise():
+        jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+    else:  # GPU reductions are not deterministic run to run: float32 rounding apart
+        jax.tree.map(
+            lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7),
+            a.variables,
+            b.variables,
+        )
     assert strip_varying(a.metadata) == strip_varying(b.metadata)

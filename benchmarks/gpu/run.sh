@@ -13,7 +13,7 @@ set -u
 OUT=${OUT:-results/gpu}
 DATA=${QADV_DATA_DIR:-/usr/share/datasets/fashion-mnist}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU
 export QADV_CACHE_DIR=/tmp/qadv-jax-cache   # cold compilation cache
@@ -25,12 +25,12 @@ export QADV_CACHE_DIR=/tmp/qadv-jax-cache   # cold compilation cache
 ( start=$(date +%s)
   timeout 390 $PY -m qadv.cli demo --data-dir "$DATA" --out /tmp/qadv-demo --no-progress
   echo "demo rc=$? wall_s=$(( $(date +%s) - start ))"
-  tar czf "$OUT/demo.tar.gz" -C /tmp qadv-demo --exclude='*/runs/*/checkpoints' 2>/dev/null
+  (cd /tmp && find qadv-demo -name '*.md' -o -name '*.png' -o -name demo.json | tar czf "$OUT/demo.tar.gz" -T -)
 ) > "$OUT/demo.log" 2>&1 &
 demo=$!
 
 start=$(date +%s)
-timeout 390 $PY -m pytest -m "not slow" -n 10 --dist loadgroup -q -p no:cacheprovider -rfE \
+timeout 390 $PY -m pytest -p no:benchmark -m "not slow" -n 10 --dist loadgroup -q -p no:cacheprovider -rfE \
   > "$OUT/tests.log" 2>&1
 echo "pytest rc=$? wall_s=$(( $(date +%s) - start ))" >> "$OUT/tests.log"
 wait $demo

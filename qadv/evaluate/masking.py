@@ -886,25 +886,31 @@ def masking_report(
     for n_ in names:
         if n_ not in CHECKS:
             raise ValueError(f"unknown masking check {n_!r}; choose from: " + ", ".join(CHECKS))
-    images, labels = check_data(images, labels)
+    images, labels = check_data(images, labels, logits_fn)
     if context is None:
         context = AttackContext(calib_images=images)
     if surrogate is not None:
         context = dataclasses.replace(context, surrogate=surrogate)
     out = Path(out_dir) if out_dir is not None else None
     t0 = time.perf_counter()
-    probe = _Probe(logits_fn, images, labels, config, context, out, progress)
-
-    verdicts = []
-    bar = progress_bar(len(names), "masking checks", progress)
-    for n_ in names:
-        title, fn = CHECKS[n_]
-        v = fn(probe)
-        verdicts.append(
-            {"name": v.name, "title": title, "status": v.status, "reason": v.reason, "data": v.data}
-        )
-        bar.update(1)
-    bar.close()
+    with report.CompileClock() as clock:
+        probe = _Probe(logits_fn, images, labels, config, context, out, progress)
+        verdicts = []
+        bar = progress_bar(len(names), "masking checks", progress)
+        for n_ in names:
+            title, fn = CHECKS[n_]
+            v = fn(probe)
+            verdicts.append(
+                {
+                    "name": v.name,
+                    "title": title,
+                    "status": v.status,
+                    "reason": v.reason,
+                    "data": v.data,
+                }
+            )
+            bar.update(1)
+        bar.close()
 
     # robust accuracy at ε of every attack the checks ran, and their per-example worst case
     robust, worst = probe.worst_case()
@@ -925,6 +931,7 @@ def masking_report(
         "config": dataclasses.asdict(config),
         "surrogate": surrogate is not None,
         "wall_time_s": time.perf_counter() - t0,
+        "timing": clock.as_dict(time.perf_counter() - t0),
         "git_commit": report.git_commit(),
         "environment": report.environment(),
     }
@@ -1086,7 +1093,9 @@ def masking_markdown(r: dict[str, Any], plots: Sequence[tuple[str, str]] = ()) -
         lines += ["", f"![{title}]({file})"]
     lines += [
         "",
-        f"n = {r['n']}; wall time {r['wall_time_s']:.0f} s; git commit {r['git_commit']}; "
+        f"n = {r['n']}; wall time {r['wall_time_s']:.0f} s"
+        + (f" ({r['timing']['compile_time_s']:.0f} s compiling)" if "timing" in r else "")
+        + f"; git commit {r['git_commit']}; "
         f"{r['environment']['processor']}, {r['environment']['cpu_count']} CPU cores, "
         f"jax {r['environment']['jax_version']} on {r['environment']['backend']}",
         "",

@@ -81,16 +81,23 @@ def pytest_runtest_setup(item):
 
 # ----------------------------------------------------------------------------- collection
 
-#: Modules by their cost in the default run, heaviest first (measured on 2 CPU cores).
-#: They start first so that no long module is left running alone at the end.
+#: Modules by their cost in the default run, heaviest first (each file alone on 2 CPU
+#: cores). They start first so that no long module is left running alone at the end;
+#: test_cli.py leads because its tests and test_precision.py's share one trained model
+#: (one xdist group, one worker).
 HEAVY_FIRST = (
+    "test_cli.py",
     "test_demo.py",
+    "test_evaluate.py",
     "test_chunked_hns.py",
     "test_attacks.py",
-    "test_study.py",
+    "test_models.py",
+    "test_protocol.py",
     "test_bounds.py",
-    "test_robust_training.py",
-    "test_cli.py",
+    "test_parallel.py",
+    "test_fab.py",
+    "test_design_space.py",
+    "test_masking.py",
     "test_precision.py",
 )
 

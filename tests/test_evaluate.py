@@ -150,10 +150,10 @@ def test_a_changed_attack_does_not_reuse_partial_results(tmp_path, monkeypatch):
     assert rec["examples"] == ref["examples"]
 
 
-@registry.register("test-leaves-ball")
 @dataclasses.dataclass(frozen=True)
 class _LeavesBall(registry.AttackConfig):
-    """A broken attack for the tests: it returns images outside its ε-ball."""
+    """A broken attack for the tests: it returns images outside its ε-ball. Registered
+    for one test at a time (``leaves_ball``), so no other test sees it in the registry."""
 
     kind: ClassVar[str] = "test-leaves-ball"
 
@@ -162,13 +162,19 @@ class _LeavesBall(registry.AttackConfig):
         return finish(logits_fn, x, y, x_adv, norm=self.geometry, queries=1)
 
 
-def test_an_attack_leaving_the_ball_is_caught():
+@pytest.fixture
+def leaves_ball(monkeypatch):
+    monkeypatch.setattr(registry, "_ATTACKS", dict(registry._ATTACKS))
+    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))
+    registry.register("test-leaves-ball")(_LeavesBall)
+    return registry.make("test-leaves-ball", eps=0.1)
+
+
+def test_an_attack_leaving_the_ball_is_caught(leaves_ball):
     f = _model()
     x, y = _data()
     with pytest.raises(RuntimeError, match="outside the L∞ ball"):
-        evaluate.evaluate_attack(
-            f, x, y, registry.make("test-leaves-ball", eps=0.1), progress=False
-        )
+        evaluate.evaluate_attack(f, x, y, leaves_ball, progress=False)
 
 
 def test_accuracy_curve_ends_at_the_attack_result():

@@ -34,8 +34,15 @@ def kill_midway(argv: list[str], cwd: Path, *, delay: float, timeout: float = 30
     ``delay`` seconds and SIGKILL it. True iff the kill landed (the command had not
     finished by then)."""
     before = _newest_mtime(cwd)
+    # no persistent compilation cache: a warm one can finish the command before any kill
+    env = {**os.environ, "QADV_COMPILE_CACHE": "0"}
     proc = subprocess.Popen(
-        argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     t0 = time.monotonic()
     try:
@@ -89,6 +96,19 @@ def _close(a, b) -> bool:
     return a == b
 
 
+def _first_difference(a, b, path: str = "") -> str:
+    """Where two parsed JSON values first differ, and the two values there."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (u, v) in enumerate(zip(a, b, strict=True)):
+            if u != v:
+                return _first_difference(u, v, f"{path}[{i}]")
+    return f"{path or '.'}: {str(a)[:200]!r} != {str(b)[:200]!r}"
+
+
 def load_json_lines(path: Path):
     if path.suffix == ".jsonl":
         return [json.loads(s) for s in path.read_text().splitlines()]
@@ -105,7 +125,7 @@ def assert_same_json_files(ref: Path, got: Path, pattern: str = "*.json*") -> in
     for rel in files:
         a, b = strip_varying(load_json_lines(ref / rel)), strip_varying(load_json_lines(got / rel))
         if _bitwise():
-            assert a == b, f"{rel} differs after kill and resume"
+            assert a == b, f"{rel} differs after kill and resume at {_first_difference(a, b)}"
         else:
             assert _close(a, b), f"{rel} differs after kill and resume beyond float32 rounding"
     assert not list(got.rglob("*.partial.npz")), "a finished run left partial results"

@@ -359,11 +359,6 @@ def test_registry_refuses_bad_names_and_options(name, option, data):
     _library_refuses("registry.make", lambda: registry.make(name, **{option: value}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FGSMConfig overwrites a given step_size/steps (FGSM is one step of size eps) "
-    "instead of refusing them",
-)
 def test_fgsm_refuses_step_options():
     _library_refuses("registry.make", lambda: registry.make("fgsm", step_size=-1.0))
 

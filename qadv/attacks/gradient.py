@@ -600,5 +600,9 @@ class FGSMConfig(PGDConfig):
     steps: int = 1
 
     def __post_init__(self):
+        # FGSM is one step of size eps: a step size given here is replaced, but a bad one
+        # (negative, zero, not finite) is still refused rather than silently dropped
+        if self.step_size is not None:
+            check_scalar("step_size", self.step_size, allow_zero=False)
         object.__setattr__(self, "steps", 1)
         object.__setattr__(self, "step_size", float(self.eps))

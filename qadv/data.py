@@ -36,6 +36,7 @@ __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "DatasetInfo",
     "augment_crop_flip",
+    "default_eps",
     "get_dataset_info",
     "iterate_batches",
     "load_split",
@@ -61,6 +62,8 @@ class DatasetInfo:
         std: per-channel standard deviation of the training images.
         train_size: number of training examples of the full dataset.
         test_size: number of test examples of the full dataset.
+        default_eps: the L∞ radius the literature evaluates this dataset at, in ``[0, 1]``
+            pixel units (0.1 for (Fashion-)MNIST, 8/255 for CIFAR).
     """
 
     name: str
@@ -70,13 +73,14 @@ class DatasetInfo:
     std: tuple[float, ...]
     train_size: int
     test_size: int
+    default_eps: float = 8 / 255
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(
-        "fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), 60_000, 10_000
+        "fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), 60_000, 10_000, 0.1
     ),
-    "mnist": DatasetInfo("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), 60_000, 10_000),
+    "mnist": DatasetInfo("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), 60_000, 10_000, 0.1),
     "cifar10": DatasetInfo(
         "cifar10",
         (32, 32, 3),
@@ -108,6 +112,17 @@ def get_dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def default_eps(name: str) -> float:
+    """The L∞ radius at which ``name`` is usually evaluated (``[0, 1]`` pixel units): the
+    radius an evaluation uses when none is given.
+
+    Example:
+        >>> default_eps("fashion_mnist"), round(default_eps("cifar10") * 255, 6)
+        (0.1, 8.0)
+    """
+    return get_dataset_info(name).default_eps
 
 
 # ----------------------------------------------------------------------------- IDX files

@@ -32,6 +32,7 @@ __all__ = [
     "TemperatureConfig",
     "attack_names",
     "from_dict",
+    "lookup",
     "make",
     "make_temperature",
     "option_names",
@@ -41,6 +42,7 @@ __all__ = [
     "register_preset",
     "register_temperature",
     "temperature_names",
+    "temperatures",
     "to_dict",
 ]
 
@@ -163,6 +165,29 @@ def temperature_names() -> tuple[str, ...]:
 def preset_names() -> tuple[str, ...]:
     _load_all()
     return tuple(_PRESETS)
+
+
+def lookup(name: str) -> tuple[type, dict[str, Any]]:
+    """The config class registered as ``name`` and the defaults of that named variant.
+
+    Example:
+        >>> cls, defaults = lookup("apgd-dlr")
+        >>> cls.__name__, defaults
+        ('APGDConfig', {'loss': 'dlr'})
+    """
+    cls, defaults = _lookup(name)
+    return cls, dict(defaults)
+
+
+def temperatures() -> dict[str, type]:
+    """Every registered temperature: name -> its config class (a copy of the table).
+
+    Example:
+        >>> sorted(temperatures()) == sorted(temperature_names())
+        True
+    """
+    _load_all()
+    return dict(_TEMPERATURES)
 
 
 def _fields(cls) -> tuple[str, ...]:

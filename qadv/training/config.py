@@ -20,7 +20,10 @@ dotted name (``"optim.lr"``) or by a unique short name (``lr``, ``policy``, ...)
     TrainConfig(model=ModelConfig(arch="cnn"), optim={"lr": 1e-3})   # nested
     config.replace(**{"adversary.name": "pgd"})
 
-Short names are also readable as attributes (``config.lr is config.optim.lr``).
+Short names are declared by each group next to its fields (``aliases``, a tuple of
+:class:`Alias`); a name declared twice is an error when this module is imported. They are
+also readable as attributes (``config.lr is config.optim.lr``), and those with a help text
+are the flags of ``qadv train`` (:func:`train_flags`).
 :func:`load_config_file` reads a Python config file (big_vision style): a module with
 ``get_config()`` returning a :class:`TrainConfig` or a (nested or flat) dict; its
 docstring carries the command that launches it.
@@ -34,7 +37,7 @@ import importlib.util
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -44,7 +47,9 @@ from qadv.models import MODEL_NAMES
 from qadv.quant import WQ_METHODS, QuantPolicy, get_policy
 
 __all__ = [
+    "ALIASES",
     "AdversaryConfig",
+    "Alias",
     "CheckpointConfig",
     "DataConfig",
     "EvalConfig",
@@ -53,7 +58,11 @@ __all__ = [
     "QuantConfig",
     "RegularizerConfig",
     "TrainConfig",
+    "TrainFlag",
+    "alias_table",
+    "build_config",
     "load_config_file",
+    "train_flags",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -105,10 +114,31 @@ def _registered(table: str) -> tuple[str, ...]:
     return tuple(getattr(objectives, table))
 
 
+@dataclasses.dataclass(frozen=True)
+class Alias:
+    """A short name of one field of a config group.
+
+    ``TrainConfig(lr=0.1)``, ``config.replace(lr=0.1)`` and ``config.lr`` use it. With a
+    ``help`` text it is also a flag of ``qadv train`` (``--lr``), parsed by the field's type.
+
+    Attributes:
+        name: the short name, unique over every group.
+        field: the field of the declaring group it stands for.
+        help: help text of the ``qadv train`` flag; ``None``: no flag.
+        flag: the flag's name when it is not ``name`` (``quant`` for ``policy``: ``--quant``).
+    """
+
+    name: str
+    field: str
+    help: str | None = None
+    flag: str | None = None
+
+
 class _Group:
     """Mixin of the config groups: validation hook, JSON round trip."""
 
     group: ClassVar[str] = ""
+    aliases: ClassVar[tuple[Alias, ...]] = ()
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -141,6 +171,13 @@ class DataConfig(_Group):
     """
 
     group: ClassVar[str] = "data"
+    aliases: ClassVar[tuple[Alias, ...]] = (
+        Alias("dataset", "dataset", "fashion_mnist (default), mnist, cifar10, ..."),
+        Alias("source", "source"),
+        Alias("train_examples", "train_examples", "use the first N training images"),
+        Alias("test_examples", "test_examples", "use the first N test images"),
+        Alias("augment", "augment"),
+    )
     dataset: str = "fashion_mnist"
     source: str = "auto"
     train_examples: int | None = None
@@ -164,6 +201,10 @@ class ModelConfig(_Group):
     """Architecture: one of :data:`qadv.models.MODEL_NAMES` and its keyword options."""
 
     group: ClassVar[str] = "model"
+    aliases: ClassVar[tuple[Alias, ...]] = (
+        Alias("arch", "arch", "cnn (default), mlp, resnet20, resnet18, ..."),
+        Alias("arch_opts", "arch_opts"),
+    )
     arch: str = "cnn"
     arch_opts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -201,6 +242,36 @@ class QuantConfig(_Group):
     """
 
     group: ClassVar[str] = "quant"
+    aliases: ClassVar[tuple[Alias, ...]] = (
+        Alias(
+            "policy",
+            "policy",
+            "ref (default), bnn_wq, bnn_waq, xnor, mbn:MxN (e.g. mbn:3x1), pact:K (e.g. pact:4)",
+            flag="quant",
+        ),
+        Alias("policy_opts", "policy_opts"),
+        Alias(
+            "wq_method",
+            "wq_method",
+            "BNN weight binarizer: bc (default), gd_tanh, md_tanh_s (use with --anneal-end)",
+        ),
+        Alias("anneal_start", "anneal_start"),
+        Alias("anneal_growth", "anneal_growth"),
+        Alias("anneal_max", "anneal_max"),
+        Alias(
+            "anneal_end",
+            "anneal_end",
+            "gd_tanh/md_tanh_s: grow the tanh β per step up to this value (e.g. 100), then "
+            "train hard signs for the last --hard-fraction (default 0.25) of the steps",
+        ),
+        Alias("hard_fraction", "hard_fraction", "fraction of the steps trained with hard signs"),
+        Alias(
+            "recalibrate_bn",
+            "recalibrate_bn",
+            "re-estimate BatchNorm statistics of the hard-binarised network at the end "
+            "(default: on for gd_tanh/md_tanh_s)",
+        ),
+    )
     policy: str = "ref"
     policy_opts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     wq_method: str | None = None
@@ -313,6 +384,19 @@ class OptimConfig(_Group):
     """
 
     group: ClassVar[str] = "optim"
+    aliases: ClassVar[tuple[Alias, ...]] = (
+        Alias("epochs", "epochs", "default 10"),
+        Alias("batch_size", "batch_size", "training batch size (default 128)"),
+        Alias("optimizer", "optimizer", "adam (default) or sgd"),
+        Alias("lr", "lr", "peak learning rate (default 1e-3)"),
+        Alias("schedule", "schedule", "cosine (default), step, constant, cyclic"),
+        Alias("lr_milestones", "lr_milestones"),
+        Alias("lr_gamma", "lr_gamma"),
+        Alias("cycle_peak", "cycle_peak"),
+        Alias("weight_decay", "weight_decay", "kernels only (default 0)"),
+        Alias("momentum", "momentum"),
+        Alias("nesterov", "nesterov"),
+    )
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "adam"
@@ -370,6 +454,18 @@ class AdversaryConfig(_Group):
     """
 
     group: ClassVar[str] = "adversary"
+    aliases: ClassVar[tuple[Alias, ...]] = (
+        Alias("adv", "name", "none (default), pgd (Madry) or fastat (Wong)"),
+        Alias("eps", "eps"),
+        Alias("adv_eps", "eps", "default 8/255"),
+        Alias("steps", "steps"),
+        Alias("adv_steps", "steps", "PGD: 7"),
+        Alias("step_size", "step_size"),
+        Alias("adv_step_size", "step_size", "default eps/4 (pgd), 1.25 eps (fastat)"),
+        Alias("adv_norm", "norm", "linf (default) or l2"),
+        Alias("temperature", "temperature"),
+        Alias("adv_temperature", "temperature", "none (default), njs or hns"),
+    )
     name: str = "none"
     eps: float = 8 / 255
     step_size: float | None = None
@@ -420,6 +516,14 @@ class RegularizerConfig(_Group):
     """
 
     group: ClassVar[str] = "regularizer"
+    aliases: ClassVar[tuple[Alias, ...]] = (
+        Alias("igr", "igr", "none (default), fd or exact (double backprop)"),
+        Alias("lam", "lam"),
+        Alias("igr_lambda", "lam", "λ (default 0.1)"),
+        Alias("h", "h"),
+        Alias("igr_h", "h", "finite-difference step (0.01)"),
+        Alias("igr_norm", "norm", "threat norm: linf (dual l1) or l2"),
+    )
     igr: str = "none"
     lam: float = 0.1
     h: float = 0.01
@@ -442,6 +546,13 @@ class CheckpointConfig(_Group):
     ``every_steps`` steps mid-epoch when set; keep ``max_to_keep`` (``None``: all)."""
 
     group: ClassVar[str] = "checkpoint"
+    aliases: ClassVar[tuple[Alias, ...]] = (
+        Alias("every_epochs", "every_epochs"),
+        Alias("checkpoint_every_epochs", "every_epochs"),
+        Alias("every_steps", "every_steps"),
+        Alias("checkpoint_every_steps", "every_steps", "also save every N steps mid-epoch"),
+        Alias("max_to_keep", "max_to_keep"),
+    )
     every_epochs: int = 1
     every_steps: int | None = None
     max_to_keep: int | None = 3
@@ -467,6 +578,12 @@ class EvalConfig(_Group):
     """
 
     group: ClassVar[str] = "eval"
+    aliases: ClassVar[tuple[Alias, ...]] = (
+        Alias("eval_batch_size", "batch_size"),
+        Alias("robust_examples", "robust_examples", "PGD eval images (500)"),
+        Alias("robust_steps", "robust_steps"),
+        Alias("robust_eps", "robust_eps", "PGD eval radius (default: the adversary's, or 8/255)"),
+    )
     batch_size: int = 500
     robust_examples: int | None = None
     robust_steps: int = 10
@@ -495,28 +612,36 @@ GROUPS: dict[str, type[_Group]] = {
     "eval": EvalConfig,
 }
 
-# Flat names (the flat config of earlier qadv versions, kept as shorthands) -> dotted.
-ALIASES: dict[str, str] = {
-    "batch_size": "optim.batch_size",
-    "eval_batch_size": "eval.batch_size",
-    "checkpoint_every_epochs": "checkpoint.every_epochs",
-    "checkpoint_every_steps": "checkpoint.every_steps",
-    "igr_lambda": "regularizer.lam",
-    "igr_h": "regularizer.h",
-    "adv": "adversary.name",
-    "adv_eps": "adversary.eps",
-    "adv_step_size": "adversary.step_size",
-    "adv_steps": "adversary.steps",
-}
-# Unique field names double as shorthands.
-_counts: dict[str, list[str]] = {}
-for _g, _cls in GROUPS.items():
-    for _f in dataclasses.fields(_cls):
-        _counts.setdefault(_f.name, []).append(_g)
-for _name, _gs in _counts.items():
-    if len(_gs) == 1 and _name not in ("name",):
-        ALIASES.setdefault(_name, f"{_gs[0]}.{_name}")
-del _g, _cls, _f, _name, _gs, _counts
+
+def alias_table(groups: Mapping[str, type[_Group]]) -> dict[str, str]:
+    """Short name -> ``"group.field"`` from the groups' declared :class:`Alias` es.
+
+    Raises:
+        ValueError: an alias names no field of its group, or a short name or flag is
+            declared twice (or is a group name or ``seed``).
+    """
+    table: dict[str, str] = {}
+    flags: dict[str, str] = {}
+    for g, cls in groups.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for a in cls.aliases:
+            if a.field not in fields:
+                raise ValueError(f"alias {a.name!r} names no field {a.field!r} of group {g!r}")
+            taken = table.get(a.name) or ("a group" if a.name in (*groups, "seed") else None)
+            if taken:
+                raise ValueError(f"alias {a.name!r} of {g}.{a.field} is already {taken}")
+            table[a.name] = f"{g}.{a.field}"
+            if a.help is not None:
+                flag = a.flag or a.name
+                if flag in flags or flag == "seed":
+                    raise ValueError(f"flag --{flag} of {g}.{a.field} is declared twice")
+                flags[flag] = table[a.name]
+    return table
+
+
+ALIASES: dict[str, str] = alias_table(GROUPS)
+"""Every short name -> ``"group.field"`` (e.g. ``"lr": "optim.lr"``)."""
+
 # Settings that may change when a run resumes (they do not change the trained weights,
 # except optim.epochs, which extends or shortens the schedule).
 RESUMABLE = frozenset(
@@ -711,3 +836,76 @@ def load_config_file(path: str | Path, overrides: Mapping[str, Any] | None = Non
         return config.replace(**dict(overrides)) if overrides else config
     except ValueError as e:
         raise ValueError(f"config file {path}: {e}") from None
+
+
+class TrainFlag(NamedTuple):
+    """A flag of ``qadv train``: ``--{name}`` (``_`` written ``-``) sets ``key``.
+
+    Attributes:
+        name: the flag without ``--``, e.g. ``"adv_eps"``.
+        key: the dotted config key it sets, e.g. ``"adversary.eps"`` (or ``"seed"``).
+        annotation: the field's type annotation, e.g. ``"float | None"``.
+        help: the flag's help text.
+        section: the help section of its group (``None``: the command's own options).
+    """
+
+    name: str
+    key: str
+    annotation: str
+    help: str
+    section: str | None
+
+
+FLAG_SECTIONS: dict[str, str] = {
+    "adversary": "adversarial training",
+    "regularizer": "input-gradient regularisation (L + λ/2 ||∇x L||*²)",
+    "eval": "per-epoch evaluation",
+}
+
+
+def train_flags() -> tuple[TrainFlag, ...]:
+    """The flags of ``qadv train``: every :class:`Alias` with a help text, then ``seed``.
+
+    Example:
+        >>> flags = {f.name: f for f in train_flags()}
+        >>> flags["quant"].key, flags["adv_eps"].key, flags["adv_eps"].annotation
+        ('quant.policy', 'adversary.eps', 'float')
+    """
+    out = []
+    for g, cls in GROUPS.items():
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        for a in cls.aliases:
+            if a.help is not None:
+                key = f"{g}.{a.field}"
+                out.append(
+                    TrainFlag(a.flag or a.name, key, types[a.field], a.help, FLAG_SECTIONS.get(g))
+                )
+    seed_help = "seed of initialization, data order, augmentation and step keys (default 0)"
+    out.append(TrainFlag("seed", "seed", "int", seed_help, None))
+    return tuple(out)
+
+
+def build_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    policy_opts: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """A run's config: ``config_file``'s (:func:`load_config_file`) or the defaults, with
+    ``overrides`` (dotted or short names, ``seed``) on top, and ``policy_opts`` (options of
+    :func:`qadv.quant.get_policy`, e.g. ``float_last``) merged into ``quant.policy_opts``.
+
+    Example:
+        >>> overrides = {"arch": "mlp", "policy": "bnn_wq", "optim.lr": 0.1, "seed": 3}
+        >>> c = build_config(overrides, policy_opts={"float_last": True})
+        >>> c.model.arch, c.optim.lr, c.seed, dict(c.quant.policy_opts)
+        ('mlp', 0.1, 3, {'float_last': True})
+
+    Raises:
+        ValueError: an unknown key, a bad value or a bad config file (one line).
+    """
+    overrides = dict(overrides or {})
+    base = TrainConfig() if config_file is None else load_config_file(config_file)
+    if policy_opts:
+        overrides["quant.policy_opts"] = {**base.quant.policy_opts, **policy_opts}
+    return base.replace(**overrides) if overrides else base

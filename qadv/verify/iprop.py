@@ -56,7 +56,7 @@ from qadv.verify.milp import (
 )
 from qadv.verify.network import Network
 
-__all__ = ["IPropResult", "iprop", "iprop_batch"]
+__all__ = ["IPropResult", "iprop", "iprop_applies", "iprop_batch"]
 
 _STRICT = 1e-6  # a "-1" target asks for a <= -_STRICT * scale (sign(0) = +1)
 
@@ -79,8 +79,24 @@ class IPropResult(NamedTuple):
     time_s: float
 
 
+def iprop_applies(net: Network) -> bool:
+    """Whether IPROP can attack ``net``: every hidden activation is ``sign`` (a BNN-WAQ MLP
+    without ``float_last``), so each hidden layer has a binary target to propagate.
+
+    Example:
+        >>> from qadv.verify.network import Layer, Network
+        >>> def net(act):
+        ...     w, b = np.ones((2, 2)), np.zeros(2)
+        ...     return Network([Layer(w, b, act), Layer(w, b, "none")], (2, 1, 1))
+        >>> iprop_applies(net("sign")), iprop_applies(net("relu"))
+        (True, False)
+    """
+    acts = net.hidden_activations
+    return bool(acts) and all(a == "sign" for a in acts)
+
+
 def _check_net(net: Network) -> None:
-    if not net.hidden_activations or any(a != "sign" for a in net.hidden_activations):
+    if not iprop_applies(net):
         raise ValueError(
             "IPROP needs a network whose hidden activations are all sign (BNN-WAQ without "
             f"float_last), got {list(net.hidden_activations)}"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from qadv import report
-from qadv.verify.iprop import iprop
+from qadv.verify.iprop import iprop, iprop_applies
 from qadv.verify.milp import NOT_ROBUST, ROBUST, UNSOLVED, Verdict, verify_batch
 from qadv.verify.network import Network, extract_network
 
@@ -139,10 +139,9 @@ def gap_to_truth(
         raise ValueError(f"bad time limit {time_limit!r}; use seconds > 0")
     net: Network = extract_network(loaded)
     logits_fn = loaded.logits_fn
-    all_sign = all(a == "sign" for a in net.hidden_activations)
     if run_iprop is None:
-        run_iprop = all_sign
-    if run_iprop and not all_sign:
+        run_iprop = iprop_applies(net)
+    if run_iprop and not iprop_applies(net):
         raise ValueError("IPROP needs a BNN-WAQ MLP (all hidden activations sign)")
     overrides = dict(attack_overrides or {})
     configs = {

@@ -1,0 +1,52 @@
+"""``qadv study``: train and measure a grid of networks from a config file (one table)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qadv.cli.options import add_data_dir, add_progress, split_list
+
+NAME = "study"
+HELP = "train and measure a grid of networks from a config file (one table)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="Python file defining config(**options)")
+    p.add_argument("--out", required=True, help="study folder (runs, cells, study.md)")
+    p.add_argument("--only", default=None, help="comma-separated cell names to run now")
+    p.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the config file's config() function, e.g. size=gpu (repeatable)",
+    )
+    add_data_dir(p)
+    add_progress(p)
+
+
+def _options(items: list[str]) -> dict[str, str]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad --set {item!r}; use KEY=VALUE, e.g. size=gpu")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def run(args) -> None:
+    from qadv.study import load_study_config, run_study
+
+    config = load_study_config(args.config, _options(args.options))
+    only = split_list(args.only) if args.only is not None else None
+    result = run_study(
+        config, args.out, only=only, data_dir=args.data_dir, progress=not args.no_progress
+    )
+    missing = f"; not finished: {', '.join(result['missing'])}" if result["missing"] else ""
+    print(
+        f"{config.name}: {len(result['complete'])}/{len(config.cells)} cells done{missing} "
+        f"-> {Path(args.out) / 'study.md'}"
+    )

@@ -148,3 +148,10 @@ def test_augment_crop_flip_is_a_shifted_crop():
         assert any(matches)
     # both flips and several offsets occur
     assert len({img.tobytes() for img in out}) > 5
+
+
+def test_default_eps_is_the_datasets_usual_linf_radius():
+    assert data.default_eps("mnist") == data.default_eps("fashion_mnist") == 0.1
+    assert data.default_eps("cifar10") == data.default_eps("cifar100") == pytest.approx(8 / 255)
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'; choose one of"):
+        data.default_eps("svhn")

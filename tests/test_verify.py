@@ -469,3 +469,15 @@ def test_attack_counterexamples_settle_what_the_milp_leaves_open(monkeypatch):
     assert row["n_solved"] + row["n_unsolved"] == 6
     # every settled example is one PGD broke: exact and PGD agree (0 %) on them
     assert row["exact_robust_accuracy"] == 0.0 and row["attacks"]["pgd"]["gap"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("hidden", "applies"),
+    [(("sign", "sign"), True), (("sign", "hardtanh"), False), (("relu",), False), ((), False)],
+)
+def test_iprop_applies_only_when_every_hidden_unit_is_a_sign(hidden, applies):
+    from qadv.verify.iprop import iprop_applies
+
+    w, b = np.ones((2, 2)), np.zeros(2)
+    net = Network(tuple(Layer(w, b, a) for a in (*hidden, "none")), (2, 1, 1))
+    assert iprop_applies(net) is applies

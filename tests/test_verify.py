@@ -481,3 +481,21 @@ def test_iprop_applies_only_when_every_hidden_unit_is_a_sign(hidden, applies):
     w, b = np.ones((2, 2)), np.zeros(2)
     net = Network(tuple(Layer(w, b, a) for a in (*hidden, "none")), (2, 1, 1))
     assert iprop_applies(net) is applies
+
+
+def test_cli_verify_fails_when_an_attack_contradicts_the_milp(monkeypatch, capsys, tmp_path):
+    import qadv.cli.verify as verify_cmd
+    import qadv.verify.report as report_mod
+
+    def fake_gap(*args, **kwargs):
+        (tmp_path / "gap.md").write_text("gap table\n")
+        return {"rows": [{"attacks": {"pgd": {"violations": 0}, "square": {"violations": 1}}}]}
+
+    monkeypatch.setattr(verify_cmd, "load", lambda *a, **k: (None, None, None))
+    monkeypatch.setattr(report_mod, "gap_to_truth", fake_gap)
+    argv = ["verify", "--checkpoint", "c", "--eps", "0.1", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--no-progress", "--no-compile-cache"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "qadv verify: error: an attack broke an example the MILP proved robust; see gap.md"
+    )

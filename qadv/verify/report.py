@@ -30,7 +30,13 @@ from qadv.verify.iprop import iprop, iprop_applies
 from qadv.verify.milp import NOT_ROBUST, ROBUST, UNSOLVED, Verdict, verify_batch
 from qadv.verify.network import Network, extract_network
 
-__all__ = ["flip_rate_curves", "gap_to_truth", "minimal_perturbations", "write_gap_report"]
+__all__ = [
+    "count_violations",
+    "flip_rate_curves",
+    "gap_to_truth",
+    "minimal_perturbations",
+    "write_gap_report",
+]
 
 
 def _eps_tag(eps: float) -> str:
@@ -279,6 +285,24 @@ def _summarise(eps, status, milp_time, broken, logits_fn, images, labels) -> dic
 
 def _pct(mask: np.ndarray) -> float | None:
     return None if not mask.size else 100.0 * float(np.mean(mask))
+
+
+def count_violations(record: Mapping[str, Any]) -> int:
+    """How often an attack contradicted the exact answer; anything above 0 is a bug.
+
+    In a :func:`gap_to_truth` record: examples, summed over radii and attacks, that an
+    attack broke although the MILP proved them robust. In a :func:`minimal_perturbations`
+    record: perturbations an attack found below the proven minimum.
+
+    Example:
+        >>> count_violations({"rows": [{"attacks": {"pgd": {"violations": 0}}}]})
+        0
+        >>> count_violations({"attacks": ["fab"], "summary": {"fab": {"violations": 2}}})
+        2
+    """
+    if "rows" in record:
+        return sum(int(a["violations"]) for r in record["rows"] for a in r["attacks"].values())
+    return sum(int(record["summary"][a]["violations"]) for a in record["attacks"])
 
 
 def flip_rate_curves(record: Mapping[str, Any]) -> dict[str, tuple[list, list]]:

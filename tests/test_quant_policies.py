@@ -133,7 +133,9 @@ def test_a_registered_policy_trains_is_attacked_and_reports_bops(ternary, tmp_pa
     images = jnp.asarray(x[..., None], jnp.float32) / 255.0
     labels = jnp.asarray(y)
     eps = 0.1
-    adv = attacks.pgd(loaded.logits_fn, images, labels, key=jax.random.key(0), eps=eps, steps=5)
+    adv = attacks.pgd(
+        loaded.logits_fn, images, labels, key=jax.random.key(0), eps=eps, step_size=eps / 4, steps=5
+    )
     assert float(jnp.max(jnp.abs(adv - images))) <= eps + 1e-6
     clean = float(jnp.mean(jnp.argmax(loaded.logits_fn(images), -1) == labels))
     robust = float(jnp.mean(jnp.argmax(loaded.logits_fn(adv), -1) == labels))

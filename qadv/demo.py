@@ -123,7 +123,7 @@ def run_demo(
         dataset = {c.dataset for c in models.values()}
         if len(dataset) != 1:
             raise ValueError(f"demo models must share one dataset, got {sorted(dataset)}")
-        floats = [k for k, c in models.items() if c.policy == "ref"]
+        floats = [k for k, c in models.items() if make_policy(c).is_float]
         test_x, test_y = data.load_split(dataset.pop(), "test", data_dir=data_dir)
         if not 1 <= n <= len(test_x):
             raise ValueError(f"bad n {n}; the test set has {len(test_x)} images")
@@ -283,8 +283,7 @@ def _hessian_curve(logits_fn, images, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _policy_text(c: TrainConfig) -> str:
-    p = make_policy(c)
-    return p.name + (f" ({p.wq_method})" if p.kind == "bnn_wq" else "")
+    return make_policy(c).label
 
 
 def _flagged(r: dict) -> list[str]:

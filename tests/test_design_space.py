@@ -63,7 +63,7 @@ def test_info_cli_table_json_and_errors(capsys):
     assert info["policy"] == "pact2" and info["bops"] / 1e8 == pytest.approx(1.89, rel=0.01)
     assert cli.main(["info", "--quant", "mbn:3"]) == 2
     err = capsys.readouterr().err
-    assert "unknown quantization policy 'mbn3'" in err and err.count("\n") == 1
+    assert "unknown quantization policy 'mbn:3'" in err and err.count("\n") == 1
 
 
 def test_colon_policy_names():

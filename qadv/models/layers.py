@@ -24,16 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qadv.quant import (
-    QuantPolicy,
-    binarize_weights,
-    dorefa_weights,
-    mbn_activations,
-    mbn_weights,
-    pact_activation,
-    sign_ste,
-    xnor_weights,
-)
+from qadv.quant import PACT_ALPHA_INIT, QuantPolicy
 
 __all__ = [
     "PACT_ALPHA_INIT",
@@ -46,9 +37,6 @@ __all__ = [
     "quantize_kernel",
 ]
 
-PACT_ALPHA_INIT = 6.0
-"""Initial PACT clip level ``alpha`` (learned per layer)."""
-
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_init = nn.initializers.lecun_normal()
 
@@ -56,7 +44,8 @@ dense_init = nn.initializers.lecun_normal()
 def quantize_kernel(
     kernel: jax.Array, policy: QuantPolicy, *, role: str, train: bool, anneal=1.0
 ) -> jax.Array:
-    """Effective weights of a layer with ``role`` ("first", "hidden", "last").
+    """Effective weights of a layer with ``role`` ("first", "hidden", "last"):
+    :meth:`QuantPolicy.quantize_kernel <qadv.quant.QuantPolicy.quantize_kernel>`.
 
     BNN kinds use :func:`~qadv.quant.binarize_weights` with ``policy.wq_method`` and
     ``beta=anneal`` in training and hard ±1 weights in evaluation; XNOR scales ``sign(W)``
@@ -69,18 +58,7 @@ def quantize_kernel(
         >>> quantize_kernel(w, get_policy("bnn_wq"), role="hidden", train=False).tolist()
         [[1.0, -1.0]]
     """
-    if policy.is_float_layer(role):
-        return kernel
-    kind = policy.kind
-    if kind in ("bnn_wq", "bnn_waq"):
-        return binarize_weights(kernel, method=policy.wq_method, beta=anneal, hard=not train)
-    if kind == "xnor":
-        return xnor_weights(kernel)
-    if kind == "pact":
-        return dorefa_weights(kernel, bits=policy.bits)
-    if kind == "mbn":
-        return mbn_weights(kernel, m_bases=policy.m_bases)
-    raise AssertionError(kind)  # pragma: no cover - QuantPolicy validates kind
+    return policy.quantize_kernel(kernel, role=role, train=train, anneal=anneal)
 
 
 def quantize_bias(
@@ -90,9 +68,7 @@ def quantize_bias(
 
     Every other kind keeps biases in float (BinaryNet keeps its biases real).
     """
-    if policy.kind == "bnn_wq" and not policy.float_bias and not policy.is_float_layer(role):
-        return binarize_weights(bias, method=policy.wq_method, beta=anneal, hard=not train)
-    return bias
+    return policy.quantize_bias(bias, role=role, train=train, anneal=anneal)
 
 
 def activation(policy: QuantPolicy) -> Callable[[jax.Array], jax.Array]:
@@ -173,25 +149,7 @@ class _QuantInput(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        p = self.policy
-        if self.role == "first" or p.is_float_layer(self.role):
-            return x
-        if p.kind in ("bnn_waq", "xnor"):
-            return sign_ste(x)
-        if p.kind == "pact":
-            alpha = self.param("pact_alpha", nn.initializers.constant(PACT_ALPHA_INIT), ())
-            return pact_activation(x, alpha, bits=p.bits)
-        if p.kind == "mbn":
-            n = p.n_bases
-            shifts = self.param("mbn_shifts", lambda _k: _activation_shifts(n))
-            scales = self.param("mbn_scales", nn.initializers.constant(1.0 / n), (n,))
-            return mbn_activations(x, shifts, scales)
-        return x
-
-
-def _activation_shifts(n: int) -> jax.Array:
-    """Initial MBN activation shifts: ``n`` points evenly inside (-1, 1) (0 for n=1)."""
-    return jnp.linspace(-1.0, 1.0, n + 2, dtype=jnp.float32)[1:-1]
+        return self.policy.quantize_input(x, role=self.role, param=self.param)
 
 
 class QConv(nn.Module):

@@ -44,7 +44,15 @@ import numpy as np
 from qadv.checkpoint import json_tuples
 from qadv.data import DATASETS
 from qadv.models import MODEL_NAMES
-from qadv.quant import WQ_METHODS, QuantPolicy, get_policy
+from qadv.quant import (
+    WQ_METHODS,
+    QuantPolicy,
+    get_policy,
+    option_kinds,
+    parse_policy,
+    policy_class,
+    policy_kinds,
+)
 
 __all__ = [
     "ALIASES",
@@ -307,33 +315,21 @@ class QuantConfig(_Group):
         policy = self.make_policy()  # unknown policy names/options raise here
         self._check_options(policy)
 
-    # which explicitly given options apply to which policy kinds
-    _APPLIES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "m_bases": ("mbn",),
-        "n_bases": ("mbn",),
-        "bits": ("pact",),
-        "wq_method": ("bnn_wq", "bnn_waq"),
-        "float_bias": ("bnn_wq",),
-        "float_first": ("bnn_wq", "bnn_waq", "mbn", "pact", "xnor"),
-        "float_last": ("bnn_wq", "bnn_waq", "mbn", "pact", "xnor"),
-    }
-
     def _check_options(self, policy: QuantPolicy) -> None:
         given = dict(self.policy_opts)
         if self.wq_method is not None:
             given["wq_method"] = self.wq_method
         for name, value in given.items():
-            kinds = self._APPLIES.get(name)
-            if kinds is not None and policy.kind not in kinds and value not in (None, False):
+            if name not in policy.options and value not in (None, False):
                 raise ValueError(
                     f"policy option {name}={value!r} does not apply to policy "
-                    f"{self.policy!r}; it applies to: {', '.join(kinds)}"
+                    f"{self.policy!r}; it applies to: {', '.join(option_kinds(name))}"
                 )
-        short = get_policy(self.policy)  # what the name alone says (mbn3x1, pact4)
-        for name in ("m_bases", "n_bases", "bits"):
-            if name in given and self.policy != short.kind and getattr(short, name) != given[name]:
+        _, implied = parse_policy(self.policy)  # what the name alone says (mbn3x1, pact4)
+        for name, value in implied.items():
+            if name in given and given[name] != value:
                 raise ValueError(
-                    f"policy {self.policy!r} already sets {name}={getattr(short, name)}, "
+                    f"policy {self.policy!r} already sets {name}={value}, "
                     f"but {name}={given[name]!r} was given; use one of them"
                 )
 
@@ -346,8 +342,7 @@ class QuantConfig(_Group):
     @property
     def tanh_weights(self) -> bool:
         """Whether binary weights train through ``tanh(beta w)`` (GD-tanh, MD-tanh-S)."""
-        p = self.make_policy()
-        return p.kind in ("bnn_wq", "bnn_waq") and p.wq_method != "bc"
+        return self.make_policy().anneals
 
     @property
     def resolved_hard_fraction(self) -> float:
@@ -723,10 +718,11 @@ class TrainConfig:
 
     def _check_combination(self) -> None:
         policy = self.quant.make_policy()
-        if self.quant.recalibrate_bn and policy.kind == "ref":
+        if self.quant.recalibrate_bn and policy.is_float:
+            quantized = [k for k in policy_kinds() if not policy_class(k).is_float]
             raise ValueError(
-                "invalid recalibrate_bn True with policy 'ref'; BatchNorm re-estimation "
-                "applies to binarised networks (bnn_wq, bnn_waq, mbn, pact, xnor)"
+                f"invalid recalibrate_bn True with policy {self.quant.policy!r}; BatchNorm "
+                f"re-estimation applies to binarised networks ({', '.join(quantized)})"
             )
         if (self.quant.hard_fraction or 0) > 0 and (
             not self.quant.tanh_weights or self.quant.anneal_end is None

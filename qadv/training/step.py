@@ -153,7 +153,8 @@ def clip_latent_weights(params, *, names: tuple[str, ...] = ("kernel",), bound: 
 
 
 def binary_connect_projection(policy: QuantPolicy) -> Callable[[Any], Any] | None:
-    """The post-update projection of ``policy``: BinaryConnect clipping, or ``None``.
+    """The post-update projection of ``policy``: BinaryConnect clipping of its
+    :attr:`~qadv.quant.QuantPolicy.clipped_params`, or ``None``.
 
     With ``wq_method="bc"``, ``bnn_wq`` clips kernels and (unless ``float_bias``)
     biases, which it binarises too; ``bnn_waq`` clips kernels. Other policies
@@ -164,9 +165,9 @@ def binary_connect_projection(policy: QuantPolicy) -> Callable[[Any], Any] | Non
         >>> binary_connect_projection(get_policy("bnn_wq", wq_method="md_tanh_s")) is None
         True
     """
-    if policy.wq_method != "bc" or policy.kind not in ("bnn_wq", "bnn_waq"):
+    names = policy.clipped_params
+    if not names:
         return None
-    names = ("kernel", "bias") if policy.kind == "bnn_wq" and not policy.float_bias else ("kernel",)
     return functools.partial(clip_latent_weights, names=names)
 
 

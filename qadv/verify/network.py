@@ -33,7 +33,6 @@ __all__ = ["ACTIVATIONS", "Layer", "Network", "extract_network"]
 
 ACTIVATIONS = ("sign", "relu", "hardtanh", "none")
 _BN_EPS = 1e-5  # qadv.models.layers.batch_norm
-_POLICIES = ("bnn_waq", "bnn_wq", "ref")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -131,8 +130,10 @@ def _np(a: Any) -> np.ndarray:
     return np.asarray(a, np.float64)
 
 
-def _hard_sign(a: np.ndarray) -> np.ndarray:
-    return np.where(a >= 0, 1.0, -1.0)
+def _exact_kinds() -> list[str]:
+    from qadv.quant import policy_class, policy_kinds
+
+    return sorted(k for k in policy_kinds() if policy_class(k).exact_activation is not None)
 
 
 def extract_network(
@@ -148,7 +149,9 @@ def extract_network(
             first layer's fan-in and the number of normalisation channels.
 
     Raises:
-        ValueError: not an MLP, or a policy other than ``bnn_waq``, ``bnn_wq``, ``ref``.
+        ValueError: not an MLP, or a policy without an exact description (its
+            ``exact_activation`` is ``None``; the built-in ones are ``bnn_waq``,
+            ``bnn_wq`` and ``ref``).
 
     Example:
         >>> import jax
@@ -174,9 +177,10 @@ def extract_network(
     if variables is None:
         raise ValueError("variables are required with a bare model")
     policy = model.policy
-    if policy.kind not in _POLICIES:
+    hidden_act = policy.exact_activation
+    if hidden_act is None:
         raise ValueError(
-            f"exact verification supports policies {', '.join(_POLICIES)}, not {policy.name!r}"
+            f"exact verification supports policies {', '.join(_exact_kinds())}, not {policy.name!r}"
         )
     params = variables["params"]
     stats = variables.get("batch_stats", {})
@@ -194,20 +198,16 @@ def extract_network(
         return np.tile(v, n_in // channels) if v.size == channels else np.full(n_in, v[0])
 
     mean, std = per_input(model.mean), per_input(model.std)
-    hidden_act = "sign" if policy.kind == "bnn_waq" else "relu"
     layers: list[Layer] = []
     for i in range(len(widths) + 1):
         last = i == len(widths)
         role = "last" if last and widths else ("first" if i == 0 else "hidden")
         p = params[f"QDense_{i}"]
-        float_layer = policy.is_float_layer(role)
-        kernel = _np(p["kernel"])
-        w = kernel if float_layer else _hard_sign(kernel)
+        # the policy's own eval-mode quantizers: ±1 for binary layers, else the kernel
+        w = _np(policy.quantize_kernel(p["kernel"], role=role, train=False))
         b = np.zeros(w.shape[1])
         if "bias" in p:
-            b = _np(p["bias"])
-            if policy.kind == "bnn_wq" and not policy.float_bias and not float_layer:
-                b = _hard_sign(b)
+            b = _np(policy.quantize_bias(p["bias"], role=role, train=False))
         if i == 0:  # fold (x - mean) / std
             b = b - (mean / std) @ w
             w = w / std[:, None]

@@ -1,0 +1,245 @@
+"""Source-reading checks of the package's architecture (``ast``, no imports of qadv).
+
+Each rule is one test function over :func:`_modules`, with a companion test that feeds the
+rule's checker a snippet that breaks it, so a checker that finds nothing fails too.
+
+Rule ``policy kinds``: only ``qadv/quant/`` may decide anything by the kind or name of a
+quantization policy. Elsewhere a policy is asked (``policy.quantize_kernel``,
+``policy.anneals``, ``policy.exact_activation``, ...), never compared to a string
+literal, matched against string patterns, or used as the key of a lookup table.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "qadv"
+
+
+def _modules(*, outside: tuple[str, ...] = ()) -> Iterator[tuple[str, ast.Module]]:
+    """``(path relative to the repository, parsed module)`` of every ``qadv/**/*.py``,
+    except those under the folders ``outside`` (relative to the repository)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if any(rel.startswith(prefix.rstrip("/") + "/") for prefix in outside):
+            continue
+        yield rel, ast.parse(path.read_text(), filename=rel)
+
+
+# ----------------------------------------------------------------------------- policy kinds
+
+POLICY_PACKAGE = "qadv/quant"
+
+# names that hold a policy, and names that hold a policy's kind or name string
+_POLICY_NAMES = frozenset({"policy", "quant_policy"})
+_KIND_NAMES = frozenset({"policy_kind", "policy_name"})
+# calls that return a policy
+_POLICY_FACTORIES = frozenset({"get_policy", "make_policy", "QuantPolicy"})
+# attributes of a policy that spell its kind
+_KIND_ATTRS = frozenset({"kind", "name"})
+
+# deliberate exceptions: {(path, line text stripped): reason}; none today
+POLICY_KIND_EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+
+class _PolicyKindUses(ast.NodeVisitor):
+    """Finds decisions taken on a policy's kind, per function scope.
+
+    A *policy expression* is a name in :data:`_POLICY_NAMES`, any ``<x>.policy``
+    attribute, a call of :data:`_POLICY_FACTORIES`, or a local name bound to one of these
+    (``p = self.policy``). A *kind expression* is ``<policy expression>.kind`` or
+    ``.name``, ``<x>.policy`` (a config's policy string), a name in :data:`_KIND_NAMES`,
+    or a local name bound to one of these (``kind = policy.kind``). Flagged: a kind
+    expression compared (``==``, ``!=``, ``in``, ``is``, ...) with string literals,
+    tested with ``startswith``/``endswith``, matched against string patterns, or used as
+    a subscript or ``.get`` key.
+    """
+
+    def __init__(self, tree: ast.Module):
+        self.found: list[tuple[int, str]] = []
+        self.str_constants = {
+            t.id
+            for stmt in tree.body
+            if isinstance(stmt, ast.Assign | ast.AnnAssign)
+            and stmt.value is not None
+            and self._has_str_literal(stmt.value)
+            for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+            if isinstance(t, ast.Name)
+        }
+        self._scopes: list[tuple[set[str], set[str]]] = [(set(), set())]
+
+    # -------------------------------------------------------------- classification
+
+    def _is_policy(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in _POLICY_NAMES or node.id in self._scopes[-1][0]
+        if isinstance(node, ast.Attribute):
+            return node.attr == "policy"
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
+            return name in _POLICY_FACTORIES
+        return False
+
+    def _is_kind(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in _KIND_NAMES or node.id in self._scopes[-1][1]
+        if isinstance(node, ast.Attribute):
+            if node.attr == "policy":
+                return True
+            return node.attr in _KIND_ATTRS and self._is_policy(node.value)
+        return False
+
+    @staticmethod
+    def _has_str_literal(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return isinstance(node.value, str)
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return any(_PolicyKindUses._has_str_literal(e) for e in node.elts)
+        return False
+
+    def _is_str_constant(self, node: ast.AST) -> bool:
+        """A string literal, a collection of them, or a module constant holding one."""
+        if isinstance(node, ast.Name) and node.id in self.str_constants:
+            return True
+        return self._has_str_literal(node)
+
+    def _flag(self, node: ast.AST, what: str) -> None:
+        self.found.append((node.lineno, what))
+
+    # -------------------------------------------------------------- scopes and bindings
+
+    def _visit_scope(self, node: ast.AST) -> None:
+        self._scopes.append((set(self._scopes[-1][0]), set(self._scopes[-1][1])))
+        self.generic_visit(node)
+        self._scopes.pop()
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _visit_scope
+
+    def _bind(self, target: ast.AST, value: ast.AST) -> None:
+        if isinstance(target, ast.Tuple | ast.List) and isinstance(value, ast.Tuple | ast.List):
+            for t, v in zip(target.elts, value.elts, strict=False):
+                self._bind(t, v)
+        elif isinstance(target, ast.Name):
+            policies, kinds = self._scopes[-1]
+            policies.discard(target.id)
+            kinds.discard(target.id)
+            if self._is_policy(value):
+                policies.add(target.id)
+            elif self._is_kind(value):
+                kinds.add(target.id)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.generic_visit(node)
+        for target in node.targets:
+            self._bind(target, node.value)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self.generic_visit(node)
+        if node.value is not None:
+            self._bind(node.target, node.value)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.generic_visit(node)
+        self._bind(node.target, node.value)
+
+    # -------------------------------------------------------------- decisions
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        operands = [node.left, *node.comparators]
+        for op, a, b in zip(node.ops, operands, operands[1:], strict=False):
+            if isinstance(op, ast.In | ast.NotIn) and self._is_kind(a):
+                self._flag(node, f"tests whether {ast.unparse(a)} is in {ast.unparse(b)}")
+                continue
+            for kind, other in ((a, b), (b, a)):
+                if self._is_kind(kind) and self._is_str_constant(other):
+                    self._flag(node, f"compares {ast.unparse(kind)} with a string literal")
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        f = node.func
+        if isinstance(f, ast.Attribute):
+            if f.attr in ("startswith", "endswith") and self._is_kind(f.value):
+                self._flag(node, f"tests {ast.unparse(f.value)}.{f.attr}(...)")
+            if f.attr == "get" and node.args and self._is_kind(node.args[0]):
+                self._flag(node, f"looks up {ast.unparse(node.args[0])} with .get")
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        if self._is_kind(node.slice):
+            self._flag(node, f"indexes a table by {ast.unparse(node.slice)}")
+        self.generic_visit(node)
+
+    def visit_Match(self, node: ast.Match) -> None:
+        if self._is_kind(node.subject):
+            self._flag(node, f"matches {ast.unparse(node.subject)} against patterns")
+        self.generic_visit(node)
+
+
+def policy_kind_uses(tree: ast.Module) -> list[tuple[int, str]]:
+    """``(line, what)`` of every decision taken on a policy's kind in ``tree``."""
+    visitor = _PolicyKindUses(tree)
+    visitor.visit(tree)
+    return visitor.found
+
+
+def test_no_policy_kind_decisions_outside_quant():
+    """Only ``qadv/quant/`` may decide by a policy's kind; elsewhere, ask the policy."""
+    bad = []
+    for rel, tree in _modules(outside=(POLICY_PACKAGE,)):
+        lines = (PACKAGE.parent / rel).read_text().splitlines()
+        for line, what in policy_kind_uses(tree):
+            if (rel, lines[line - 1].strip()) not in POLICY_KIND_EXCEPTIONS:
+                bad.append(f"{rel}:{line}: {what}")
+    assert not bad, "decisions on a policy kind outside qadv/quant:\n" + "\n".join(bad)
+
+
+def test_policy_kind_exceptions_are_still_needed():
+    """Every listed exception still matches a line (a stale entry hides nothing)."""
+    for (rel, text), reason in POLICY_KIND_EXCEPTIONS.items():
+        assert reason, f"exception {rel}: {text!r} gives no reason"
+        assert text in (PACKAGE.parent / rel).read_text(), f"stale exception {rel}: {text!r}"
+
+
+_BREAKS_POLICY_RULE = [
+    'if policy.kind == "bnn_wq": pass',
+    'x = self.policy.kind in ("bnn_wq", "bnn_waq")',
+    'def f(self):\n    p = self.policy\n    return p.kind != "ref"',
+    'def f(policy):\n    kind = policy.kind\n    return kind in ["mbn", "pact"]',
+    'def f(c):\n    return make_policy(c).name == "pact4"',
+    'def f(c):\n    return [k for k, c in models.items() if c.policy == "ref"]',
+    'bits = {"ref": 8, "pact": 4}[policy.kind]',
+    "bits = TABLE.get(model.policy.kind)",
+    'ok = policy.name.startswith("pact")',
+    'def f(policy_name):\n    return policy_name == "xnor"',
+    'match policy.kind:\n    case "ref":\n        pass',
+    'def f(p):\n    p, act = self.policy, None\n    return "mbn" == p.kind',
+    'KINDS = ("bnn_waq", "ref")\ndef f(policy):\n    return policy.kind not in KINDS',
+    'def f(self, policy):\n    return policy.kind in self._APPLIES.get("bits")',
+    'NAME = "ref"\nok = policy.kind == NAME',
+]
+
+_KEEPS_POLICY_RULE = [
+    'def apply(a, kind):\n    return a if kind == "sign" else -a',  # an activation kind
+    'if unit.kind == "sign": pass',
+    'if cfg.kind == "fixed": pass',  # a temperature kind
+    "takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)",
+    "if policy.is_float: pass",
+    'label = f"{policy.name} ({policy.wq_method})"',
+    'def f(self):\n    p = self.policy\n    p = params[0]\n    return p.kind == "x"',  # rebound
+]
+
+
+@pytest.mark.parametrize("source", _BREAKS_POLICY_RULE)
+def test_policy_kind_checker_finds_what_breaks_the_rule(source):
+    assert policy_kind_uses(ast.parse(source)), source
+
+
+@pytest.mark.parametrize("source", _KEEPS_POLICY_RULE)
+def test_policy_kind_checker_leaves_other_kinds_alone(source):
+    assert not policy_kind_uses(ast.parse(source)), source

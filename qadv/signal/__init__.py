@@ -40,7 +40,7 @@ The package holds one concept per module, all re-exported here:
 
 from __future__ import annotations
 
-# (``X as X``: constants and helpers that stay reachable as ``signal.X`` outside ``__all__``)
+# imports written ``X as X`` keep constants and helpers reachable as ``signal.X``, outside __all__
 from qadv.signal.gradients import (
     error_signal_norm,
     input_gradient,

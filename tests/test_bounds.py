@@ -11,7 +11,13 @@ from synthetic import relu_mlp
 
 from qadv.attacks import attack, registry
 from qadv.evaluate import bounds
-from qadv.evaluate.signal_report import rho_ablation, signal_report, signal_table, temperature_betas
+from qadv.evaluate.signal_report import (
+    SignalConfig,
+    rho_ablation,
+    signal_report,
+    signal_table,
+    temperature_betas,
+)
 
 SHAPE = (4, 4, 1)
 N = 16
@@ -377,5 +383,69 @@ def test_signal_report_writes_its_files(tmp_path):
     assert rec["bounds"]["l_violations"] == len(rec["bounds"]["l_violation_indices"])
     again = signal_report(f, x, y, **kw)  # every section is reused
     assert again["clever"] == rec["clever"] and again["ablation"] == rec["ablation"]
+    # the config form is the same report: every section and attack record is reused
+    opts = {k: v for k, v in kw.items() if k != "out_dir"}
+    same = signal_report(f, x, y, config=SignalConfig(**opts), out_dir=tmp_path)
+    assert same["ablation"] == rec["ablation"] and same["per_example"] == rec["per_example"]
     with pytest.raises(ValueError, match="unknown norm 'l1'"):
         signal_report(f, x, y, **{**kw, "norm": "l1"})
+
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("norm", "l1", "unknown norm 'l1'; choose one of: linf, l2"),
+        ("eps", float("nan"), "bad eps nan"),
+        ("eps", 0, "bad eps 0"),
+        ("rhos", (0.01, 1.5), "bad rho 1.5"),
+        ("rhos", 0.5, "invalid rhos 0.5"),
+        ("prop1_rhos", (0.0,), "bad rho 0.0"),
+        ("fixed_betas", (0.1, -1.0), "bad fixed beta -1.0"),
+        ("min_norm_attack", "cw", "unknown minimum-norm attack 'cw'"),
+        ("steps", 0, "invalid steps 0; choose an integer >= 1"),
+        ("batch_size", True, "invalid batch_size True"),
+        ("min_norm_steps", 2.5, "invalid min_norm_steps 2.5"),
+        ("signal_examples", -1, "invalid signal_examples -1; choose an integer >= 0"),
+        ("clever_examples", None, "invalid clever_examples None"),
+        ("bound_examples", 1.5, "invalid bound_examples 1.5"),
+        ("seed", "0", "invalid seed '0'"),
+        ("clever_norm", "l3", "unknown clever_norm 'l3'; choose one of: l1, l2, linf"),
+        ("clever_radius", -1.0, "invalid clever_radius -1.0; choose a number > 0"),
+        ("clever_beta", float("inf"), "invalid clever_beta inf"),
+        ("clever_batches", 0, "invalid clever_batches 0; choose an integer >= 1"),
+        ("clever_pool_factor", 2.5, "invalid clever_pool_factor 2.5"),
+        ("bound_radius", 0.0, "invalid bound_radius 0.0; choose a number > 0"),
+        ("bound_samples", 0, "invalid bound_samples 0; choose an integer >= 1"),
+    ],
+)
+def test_signal_config_refuses_bad_values_with_one_line(field, value, needle):
+    with pytest.raises(ValueError) as info:
+        SignalConfig(**{field: value}).validate()
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_signal_config_defaults_and_skipped_sections():
+    SignalConfig().validate()
+    assert SignalConfig(rhos=[0.1, 0.2]).rhos == (0.1, 0.2)  # stored as a tuple
+    # a skipped section's options are not used, so not checked
+    SignalConfig(
+        clever_examples=0, clever_radius=-1.0, bound_examples=0, bound_samples=0
+    ).validate()
+    SignalConfig(signal_examples=None, clever_pool_factor=None, bound_radius=None).validate()
+
+
+def test_signal_report_refuses_config_with_loose_options(tmp_path):
+    f = relu_mlp(8, n_in=N, hidden=12, d=4)
+    x = np.zeros((2, *SHAPE), np.float32)
+    y = np.zeros(2, np.int32)
+    out = tmp_path / "r"
+    with pytest.raises(ValueError, match=r"config and the options eps, steps; give either") as e:
+        signal_report(f, x, y, config=SignalConfig(), out_dir=out, eps=0.1, steps=2)
+    assert "\n" not in str(e.value)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) epsilon"):
+        signal_report(f, x, y, out_dir=out, epsilon=0.1)
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):  # loose options are validated
+        signal_report(f, x, y, out_dir=out, norm="l1")
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):  # so is a config
+        signal_report(f, x, y, config=SignalConfig(norm="l1"), out_dir=out)
+    assert not out.exists()  # refused before any work

@@ -33,20 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
-    from qadv.evaluate.signal_report import PAPER_RHOS, signal_report
+    from qadv.evaluate.signal_report import PAPER_RHOS, SignalConfig, signal_report
     from qadv.report import parse_fraction
 
     rhos = PAPER_RHOS
     if args.rhos is not None:
         rhos = tuple(parse_fraction(r, name="rho") for r in split_list(args.rhos))
-    if args.clever_examples < 0:
-        raise ValueError(f"bad --clever-examples {args.clever_examples}; use an integer >= 0")
-    loaded, images, labels = load(args.checkpoint, args.data_dir, args.n)
-    record = signal_report(
-        loaded,
-        images,
-        labels,
-        out_dir=args.out,
+    config = SignalConfig(
         eps=args.eps,
         norm=args.norm,
         steps=args.steps,
@@ -55,6 +48,15 @@ def run(args) -> None:
         min_norm_attack=args.min_norm_attack,
         batch_size=args.batch_size,
         seed=args.seed,
+    )
+    config.validate()
+    loaded, images, labels = load(args.checkpoint, args.data_dir, args.n)
+    record = signal_report(
+        loaded,
+        images,
+        labels,
+        config=config,
+        out_dir=args.out,
         progress=not args.no_progress,
         model_name=str(args.checkpoint),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -345,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="option of the config file's config() function, e.g. size=gpu (repeatable)",
+    )
+    st.add_argument(
+        "--size",
+        choices=("paper", "gpu", "cpu"),
+        default=None,
+        help="experiment size (the same as --set size=SIZE; see experiments/README.md)",
+    )
+    st.add_argument(
+        "--store",
+        default=None,
+        help="checkpoint store shared by studies (default: $QADV_STORE, else runs/store "
+        "for paper experiments and OUT/runs for plain studies)",
     )
     _add_data_dir(st)
     _add_progress(st)
@@ -729,7 +742,7 @@ def _cmd_table(args) -> None:
 
 
 def _cmd_study(args) -> None:
-    from qadv.study import load_study_config, run_study
+    from qadv.study import StudyConfig, load_study_config, run_study
 
     options = {}
     for item in args.options:
@@ -737,12 +750,38 @@ def _cmd_study(args) -> None:
         if not sep or not key.strip():
             raise ValueError(f"bad --set {item!r}; use KEY=VALUE, e.g. size=gpu")
         options[key.strip()] = value.strip()
-    config = load_study_config(args.config, options)
+    if args.size is not None:
+        options["size"] = args.size
     only = None
     if args.only is not None:
         only = [c.strip() for c in args.only.split(",") if c.strip()]
+    config = load_study_config(args.config, options)
+    if not isinstance(config, StudyConfig):  # a paper experiment (qadv.repro)
+        from qadv.repro import run_experiment
+
+        rec = run_experiment(
+            config,
+            args.out,
+            store=args.store,
+            only=only,
+            data_dir=args.data_dir,
+            progress=not args.no_progress,
+            command=" ".join(["qadv", *sys.argv[1:]]) if sys.argv[1:] else "",
+        )
+        missing = sum(len(p.get("missing", [])) for p in rec["parts"].values())
+        print(
+            f"{config.name}: {len(rec['parts'])} parts, {missing} cells not finished "
+            f"-> {Path(args.out) / 'experiment.md'}"
+        )
+        return
+    store = args.store or os.environ.get("QADV_STORE")
     result = run_study(
-        config, args.out, only=only, data_dir=args.data_dir, progress=not args.no_progress
+        config,
+        args.out,
+        only=only,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        store=store,
     )
     missing = f"; not finished: {', '.join(result['missing'])}" if result["missing"] else ""
     print(

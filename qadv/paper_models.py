@@ -223,7 +223,7 @@ def attack_spec(
     n = eval_size(size)
     return EvalSpec(
         n=n,
-        clean_n=None if size == "paper" else None,
+        clean_n=None,
         eps=radius,
         norm=norm,
         attacks=tuple(attacks),

@@ -1,8 +1,9 @@
 """Gupta & Ajanthan, Table 2: FGSM/PGD against FGSM++/PGD++ (NJS, HNS) on BNN-WQ.
 
-    qadv study --config experiments/gupta2021/table2.py --size cpu --out results/repro/gupta2021_table2_cpu
+    qadv study --config experiments/gupta2021/table2.py --size cpu \
+        --only bnn_wq_resnet18,ref_resnet18 --out results/repro/gupta2021_table2_cpu
     qadv study --config experiments/gupta2021/table2.py --size gpu --out results/repro/gupta2021_table2_gpu
-    qadv study --config experiments/gupta2021/table2.py --size paper --out results/repro/gupta2021_table2_paper
+    qadv study --config experiments/gupta2021/table2.py --size paper --out runs/gupta2021_table2
 
 Paper setting: BNN-WQ (weights ±1, MD-tanh-S) ResNet-18, VGG-16, ResNet-50, DenseNet-121,
 MobileNet-V2 on CIFAR-10 and CIFAR-100; attacks of Table 6 (CIFAR-10: FGSM ε = η = 8,

@@ -121,6 +121,7 @@ def model(
     wq_method: str | None = None,
     adv: str | None = None,
     igr_lambda: float | None = None,
+    adv_eps: float | None = None,
     seed: int = 0,
 ) -> TrainConfig | None:
     """The training config of one paper network at ``size`` (``None``: no ``cpu`` row).
@@ -136,6 +137,7 @@ def model(
         adv: adversarial training: ``pgd`` (Madry: 7 steps, η = ε/4 at the size's L∞
             radius) or ``fastat`` (one FGSM step, cyclic learning rate).
         igr_lambda: input-gradient regularisation by finite differences (Finlay & Oberman).
+        adv_eps: radius of adversarial training and IGR (default: the size's L∞ radius).
         seed: training seed.
     """
     ds = dataset(size, paper_dataset)
@@ -154,7 +156,7 @@ def model(
         kw["wq_method"] = wq_method or ("bc" if size == "cpu" else "md_tanh_s")
         if kw["wq_method"] != "bc":
             kw.update(anneal_start=1.0, anneal_end=100.0, hard_fraction=0.1)
-    eps = threat(size, paper_dataset)["pgd"]["eps"]
+    eps = threat(size, paper_dataset)["pgd"]["eps"] if adv_eps is None else adv_eps
     if adv is not None:
         kw.update(adv=adv, adv_eps=eps, robust_eps=eps, robust_examples=200)
         if adv == "pgd":

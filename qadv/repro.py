@@ -56,6 +56,7 @@ __all__ = [
     "SWEEPS",
     "Experiment",
     "Part",
+    "finish",
     "resolve_store",
     "run_experiment",
     "shrink",
@@ -208,6 +209,13 @@ def shrink(exp: Experiment) -> Experiment:
             opts.update(n=2, time_limit=2.0)
         parts.append(dataclasses.replace(part, study=study, options=opts))
     return dataclasses.replace(exp, parts=tuple(parts), name=exp.name + " (tiny)")
+
+
+def finish(exp: Experiment, tiny: bool | str = False) -> Experiment:
+    """``exp``, shrunk by :func:`shrink` when ``tiny`` is true (``--set tiny=1``)."""
+    if str(tiny).lower() not in ("0", "1", "false", "true"):
+        raise ValueError(f"invalid tiny {tiny!r}; choose 0/1 or false/true")
+    return shrink(exp) if str(tiny).lower() in ("1", "true") else exp
 
 
 # ----------------------------------------------------------------------------- running

@@ -1,4 +1,4 @@
-"""Gupta & Ajanthan, Table 2: FGSM/PGD against FGSM++/PGD++ (NJS, HNS) on BNN-WQ.
+r"""Gupta & Ajanthan, Table 2: FGSM/PGD against FGSM++/PGD++ (NJS, HNS) on BNN-WQ.
 
     qadv study --config experiments/gupta2021/table2.py --size cpu \
         --only bnn_wq_resnet18,ref_resnet18 --out results/repro/gupta2021_table2_cpu
@@ -20,7 +20,7 @@ Sizes (qadv.paper_models): ``paper`` all five architectures on CIFAR-10 and CIFA
 """
 
 from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, shrink
+from qadv.repro import Experiment, Part, finish
 from qadv.study import StudyConfig
 
 ATTACKS = ("fgsm", "fgsm++njs", "fgsm++hns", "pgd", "pgd++njs", "pgd++hns")
@@ -31,7 +31,8 @@ def _nets(size: str, dataset: str):
     archs = ("resnet18", "vgg16")
     if size == "paper":
         archs += ("resnet50", "densenet121", "mobilenetv2")
-    rows = [(f"bnn_wq_{a}", "bnn_wq", a, {}) for a in archs]
+    sfx = "" if dataset == "cifar10" else "_c100"
+    rows = [(f"bnn_wq_{a}{sfx}", "bnn_wq", a, {}) for a in archs]
     if size != "paper":
         rows += [(f"ref_{a}", "ref", a, {}) for a in archs]
     return pm.models(rows, size, paper_dataset=dataset)
@@ -53,4 +54,4 @@ def config(size: str = "cpu", tiny: bool = False) -> Experiment:
             )
         )
     exp = Experiment("Gupta & Ajanthan Table 2", tuple(parts), size, __doc__.split("\n\n")[2])
-    return shrink(exp) if str(tiny).lower() in ("1", "true") else exp
+    return finish(exp, tiny)

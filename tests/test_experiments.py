@@ -50,9 +50,12 @@ def test_config_builds_at_every_size(path):
         assert "qadv study --config experiments/" in (load_doc(path))
         tiny = _load(path, size, tiny=True)
         assert all(p.study.eval.n == 4 for p in tiny.parts)
-        for cell in exp.cells().values():
-            ds = cell.train.dataset
-            assert ds == {"cpu": "fashion_mnist", "gpu": "fashion_mnist32"}.get(size, ds)
+        allowed = {  # the MLP of Fig. 2 takes 28×28 images at gpu size too
+            "cpu": {"fashion_mnist"},
+            "gpu": {"fashion_mnist32", "fashion_mnist"},
+            "paper": {"cifar10", "cifar100", "mnist"},
+        }[size]
+        assert {c.train.dataset for c in exp.cells().values()} <= allowed
 
 
 def load_doc(path: Path) -> str:

@@ -1,8 +1,9 @@
 """Every paper experiment config builds at every size, and runs end to end at a tiny size.
 
-The default run builds all configs (cheap) and runs one representative end to end per
-size: Gupta & Ajanthan Table 2's first network at ``cpu`` and ``gpu`` size on a tiny
-override, and at ``paper`` size on ``tfds.testing.mock_data``. The ``slow`` tests run
+The default run builds all configs at every size (cheap) and runs Gupta & Ajanthan
+Table 2's first network end to end at ``cpu`` size on a tiny override (about 1-2 min on
+2 shared cores, most of it compiling). The same at ``gpu`` size and at ``paper`` size
+on ``tfds.testing.mock_data`` are ``slow`` (2-3 min each). The ``slow`` tests run
 one cell of every config at every size, sharing trained tiny networks through one store.
 """
 
@@ -89,7 +90,7 @@ def _check_attacks(rec: dict) -> None:
 TABLE2 = ROOT / "experiments" / "gupta2021" / "table2.py"
 
 
-@pytest.mark.parametrize("size", ["cpu", "gpu"])
+@pytest.mark.parametrize("size", ["cpu", pytest.param("gpu", marks=pytest.mark.slow)])
 def test_table2_runs_end_to_end_and_resumes(size, tmp_path):
     store = tmp_path / "store"
     rec = _one_cell(TABLE2, size, tmp_path / "out", store)
@@ -99,11 +100,13 @@ def test_table2_runs_end_to_end_and_resumes(size, tmp_path):
     # a second invocation reuses the stored network and every finished cell
     mtime = (tmp_path / "out" / "linf" / "cells").stat().st_mtime_ns
     rec2 = _one_cell(TABLE2, size, tmp_path / "out", store)
-    assert rec2["parts"]["linf"]["rows"] == rec["parts"]["linf"]["rows"]
+    same = json.dumps(rec2["parts"]["linf"]["rows"]) == json.dumps(rec["parts"]["linf"]["rows"])
+    assert same  # (compared as JSON: an undefined JSV is NaN in both)
     assert sorted(p.name for p in store.iterdir()) == runs
     assert (tmp_path / "out" / "linf" / "cells").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_table2_paper_size_on_mock_cifar(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=64):

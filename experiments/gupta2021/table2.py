@@ -16,7 +16,9 @@ The phenomenon: PGD leaves BNN-WQ tens of points of accuracy; PGD++ takes it to 
 Sizes (qadv.paper_models): ``paper`` all five architectures on CIFAR-10 and CIFAR-100;
 ``gpu`` ResNet-18 and VGG-16 (with float ``ref`` twins for contrast) on Fashion-MNIST
 32×32 at ε = 0.1; ``cpu`` their stand-ins (3×1024 MLP and the small CNN; ``--only``
-``bnn_wq_resnet18,ref_resnet18`` for the MLP pair alone, about 15 min on 2 cores).
+``bnn_wq_resnet18,ref_resnet18`` for the MLP pair alone: 27.5 min on 2 shared cores, the
+run in results/repro/gupta2021_table2_cpu; the full cpu config, with the CNN pair, was
+not timed).
 """
 
 from qadv import paper_models as pm

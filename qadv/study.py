@@ -116,8 +116,9 @@ class EvalSpec:
             Fashion-MNIST budget 0.1 (about 25/255) and the paper's 8/255.
         norm: threat model of every attack (``linf`` or ``l2``).
         attacks: attack names as :func:`qadv.attacks.registry.make` knows them, with an
-            optional ``++<temperature>`` suffix (``pgd++njs``). Include ``pgd`` for the
-            PGD − ensemble gap.
+            optional ``++<temperature>`` suffix (``pgd++njs``) and an optional ``#<tag>``
+            that tells apart two settings of one attack (``pgd#steps50`` with its own
+            ``attack_opts``). Include ``pgd`` for the PGD − ensemble gap.
         attack_opts: per-attack options, keyed by an entry of ``attacks``, e.g.
             ``{"square": {"queries": 1000}, "pgd": {"steps": 40}}``.
         ensemble: an ensemble preset (``standard``, ...) run in cascade, or ``None``.
@@ -184,7 +185,7 @@ class EvalSpec:
         """The attack configs at radius ``eps``, keyed by their name in :attr:`attacks`."""
         out = {}
         for name in self.attacks:
-            base, _, temperature = name.partition("++")
+            base, _, temperature = name.partition("#")[0].partition("++")
             opts = dict(self.attack_opts.get(name, {}))
             if temperature:
                 opts["temperature"] = temperature
@@ -385,6 +386,8 @@ def load_study_config(path: str | Path, options: Mapping[str, str] | None = None
     result = fn(**options)
     if isinstance(result, Mapping):
         result = StudyConfig.from_dict(result)
+    if type(result).__name__ == "Experiment" and hasattr(result, "parts"):
+        return result  # a paper experiment of qadv.repro
     if not isinstance(result, StudyConfig):
         raise ValueError(f"{path} config() returned {type(result).__name__}, not a StudyConfig")
     return result
@@ -478,6 +481,7 @@ def _measure_cell(
     *,
     progress: bool,
     log: Callable[[str], None],
+    runs_dir: Path | None = None,
 ) -> dict:
     """Train (or reuse), measure and record one cell; resumes from its record."""
     rec_path = out_dir / "cells" / f"{cell.name}.json"
@@ -497,7 +501,7 @@ def _measure_cell(
         report.atomic_write_json(rec_path, rec)
 
     # ---- training
-    run_dir = out_dir / "runs" / cell.run_name
+    run_dir = (out_dir / "runs" if runs_dir is None else runs_dir) / cell.run_name
     summary = _finished_summary(cell.train, run_dir)
     if summary is None:
         log(f"{cell.name}: training {cell.train.arch}/{cell.train.policy} -> {run_dir}")
@@ -903,6 +907,7 @@ def run_study(
     only: Sequence[str] | None = None,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    store: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and measure every cell (or those in ``only``), then write the report.
 
@@ -913,6 +918,9 @@ def run_study(
             a record.
         data_dir: IDX folder or tfds data dir (see :func:`qadv.data.load_split`).
         progress: show progress bars.
+        store: folder of training runs shared between studies (a run's folder name is
+            keyed by the hash of its training config, so equal configs train once);
+            ``None``: ``out_dir/runs``.
 
     Returns:
         The content of ``study.json``: the config, the table (``header``, ``rows``), each
@@ -932,7 +940,15 @@ def run_study(
     log = tqdm.write if progress else (lambda _msg: None)
     for cell in bar:
         bar.set_postfix_str(cell.name)
-        _measure_cell(cell, config.eval, out_dir, loader, progress=progress, log=log)
+        _measure_cell(
+            cell,
+            config.eval,
+            out_dir,
+            loader,
+            progress=progress,
+            log=log,
+            runs_dir=None if store is None else Path(store),
+        )
     bar.close()
     records = {}
     for cell in config.cells:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from qadv.cli.options import add_data_dir, add_progress, split_list
@@ -23,6 +25,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="option of the config file's config() function, e.g. size=gpu (repeatable)",
     )
+    p.add_argument(
+        "--size",
+        choices=("paper", "gpu", "cpu"),
+        default=None,
+        help="experiment size (the same as --set size=SIZE; see experiments/README.md)",
+    )
+    p.add_argument(
+        "--store",
+        default=None,
+        help="checkpoint store shared by studies (default: $QADV_STORE, else runs/store "
+        "for paper experiments and OUT/runs for plain studies)",
+    )
     add_data_dir(p)
     add_progress(p)
 
@@ -38,15 +52,45 @@ def _options(items: list[str]) -> dict[str, str]:
 
 
 def run(args) -> None:
-    from qadv.study import load_study_config, run_study
+    from qadv.study import StudyConfig, load_study_config, run_study
 
-    config = load_study_config(args.config, _options(args.options))
+    options = _options(args.options)
+    if args.size is not None:
+        options["size"] = args.size
     only = split_list(args.only) if args.only is not None else None
+    config = load_study_config(args.config, options)
+    if not isinstance(config, StudyConfig):  # a paper experiment (qadv.repro)
+        _run_experiment(config, args, only)
+        return
     result = run_study(
-        config, args.out, only=only, data_dir=args.data_dir, progress=not args.no_progress
+        config,
+        args.out,
+        only=only,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        store=args.store or os.environ.get("QADV_STORE"),
     )
     missing = f"; not finished: {', '.join(result['missing'])}" if result["missing"] else ""
     print(
         f"{config.name}: {len(result['complete'])}/{len(config.cells)} cells done{missing} "
         f"-> {Path(args.out) / 'study.md'}"
+    )
+
+
+def _run_experiment(config, args, only) -> None:
+    from qadv.repro import run_experiment
+
+    rec = run_experiment(
+        config,
+        args.out,
+        store=args.store,
+        only=only,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        command=" ".join(["qadv", *sys.argv[1:]]) if sys.argv[1:] else "",
+    )
+    missing = sum(len(p.get("missing", [])) for p in rec["parts"].values())
+    print(
+        f"{config.name}: {len(rec['parts'])} parts, {missing} cells not finished "
+        f"-> {Path(args.out) / 'experiment.md'}"
     )

@@ -1,0 +1,31 @@
+"""Gupta & Ajanthan, Figures 4 and 5: ψ(β), softmax-Jacobian JSV, Hessian norm and
+input-gradient norms against β on a BNN-WQ ResNet-18.
+
+    qadv study --config experiments/gupta2021/figure4.py --size cpu --out results/repro/gupta2021_figure4_cpu
+
+Paper setting: BNN-WQ ResNet-18 on CIFAR-10, one correctly classified image, β swept
+over the range of Proposition 1. The claim: the Hessian norm and ‖∂ℓ(β)/∂x‖ are concave
+in β with an interior maximum where ψ(β) is non-zero (HNS picks it). Runs the signal
+report (``signal/<cell>/``: β of NJS/HNS per image, ψ, JSV, gradient norms); the
+Hessian-norm-against-β curve is drawn by ``qadv demo`` (``results/demo``).
+"""
+
+from qadv import paper_models as pm
+from qadv.repro import Experiment, Part, finish
+from qadv.study import StudyConfig
+
+
+def config(size: str = "cpu", tiny: bool = False) -> Experiment:
+    cells = pm.models([("bnn_wq_resnet18", "bnn_wq", "resnet18", {})], size)
+    opts = {"signal_examples": 100, "clever_examples": 0}
+    parts = (
+        Part(
+            "signal",
+            StudyConfig(cells, pm.attack_spec(size, ("pgd",))),
+            kind="signal",
+            options=opts,
+        ),
+    )
+    return finish(
+        Experiment("Gupta & Ajanthan Figures 4-5", parts, size, __doc__.split("\n\n")[2]), tiny
+    )

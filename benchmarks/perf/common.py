@@ -404,6 +404,14 @@ def gib(n: int | None) -> str:
 # ResNets have logits of ~1e24, so the 32x32x3 models are float), and the L-inf radius.
 MODELS: dict[str, dict[str, Any]] = {
     "cnn": {"arch": "cnn", "image_shape": (28, 28, 1), "policy": "bnn_wq", "eps": 0.1},
+    # the demo's BNN-WQ MLP (3 x 1024 hidden units)
+    "mlp": {
+        "arch": "mlp",
+        "image_shape": (28, 28, 1),
+        "policy": "bnn_wq",
+        "eps": 0.1,
+        "opts": {"widths": (1024, 1024, 1024)},
+    },
     "cnn32": {"arch": "cnn", "image_shape": (32, 32, 3), "policy": "ref", "eps": 8 / 255},
     "resnet18": {
         "arch": "resnet18",
@@ -487,7 +495,8 @@ def load_bench(
     from qadv.quant import get_policy
 
     shape = tuple(spec["image_shape"])
-    model = get_model(spec["arch"], num_classes=classes, policy=get_policy(spec["policy"]))
+    policy = get_policy(spec["policy"])
+    model = get_model(spec["arch"], num_classes=classes, policy=policy, **spec.get("opts", {}))
     variables = init_variables(model, key=jax.random.key(seed), input_shape=shape)
     f = make_logits_fn(model, variables)
     x = _fmnist_test(n) if shape == (28, 28, 1) else None

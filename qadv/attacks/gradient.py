@@ -228,22 +228,25 @@ def make_pgd(
     return Attack(init, step, start)
 
 
-CPU_UNROLL_STEPS = 32
-"""On a CPU, attacks of at most this many steps are unrolled (see :func:`run_attack`)."""
+CPU_UNROLL = 4
+"""On a CPU, attack loops are unrolled by this factor (see :func:`run_attack`)."""
 
 
 def run_attack(attack: Attack, state: PGDState, steps: int) -> PGDState:
     """Apply ``attack.step`` ``steps`` times with ``lax.scan``.
 
-    On a CPU backend the loop is unrolled for up to :data:`CPU_UNROLL_STEPS` steps: XLA's
-    CPU code inside a while loop ran PGD-20 on the Fashion-MNIST CNN 1.6 times slower
-    than the same steps unrolled (compilation took as long). On GPU/TPU it stays a loop.
+    On a CPU backend the loop body holds :data:`CPU_UNROLL` steps. XLA's CPU code runs a
+    loop of single steps up to 1.4 times slower than the same steps unrolled (the
+    Fashion-MNIST CNN), but unrolling every step multiplies the compile time by up to 3
+    (the demo's MLP) for no gain in run time beyond a few steps: four steps per loop
+    iteration keep the run time of full unrolling at a fraction of its compile time
+    (``benchmarks/perf/unroll.py``). On GPU/TPU it stays a loop of single steps.
     """
     if steps == 0:
         return state
-    unroll = steps <= CPU_UNROLL_STEPS and jax.default_backend() == "cpu"
+    unroll = min(CPU_UNROLL, steps) if jax.default_backend() == "cpu" else 1
     body = lambda s, _: (attack.step(s), None)  # noqa: E731
-    return jax.lax.scan(body, state, None, length=steps, unroll=bool(unroll) or 1)[0]
+    return jax.lax.scan(body, state, None, length=steps, unroll=max(int(unroll), 1))[0]
 
 
 def start_and_run(attack: Attack, key, x, y, steps: int) -> PGDState:

@@ -30,7 +30,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -284,13 +284,49 @@ def _json_floats(a: np.ndarray) -> list:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, np.float64)]
 
 
-def _verified_distance(logits_fn, put, geometry, x_cand, xb, yb, size) -> np.ndarray:
+class _Pending(NamedTuple):
+    """One dispatched attack batch: its examples, compiled size, padded images, count."""
+
+    sel: np.ndarray
+    size: int
+    xb: np.ndarray
+    m: int
+    res: Any
+
+
+def _verify_launch(p: _Pending, logits_fn, put, config):
+    """Wait for one batch's attack and dispatch the re-runs of the model on its points
+    (``x_adv``, and a minimum-norm attack's points found beyond ε)."""
+    x_adv = parallel.to_host(p.res.x_adv)[: p.m]
+    found = None if p.res.found is None else parallel.to_host(p.res.found)[: p.m]
+    checks = [
+        predict(logits_fn, put(padded(c, p.size)[0])) for c in (x_adv, found) if c is not None
+    ]
+    return p, x_adv, found, checks
+
+
+def _verified_distances(p: _Pending, x_adv, found, checks, labels, geometry, indices, config):
+    """``(m,)`` float64 distance of the closest verified adversarial point of each example
+    of a batch (``inf``: none); refuses an attack that left the ball or [0, 1]."""
+    x = p.xb[: p.m]
+    ok = geometry.in_ball(x_adv, x, config.eps)
+    if not ok.all():
+        bad = int(indices[p.sel][np.flatnonzero(~ok)[0]])
+        raise RuntimeError(
+            f"{config.label}: the attack returned an image outside the {geometry.label} "
+            f"ball of radius {config.eps:.6g} or outside [0, 1] (example {bad})"
+        )
+    dist = np.full(p.m, np.inf)
+    for cand, pred in zip((c for c in (x_adv, found) if c is not None), checks, strict=True):
+        dist = np.minimum(dist, _verified_distance(geometry, cand, x, labels[p.sel], pred, p.m))
+    return dist
+
+
+def _verified_distance(geometry, x_cand, x, yb, pred, m) -> np.ndarray:
     """``(m,)`` float64 norm of ``x_cand - x`` measured on the float32 images where
-    ``x_cand`` is finite, in ``[0, 1]`` and misclassified when the model is re-run on it;
-    ``inf`` elsewhere (no verified adversarial point)."""
-    m = len(x_cand)
-    x = xb[:m]
-    adv_pred = parallel.to_host(predict(logits_fn, put(padded(x_cand, size)[0])))[:m]
+    ``x_cand`` is finite, in ``[0, 1]`` and misclassified when the model is re-run on it
+    (``pred``, its predictions); ``inf`` elsewhere (no verified adversarial point)."""
+    adv_pred = parallel.to_host(pred)[:m]
     inside = geometry.in_ball(x_cand, x, np.inf)  # finite and in [0, 1]
     measured = np.asarray(geometry.distance(x_cand, x), np.float64)
     return np.where((adv_pred != yb) & inside, measured, np.inf)
@@ -410,7 +446,9 @@ def evaluate_attack(
         todo = np.flatnonzero(~state["done"])
         batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
         bar = progress_bar(len(batches), config.label, progress)
-        for sel in batches:
+
+        def launch(sel: np.ndarray) -> _Pending:
+            """Dispatch the attack on one batch (asynchronous: nothing waits for it)."""
             size = _bucket(len(sel), batch_size, devices)
             xb, m = padded(images[sel], size)
             yb, _ = padded(labels[sel], size)
@@ -419,26 +457,25 @@ def evaluate_attack(
             if devices is not None and len(devices) > 1:
                 keys = put(keys)
             res = execute(config, data, logits_fn, put(xb), put(yb), keys)
-            x_adv = parallel.to_host(res.x_adv)[:m]
-            ok = geometry.in_ball(x_adv, xb[:m], config.eps)
-            if not ok.all():
-                bad = int(indices[sel][np.flatnonzero(~ok)[0]])
-                raise RuntimeError(
-                    f"{config.label}: the attack returned an image outside the {geometry.label} "
-                    f"ball of radius {config.eps:.6g} or outside [0, 1] (example {bad})"
-                )
-            dist = _verified_distance(logits_fn, put, geometry, x_adv, xb, labels[sel], size)
-            if res.found is not None:  # a minimum-norm attack's points, also beyond eps
-                found = parallel.to_host(res.found)[:m]
-                dist = np.minimum(
-                    dist, _verified_distance(logits_fn, put, geometry, found, xb, labels[sel], size)
-                )
-            broken = geometry.within(dist, config.eps)
-            state["robust"][sel] = ~broken
+            return _Pending(sel, size, xb, m, res)
+
+        # One batch in flight: batch i+1 is dispatched before batch i's results are
+        # verified and saved, so the accelerator attacks while the host checks and writes.
+        pending = launch(batches[0]) if batches else None
+        for b in range(len(batches)):
+            cur, x_adv, found, checks = _verify_launch(pending, logits_fn, put, config)
+            pending, failed = None, None
+            try:  # a failure to start the next batch still saves this one first
+                pending = launch(batches[b + 1]) if b + 1 < len(batches) else None
+            except BaseException as e:  # re-raised once this batch is saved
+                failed = e
+            dist = _verified_distances(cur, x_adv, found, checks, labels, geometry, indices, config)
+            sel = cur.sel
+            state["robust"][sel] = ~geometry.within(dist, config.eps)
             state["distance"][sel] = dist
-            state["queries"][sel] = parallel.to_host(res.queries)[:m]
-            for k, v in res.aux.items():
-                v = parallel.to_host(v)[:m]
+            state["queries"][sel] = parallel.to_host(cur.res.queries)[: cur.m]
+            for k, v in cur.res.aux.items():
+                v = parallel.to_host(v)[: cur.m]
                 if k not in aux:
                     aux[k] = np.zeros((n, *v.shape[1:]), v.dtype)
                 aux[k][sel] = v
@@ -448,6 +485,8 @@ def evaluate_attack(
                 _save_partial(partial_path, state, aux, run_id)
             bar.update(1)
             bar.set_postfix(robust=f"{100 * state['robust'][state['done']].mean():.1f}%")
+            if failed is not None:
+                raise failed
         bar.close()
     state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
 

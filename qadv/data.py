@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -41,8 +44,11 @@ __all__ = [
     "iterate_batches",
     "load_split",
     "num_batches",
+    "prefetch",
     "read_idx",
 ]
+
+T = TypeVar("T")
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -437,3 +443,55 @@ def iterate_batches(
         if augment:
             x = augment_crop_flip(x, rng=_rng(seed, epoch, i, 1))
         yield x.astype(np.float32) * scale, labels[idx].astype(np.int32)
+
+
+def prefetch(
+    batches: Iterable[T], *, size: int = 2, put: Callable[[T], T] | None = None
+) -> Iterator[T]:
+    """Yield ``batches`` in order while a background thread prepares up to ``size`` of
+    them ahead (gathering, augmenting and, with ``put``, e.g. ``jax.device_put``, copying
+    them to the device), so the accelerator does not wait for the host between steps.
+
+    An exception of the producer is raised at the batch where it happened; closing the
+    generator (or leaving the loop) stops the thread.
+
+    Example:
+        >>> list(prefetch(iter(range(5)), size=2, put=lambda b: b * 10))
+        [0, 10, 20, 30, 40]
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"invalid prefetch size {size!r}; choose a positive integer")
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if not offer((put(b) if put is not None else b, None)):
+                    return
+            offer((end, None))
+        except BaseException as e:  # handed to the consumer
+            offer((end, e))
+
+    thread = threading.Thread(target=produce, name="qadv-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()

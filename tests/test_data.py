@@ -1,5 +1,8 @@
 """Tests for qadv.data: IDX loading, tfds loading, deterministic batches and augmentation."""
 
+import time
+
+import jax
 import numpy as np
 import pytest
 from synthetic import write_mnist_like
@@ -155,3 +158,57 @@ def test_default_eps_is_the_datasets_usual_linf_radius():
     assert data.default_eps("cifar10") == data.default_eps("cifar100") == pytest.approx(8 / 255)
     with pytest.raises(ValueError, match="unknown dataset 'svhn'; choose one of"):
         data.default_eps("svhn")
+
+
+# ----------------------------------------------------------------------------- prefetch
+
+
+def test_prefetch_yields_every_batch_in_order_and_placed():
+    x = np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1)
+    y = np.arange(10)
+    kw = dict(batch_size=3, seed=1, epoch=2)
+    plain = list(data.iterate_batches(x, y, **kw))
+    ahead = list(data.prefetch(data.iterate_batches(x, y, **kw), size=2, put=jax.device_put))
+    assert len(ahead) == len(plain) == 3
+    for (xa, ya), (xp, yp) in zip(ahead, plain, strict=True):
+        assert isinstance(xa, jax.Array)
+        np.testing.assert_array_equal(np.asarray(xa), xp)
+        np.testing.assert_array_equal(np.asarray(ya), yp)
+
+
+def test_prefetch_raises_the_producers_error_where_it_happened():
+    def batches():
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for b in data.prefetch(batches(), size=1):
+            got.append(b)
+    assert got == [1, 2]
+
+
+def test_prefetch_stops_its_thread_when_the_loop_is_left():
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    gen = data.prefetch(endless(), size=2)
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    gen.close()
+    time.sleep(0.5)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 3 + 2 + 1  # stopped, at most `size` (+1 in hand) ahead
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5, True])
+def test_prefetch_refuses_a_bad_size(size):
+    with pytest.raises(ValueError, match="invalid prefetch size"):
+        next(data.prefetch(iter([1]), size=size))

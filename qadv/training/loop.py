@@ -45,7 +45,7 @@ from qadv.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from qadv.data import get_dataset_info, iterate_batches, load_split, num_batches
+from qadv.data import get_dataset_info, iterate_batches, load_split, num_batches, prefetch
 from qadv.training.config import RESUMABLE, TrainConfig
 from qadv.training.step import (
     TrainState,
@@ -369,14 +369,19 @@ class _Run:
         if start_batch == 0:
             self.state = self.state.reset_metrics()
         t_epoch = time.time()
-        batches = iterate_batches(
-            self.train_x,
-            self.train_y,
-            batch_size=c.optim.batch_size,
-            seed=c.seed,
-            epoch=epoch,
-            augment=c.use_augment,
-            start=start_batch,
+        # the next batches are gathered, augmented and (on one device) copied to it
+        # while the current step runs; a sharded step places its own batches
+        batches = prefetch(
+            iterate_batches(
+                self.train_x,
+                self.train_y,
+                batch_size=c.optim.batch_size,
+                seed=c.seed,
+                epoch=epoch,
+                augment=c.use_augment,
+                start=start_batch,
+            ),
+            put=jax.device_put if self.mesh is None else None,
         )
         bar = tqdm(
             batches,

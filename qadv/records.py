@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "CompileClock",
     "atomic_write_json",
+    "cached_json",
     "check_output_path",
     "cpu_info",
     "environment",

@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import data, report, signal
+from qadv import data, records, signal
 from qadv.attacks import AttackContext, registry
 from qadv.checkpoint import load_checkpoint
 from qadv.evaluate import diagnose, evaluate_ensemble
 from qadv.evaluate.masking import SUSPECTED, MaskingConfig, masking_report
-from qadv.train import TrainConfig, make_policy, train
+from qadv.training import TrainConfig, make_policy, train
 
 __all__ = ["DEMO_EPS", "DEMO_MODELS", "demo_masking_config", "run_demo"]
 
@@ -111,7 +111,7 @@ def run_demo(
         "ensembles": {model: {eps name: record}}, "wall_time_s": ...}``.
     """
     t0 = time.time()
-    with report.CompileClock() as clock:
+    with records.CompileClock() as clock:
         out_dir = Path(out_dir)
         models = dict(DEMO_MODELS if models is None else models)
         if epochs is not None:
@@ -171,12 +171,12 @@ def run_demo(
         verdict = _verdict(models, reports, ensembles, floats, masking, eps)
     wall = time.time() - t0
     timing = clock.as_dict(wall)
-    env = report.environment()
+    env = records.environment()
     text = _markdown(
         verdict, table, models, trained, reports, diagnostics, n, timing, env, masking, ensemble
     )
     (out_dir / "report.md").write_text(text)
-    report.atomic_write_json(
+    records.atomic_write_json(
         out_dir / "demo.json",
         {
             "n": n,
@@ -226,7 +226,7 @@ def _table(models, reports, ensembles, eps) -> tuple[str, list]:
             square = r["robust_accuracy"].get("Square") if e == r["eps"] else None
             ens = ensembles[name][label]["robust_accuracy"]
             rows.append([name, f"{_radius(e)} ({label})", r["clean_accuracy"], *accs, square, ens])
-    body = report.format_table(header, [["–" if v is None else v for v in row] for row in rows])
+    body = records.format_table(header, [["–" if v is None else v for v in row] for row in rows])
     return body, rows
 
 
@@ -239,14 +239,14 @@ def _plots(out_dir: Path, models, reports, loaded, images, labels) -> None:
             curves[f"{name}: {k}"] = (np.asarray(d["eps"]) * 255, d["curves"][k])
         c = checks["iterations"]["curve"]
         iters[f"{name}: PGD"] = (np.arange(1, len(c)), c[1:])
-    report.plot_curves(
+    records.plot_curves(
         out_dir / "accuracy_vs_eps.png",
         curves,
         xlabel="ε (×1/255, L∞)",
         ylabel="robust accuracy (%)",
         title="Accuracy against ε: PGD against PGD++",
     )
-    report.plot_curves(
+    records.plot_curves(
         out_dir / "accuracy_vs_iterations.png",
         iters,
         xlabel="PGD iterations (ε = 0.1)",
@@ -255,7 +255,7 @@ def _plots(out_dir: Path, models, reports, loaded, images, labels) -> None:
         logx=True,
     )
     hess = {name: _hessian_curve(m.logits_fn, images, labels) for name, m in loaded.items()}
-    report.plot_curves(
+    records.plot_curves(
         out_dir / "hessian_norm_vs_beta.png",
         {k: v for k, v in hess.items() if len(v[0])},
         xlabel="β",
@@ -413,7 +413,7 @@ def _markdown(
         "",
         "## Signal propagation at β = 1",
         "",
-        report.format_table(
+        records.format_table(
             [
                 "model",
                 "zero grad %",
@@ -446,7 +446,7 @@ def _markdown(
         "",
         "## Models",
         "",
-        report.format_table(
+        records.format_table(
             [
                 "model",
                 "architecture",

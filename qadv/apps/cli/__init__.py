@@ -15,7 +15,7 @@ import os
 import sys
 from types import ModuleType
 
-from qadv.cli.options import Parser, add_common
+from qadv.apps.cli.options import Parser, add_common
 
 __all__ = ["COMMANDS", "COMMAND_MODULES", "build_parser", "main"]
 
@@ -34,11 +34,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "masking",
     "demo",
 )
-"""The command modules of :mod:`qadv.cli`; a new command is one module plus its name here."""
+"""The command modules of :mod:`qadv.apps.cli`; a new command is one module plus its name here."""
 
 
 def _commands() -> dict[str, ModuleType]:
-    modules = [importlib.import_module(f"qadv.cli.{m}") for m in COMMAND_MODULES]
+    modules = [importlib.import_module(f"qadv.apps.cli.{m}") for m in COMMAND_MODULES]
     return {m.NAME: m for m in modules}
 
 
@@ -91,7 +91,7 @@ def _prepare(args) -> None:
         precision.set_precision(args.precision)
     _compile_cache(args.no_compile_cache)
     if getattr(args, "out", None):
-        from qadv.report import check_output_path
+        from qadv.records import check_output_path
 
         out_is_file = getattr(COMMANDS[args.command], "OUT_IS_FILE", False)
         check_output_path(args.out, folder=not out_is_file)

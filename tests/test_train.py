@@ -1,7 +1,9 @@
 """Tests for qadv.training and qadv.checkpoint on tiny synthetic data."""
 
+import importlib
 import json
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -333,3 +335,11 @@ def test_anneal_end_grows_per_step_to_the_end_value():
     assert training.anneal_value(cfg, 1, step=10, total_steps=11) == pytest.approx(100.0)
     with pytest.raises(ValueError, match="anneal_end"):
         _config(anneal_start=2.0, anneal_end=1.0)
+
+
+def test_importing_qadv_train_warns():
+    sys.modules.pop("qadv.train", None)
+    with pytest.warns(DeprecationWarning, match="import from qadv.training"):
+        module = importlib.import_module("qadv.train")
+    sys.modules.pop("qadv.train", None)
+    assert module.TrainConfig is training.TrainConfig and module.train is training.train

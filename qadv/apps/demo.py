@@ -135,36 +135,19 @@ def run_demo(
             trained[name] = train(config, out_dir / name, data_dir=data_dir, progress=progress)
             loaded[name] = load_checkpoint(out_dir / name)
 
-        reports, ensembles, diagnostics = {}, {}, {}
-        for name, m in loaded.items():
-            surrogate = loaded[floats[0]].logits_fn if floats and name != floats[0] else None
-            context = AttackContext(calib_images=images, input_std=tuple(m.metadata["std"]))
-            reports[name] = masking_report(
-                m.logits_fn,
-                images,
-                labels,
-                config=masking,
-                surrogate=surrogate,
-                context=context,
-                out_dir=out_dir / "masking" / name,
-                progress=progress,
-                name=name,
-            )
-            diagnostics[name] = diagnose(m.logits_fn, images, labels)
-            ensembles[name] = {}
-            for label, e in eps.items():
-                ensembles[name][label] = evaluate_ensemble(
-                    m.logits_fn,
-                    images,
-                    labels,
-                    registry.preset("standard", norm="linf", eps=e, **ensemble),
-                    name="standard",
-                    batch_size=batch_size,
-                    seed=seed,
-                    context=context,
-                    out=out_dir / "results" / name / f"standard_eps{e:.6g}.json",
-                    progress=progress,
-                )
+        reports, ensembles, diagnostics = _measure(
+            loaded,
+            floats,
+            images,
+            labels,
+            masking=masking,
+            eps=eps,
+            ensemble=ensemble,
+            batch_size=batch_size,
+            seed=seed,
+            out_dir=out_dir,
+            progress=progress,
+        )
 
         table, rows = _table(models, reports, ensembles, eps)
         _plots(out_dir, models, reports, loaded, images, labels)
@@ -199,6 +182,55 @@ def run_demo(
         "wall_time_s": wall,
         "timing": timing,
     }
+
+
+def _measure(
+    loaded: dict[str, Any],
+    floats: list[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    masking: MaskingConfig,
+    eps: dict[str, float],
+    ensemble: dict[str, Any],
+    batch_size: int,
+    seed: int,
+    out_dir: Path,
+    progress: bool,
+) -> tuple[dict, dict, dict]:
+    """The masking report, signal diagnostics and ``standard`` ensemble at every table
+    budget of each loaded model: ``(reports, ensembles, diagnostics)``, each by model."""
+    reports, ensembles, diagnostics = {}, {}, {}
+    for name, m in loaded.items():
+        surrogate = loaded[floats[0]].logits_fn if floats and name != floats[0] else None
+        context = AttackContext(calib_images=images, input_std=tuple(m.metadata["std"]))
+        reports[name] = masking_report(
+            m.logits_fn,
+            images,
+            labels,
+            config=masking,
+            surrogate=surrogate,
+            context=context,
+            out_dir=out_dir / "masking" / name,
+            progress=progress,
+            name=name,
+        )
+        diagnostics[name] = diagnose(m.logits_fn, images, labels)
+        ensembles[name] = {}
+        for label, e in eps.items():
+            ensembles[name][label] = evaluate_ensemble(
+                m.logits_fn,
+                images,
+                labels,
+                registry.preset("standard", norm="linf", eps=e, **ensemble),
+                name="standard",
+                batch_size=batch_size,
+                seed=seed,
+                context=context,
+                out=out_dir / "results" / name / f"standard_eps{e:.6g}.json",
+                progress=progress,
+            )
+    return reports, ensembles, diagnostics
 
 
 def _curve_at(r: dict, name: str, e: float) -> float | None:
@@ -373,6 +405,8 @@ def _verdict(models, reports, ensembles, floats, masking: MaskingConfig, eps) ->
 def _markdown(
     verdict, table, models, trained, reports, diagnostics, n, timing, env, masking, ensemble
 ) -> str:
+    """The text of ``report.md``. Kept as one function: it is the page's sections in the
+    order they are read, each a few lines, so splitting it would scatter one document."""
     names = list(models)
     checks = [v["name"] for v in reports[names[0]]["checks"]]
     lines = [

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import report
+from qadv import records
 from qadv.attacks import AttackContext, example_keys, execute, prepare, registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "perf"))
@@ -119,11 +119,11 @@ def main():
         "command": "python benchmarks/bench_protocol.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v),
         "attacks": rows,
-        "environment": report.environment(),
+        "environment": records.environment(),
         "load_average_1min": float(np.round(__import__("os").getloadavg()[0], 2)),
     }
     print(
-        report.format_table(
+        records.format_table(
             ["attack", "ms / example", "× PGD-20", "success", "queries"],
             [
                 [
@@ -140,7 +140,7 @@ def main():
     )
     print(json.dumps(out, indent=2))
     if args.out:
-        report.atomic_write_json(args.out, out)
+        records.atomic_write_json(args.out, out)
 
 
 if __name__ == "__main__":

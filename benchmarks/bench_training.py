@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import report
+from qadv import records
 from qadv.data import get_dataset_info
 from qadv.training import TrainConfig, build_train_step
 
@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
         "temp_relative_to_standard": {
             m: (temp[m] / temp["standard"] if temp[m] and temp["standard"] else None) for m in MODES
         },
-        "environment": report.environment(),
+        "environment": records.environment(),
     }
     print(json.dumps(result, indent=2))
     print()

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qadv import data, report
+from qadv import data, records
 from qadv.attacks import registry
 from qadv.evaluate import evaluate_attack
 
@@ -348,7 +348,7 @@ def main(argv=None) -> dict[str, Any]:
     record = {
         "what": "qadv APGD-CE / APGD-T / Square vs torchattacks on the same MLP and images",
         "command": command,
-        "git_commit": report.git_commit(),
+        "git_commit": records.git_commit(),
         "n": len(x),
         "data": "Fashion-MNIST test images 0..n-1 (qadv.data.load_split)",
         "model": {
@@ -366,7 +366,7 @@ def main(argv=None) -> dict[str, Any]:
         "results": results,
         "all_within_1_point": all(r["within_1_point"] for r in results),
         "environment": {
-            **report.environment(),
+            **records.environment(),
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "torchattacks_version": torchattacks.__version__,
@@ -375,7 +375,7 @@ def main(argv=None) -> dict[str, Any]:
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        report.atomic_write_json(args.out, record)
+        records.atomic_write_json(args.out, record)
         log(f"wrote {args.out}")
     print(json.dumps(record, indent=2, default=float))
     return record

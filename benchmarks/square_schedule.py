@@ -13,7 +13,7 @@ Run (the committed numbers, ``results/square_schedule/``)::
 
     python benchmarks/square_schedule.py --out results/square_schedule
 
-It trains the demo's BNN-WQ MLP (3 x 1024, BinaryConnect, :data:`qadv.demo.DEMO_MODELS`)
+It trains the demo's BNN-WQ MLP (3 x 1024, BinaryConnect, :data:`qadv.apps.demo.DEMO_MODELS`)
 on Fashion-MNIST (``/usr/share/datasets/fashion-mnist`` by default) into
 ``runs/square_schedule/bnn_wq`` (reused when it is there), or loads ``--checkpoint``.
 A quick run: ``--epochs 1 --n 50 --queries 300``.
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qadv import data, report
+from qadv import data, records
+from qadv.apps.demo import DEMO_MODELS
 from qadv.attacks import registry
 from qadv.checkpoint import load_checkpoint
-from qadv.demo import DEMO_MODELS
 from qadv.evaluate import evaluate_attack
-from qadv.train import train
+from qadv.training import train
 
 SCHEDULES = {"rescaled (10,000-query schedule)": True, "real budget (AutoAttack standard)": False}
 
@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
     test_x, test_y = data.load_split("fashion_mnist", "test", data_dir=args.data_dir)
     images = test_x[: args.n].astype(np.float32) / np.float32(255.0)
     labels = test_y[: args.n].astype(np.int32)
-    radii = [report.parse_fraction(e, name="eps") for e in args.eps.split(",")]
+    radii = [records.parse_fraction(e, name="eps") for e in args.eps.split(",")]
     results = [
         compare(
             loaded.logits_fn,
@@ -132,8 +132,8 @@ def main(argv=None) -> dict:
         "results": results,
         "model_time_s": t_model,
         "wall_time_s": time.time() - t0,
-        "git_commit": report.git_commit(),
-        "environment": report.environment(),
+        "git_commit": records.git_commit(),
+        "environment": records.environment(),
     }
     for r in results:
         print(f"ε = {r['eps']:.4g}, Square L∞, {args.queries} queries, n = {args.n}:")
@@ -147,7 +147,7 @@ def main(argv=None) -> dict:
     print(f"wall time {out['wall_time_s']:.0f} s (model {t_model:.0f} s)")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        report.atomic_write_json(Path(args.out) / "square_schedule.json", out)
+        records.atomic_write_json(Path(args.out) / "square_schedule.json", out)
     return out
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qadv import cli  # noqa: E402
-from qadv.train import TrainConfig, train  # noqa: E402
+from qadv.apps import cli  # noqa: E402
+from qadv.training import TrainConfig, train  # noqa: E402
 
 N = int(os.environ.get("N", "25"))
 EPS = os.environ.get("EPS", "0.01,0.03,0.1")

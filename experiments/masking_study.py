@@ -40,8 +40,8 @@ ensemble.
 
 from __future__ import annotations
 
-from qadv.study import Cell, EvalSpec, StudyConfig
-from qadv.train import TrainConfig
+from qadv.apps.study import Cell, EvalSpec, StudyConfig
+from qadv.training import TrainConfig
 
 SIZES = ("cpu", "gpu")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qadv import report  # noqa: E402
+from qadv import records  # noqa: E402
 from qadv.attacks import registry  # noqa: E402
 from qadv.checkpoint import load_checkpoint  # noqa: E402
 from qadv.data import load_split  # noqa: E402
@@ -127,7 +127,7 @@ def main() -> None:
         "eps": EPS,
         "alpha": ALPHA,
         "rows": rows,
-        "environment": report.environment(),
+        "environment": records.environment(),
     }
     (OUT / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [

@@ -28,7 +28,7 @@ README for the wall times.
 
 from __future__ import annotations
 
-from qadv.study import Cell, EvalSpec, StudyConfig
+from qadv.apps.study import Cell, EvalSpec, StudyConfig
 from qadv.training import TrainConfig
 
 EPS = 0.1

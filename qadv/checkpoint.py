@@ -1,6 +1,6 @@
 """Orbax checkpoints of qadv training runs, and loading a trained model from its run folder.
 
-A run folder (``out_dir`` of :func:`qadv.train.train`) holds::
+A run folder (``out_dir`` of :func:`qadv.training.train`) holds::
 
     out_dir/checkpoints/<step>/variables   model variables (params, batch_stats)
     out_dir/checkpoints/<step>/train       optimizer state, step, epoch accumulators
@@ -354,7 +354,7 @@ class LoadedModel(NamedTuple):
 def load_checkpoint(
     path: str | Path, *, step: int | None = None, compute_dtype: Any = "float32"
 ) -> LoadedModel:
-    """Loads a trained model from a run folder (``out_dir`` of :func:`qadv.train.train`).
+    """Loads a trained model from a run folder (``out_dir`` of :func:`qadv.training.train`).
 
     Args:
         path: run folder, its ``checkpoints`` folder, or one step folder.

@@ -28,7 +28,7 @@ JAX before importing qadv (``JAX_DEFAULT_MATMUL_PRECISION`` or
 (``qadv --precision`` on the command line); :func:`scope` changes it for a block. The
 policy is part of JAX's trace context, so each policy compiles its own functions and
 switching never reuses a function compiled under another. Every result record names the
-policy in force (:func:`describe`, through :func:`qadv.report.environment`).
+policy in force (:func:`describe`, through :func:`qadv.records.environment`).
 
 Example:
     >>> import qadv.precision as P

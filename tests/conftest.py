@@ -88,7 +88,7 @@ def trained_mlp(tmp_path_factory):
     learnable MNIST-like set of 256 training and 40 test images. Tests only read the run
     folder (every output goes elsewhere). Built once per xdist worker; the tests that use
     it share one worker (see ``pytest_collection_modifyitems``)."""
-    from qadv import cli
+    from qadv.apps import cli
 
     root, data_dir = mnist_like_dir(tmp_path_factory, "trained_mlp", n_train=256, n_test=40)
     out = root / "run"

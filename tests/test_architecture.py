@@ -243,3 +243,87 @@ def test_policy_kind_checker_finds_what_breaks_the_rule(source):
 @pytest.mark.parametrize("source", _KEEPS_POLICY_RULE)
 def test_policy_kind_checker_leaves_other_kinds_alone(source):
     assert not policy_kind_uses(ast.parse(source)), source
+
+
+# ----------------------------------------------------------------------------- layers
+#
+# Rule ``applications on top``: the library never imports an application. The
+# applications (``qadv/apps/``: the command line, studies, paper experiments, the demo)
+# sit above it; ``qadv/cli/`` is only the entry point of the ``qadv`` command.
+
+APPS_PACKAGE = "qadv/apps"
+CLI_ENTRY = "qadv/cli"
+_APPLICATION_MODULES = ("qadv.apps", "qadv.cli", "qadv.study", "qadv.demo")
+
+
+def _imported_modules(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """``(line, dotted name)`` of every module an ``import`` or ``from ... import`` names,
+    ``from qadv import cli`` giving ``qadv.cli`` (relative imports are not used in qadv)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.lineno, node.module
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def application_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """Imports of an application module (:data:`_APPLICATION_MODULES`) in ``tree``."""
+    return [
+        (line, name)
+        for line, name in _imported_modules(tree)
+        if any(name == m or name.startswith(m + ".") for m in _APPLICATION_MODULES)
+    ]
+
+
+def test_library_imports_no_application():
+    found = [
+        f"{path}:{line}: imports {name}"
+        for path, tree in _modules(outside=(APPS_PACKAGE, CLI_ENTRY))
+        for line, name in application_imports(tree)
+    ]
+    assert found == [], "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from qadv.apps.study import StudyConfig",
+        "from qadv import cli",
+        "import qadv.apps.demo as demo",
+        "def f():\n    from qadv.study import run_study",
+        "from qadv.demo import DEMO_MODELS",
+    ],
+)
+def test_application_import_checker_finds_what_breaks_the_rule(source):
+    assert application_imports(ast.parse(source))
+
+
+@pytest.mark.parametrize(
+    "source", ["from qadv import attacks, records", "import qadv.training", "from qadv import apt"]
+)
+def test_application_import_checker_leaves_library_imports_alone(source):
+    assert application_imports(ast.parse(source)) == []
+
+
+# Rule ``no deprecated path inside``: nothing in the repository imports ``qadv.train``, the
+# deprecated name of ``qadv.training``.
+
+
+def _repository_modules() -> Iterator[tuple[str, ast.Module]]:
+    for folder in ("qadv", "tests", "benchmarks", "experiments"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            yield rel, ast.parse(path.read_text(), filename=rel)
+
+
+def test_nothing_imports_the_deprecated_train_module():
+    found = [
+        f"{path}:{line}"
+        for path, tree in _repository_modules()
+        for line, name in _imported_modules(tree)
+        if name == "qadv.train" or name.startswith("qadv.train.")
+    ]
+    assert found == [], found

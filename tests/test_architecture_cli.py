@@ -10,8 +10,8 @@ from typing import ClassVar
 
 import pytest
 
-from qadv import cli
-from qadv.cli import train as train_cmd
+from qadv.apps import cli
+from qadv.apps.cli import train as train_cmd
 from qadv.training import config as train_config
 
 CLI_DIR = Path(cli.__file__).parent
@@ -72,7 +72,7 @@ def test_cli_modules_and_functions_are_short(path):
 def test_every_command_is_one_module():
     assert list(cli.COMMANDS) == [cli.COMMANDS[m].NAME for m in cli.COMMANDS]
     for name, module in cli.COMMANDS.items():
-        assert module.__name__ == f"qadv.cli.{name}"
+        assert module.__name__ == f"qadv.apps.cli.{name}"
         assert callable(module.add_arguments) and callable(module.run) and module.HELP
     files = {p.stem for p in CLI_DIR.glob("*.py")} - {"__init__", "__main__", "options"}
     assert files == set(cli.COMMANDS) == set(cli.COMMAND_MODULES)

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synthetic import relu_mlp, write_mnist_like
 
-from qadv import attacks, cli, evaluate
+from qadv import attacks, evaluate
+from qadv.apps import cli
 from qadv.attacks import registry
 from qadv.checkpoint import load_checkpoint
 from qadv.training import TrainConfig

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from qadv import cli
+from qadv.apps import cli
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import json
 import pytest
 from synthetic import write_mnist_like
 
-from qadv import demo
+from qadv.apps import demo
 from qadv.evaluate.masking import CHECKS, MaskingConfig
-from qadv.train import TrainConfig
+from qadv.training import TrainConfig
 
 
 def _settings(root, *, small):

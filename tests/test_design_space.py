@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from synthetic import write_mnist_like
 
-from qadv import cli
+from qadv.apps import cli
 from qadv.info import model_info
 from qadv.models import init_variables
 from qadv.quant import get_policy

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, run_experiment
-from qadv.study import load_study_config
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, run_experiment
+from qadv.apps.study import load_study_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(

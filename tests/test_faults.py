@@ -27,7 +27,7 @@ from faults import (
 )
 from synthetic import write_mnist_like
 
-from qadv import cli
+from qadv.apps import cli
 
 KILLS: list[str] = []  # every kill that landed mid-run and was resumed correctly
 
@@ -215,15 +215,15 @@ def test_truncated_checkpoint_never_loads_other_weights(base, tmp_path):
 
 
 def test_truncated_json_records_are_recomputed_or_skipped(base, tmp_path, monkeypatch, capsys):
-    from qadv import report
+    from qadv import records
 
     # cached_json: a torn file is recomputed, never returned
     path = tmp_path / "fact.json"
-    report.cached_json(path, {"a": 1}, lambda: {"v": 41})
+    records.cached_json(path, {"a": 1}, lambda: {"v": 41})
     whole = path.read_bytes()
     for cut in _truncations(len(whole.rstrip()), seed=5):
         path.write_bytes(whole[:cut])
-        assert report.cached_json(path, {"a": 1}, lambda: {"v": 42}) == {"v": 42}
+        assert records.cached_json(path, {"a": 1}, lambda: {"v": 42}) == {"v": 42}
         path.write_bytes(whole)
     # a torn member record of an ensemble: the member is rerun, the result is unchanged
     monkeypatch.chdir(base)

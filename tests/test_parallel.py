@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from synthetic import mnist_like_dir, relu_mlp
 
-from qadv import checkpoint, cli, parallel
+from qadv import checkpoint, parallel
+from qadv.apps import cli
 from qadv.training import TrainConfig, build_train_step
 from qadv.training.objectives import _temperature
 

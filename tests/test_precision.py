@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qadv import attacks, checkpoint, cli
+from qadv import attacks, checkpoint
+from qadv.apps import cli
 from qadv.attacks import gradient
 from qadv.models import (
     COMPUTE_DTYPES,

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qadv import cli, precision, signal
+from qadv import precision, signal
+from qadv.apps import cli
 from qadv.models import with_compute_dtype
 
 N_IN, D = 12, 5

@@ -16,7 +16,7 @@ import pytest
 from synthetic import write_idx
 
 import qadv.quant as quant
-from qadv import attacks, checkpoint, train
+from qadv import attacks, checkpoint, training
 from qadv.info import model_info
 from qadv.models import get_model, init_variables
 from qadv.quant import QuantPolicy, get_policy, register_policy, straight_through
@@ -81,7 +81,7 @@ def test_the_policy_answers_through_the_generic_api(ternary):
     with pytest.raises(ValueError, match="registered twice"):
         register_policy(ternary)
     with pytest.raises(ValueError, match="bits=3 does not apply to policy 'ternary'"):
-        train.TrainConfig(arch="mlp", policy="ternary", policy_opts={"bits": 3})
+        training.TrainConfig(arch="mlp", policy="ternary", policy_opts={"bits": 3})
     m = get_model("mlp", num_classes=3, policy=p, widths=(4,))
     v = init_variables(m, key=jax.random.key(0), input_shape=(2, 2, 1))
     with pytest.raises(ValueError, match="supports policies bnn_waq, bnn_wq, ref, not 'ternary'"):
@@ -104,7 +104,7 @@ def test_a_registered_policy_trains_is_attacked_and_reports_bops(ternary, tmp_pa
         write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", x)
         write_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", y)
     widths = (16, 16)
-    config = train.TrainConfig(
+    config = training.TrainConfig(
         dataset="fashion_mnist",
         source="idx",
         arch="mlp",
@@ -116,7 +116,7 @@ def test_a_registered_policy_trains_is_attacked_and_reports_bops(ternary, tmp_pa
         schedule="constant",
         eval_batch_size=32,
     )
-    summary = train.train(config, tmp_path / "run", data_dir=data_dir, progress=False)
+    summary = training.train(config, tmp_path / "run", data_dir=data_dir, progress=False)
 
     # it trains: the loss falls and the test accuracy is well above chance (0.1)
     records = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

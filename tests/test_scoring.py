@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qadv import cli, evaluate, report
+from qadv import evaluate, records
+from qadv.apps import cli
 from qadv.attacks import AttackContext, registry
 from qadv.attacks.protocol import finish, finish_min_norm
 from qadv.evaluate import core
@@ -290,4 +291,4 @@ def test_records_name_precision_device_and_libraries():
     assert env["matmul_precision"] == "float32"
     assert env["libraries"]["jax"] == jax.__version__
     json.dumps(rec)  # JSON-able as written
-    assert report.environment()["matmul_precision"] == "float32"
+    assert records.environment()["matmul_precision"] == "float32"

@@ -1,4 +1,4 @@
-"""Studies (qadv.study) and BatchNorm recalibration (qadv.models.calibrate)."""
+"""Studies (qadv.apps.study) and BatchNorm recalibration (qadv.models.calibrate)."""
 
 import json
 import shutil
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from synthetic import write_mnist_like
 
-from qadv import cli, study
+from qadv.apps import cli
+from qadv.apps.study import Cell, EvalSpec, StudyConfig, load_study_config, measure, run_study
+from qadv.apps.study.measure import _check_model
 from qadv.models import batch_norm_paths, get_model, init_variables, recalibrate_batch_stats
 from qadv.quant import get_policy
-from qadv.study import Cell, EvalSpec, StudyConfig, load_study_config, run_study
-from qadv.train import TrainConfig
+from qadv.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -336,7 +337,7 @@ def test_finished_study_resumes_without_recomputing(finished, data_dir, monkeypa
         raise AssertionError("recomputed")
 
     for name in ("train", "evaluate_attack", "evaluate_ensemble", "diagnose"):
-        monkeypatch.setattr(study, name, forbidden)
+        monkeypatch.setattr(measure, name, forbidden)
     again = run_study(_study(), out, data_dir=data_dir, progress=False)
     assert again["rows"] == result["rows"]
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "cells").glob("*.json")}
@@ -360,15 +361,15 @@ def test_killed_study_resumes_attack_by_attack(finished, data_dir, tmp_path, mon
     e2_before = (out / "cells" / "e2.json").stat().st_mtime_ns
 
     calls = []
-    real = study.evaluate_attack
+    real = measure.evaluate_attack
 
     def counting(logits_fn, images, labels, config, **kw):
         calls.append(config.label)
         return real(logits_fn, images, labels, config, **kw)
 
-    monkeypatch.setattr(study, "evaluate_attack", counting)
-    monkeypatch.setattr(study, "train", lambda *a, **k: pytest.fail("retrained"))
-    monkeypatch.setattr(study, "diagnose", lambda *a, **k: pytest.fail("re-diagnosed"))
+    monkeypatch.setattr(measure, "evaluate_attack", counting)
+    monkeypatch.setattr(measure, "train", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(measure, "diagnose", lambda *a, **k: pytest.fail("re-diagnosed"))
     again = run_study(_study(), out, data_dir=data_dir, progress=False)
     assert calls == ["PGD L∞"]  # the ensemble's members came back from their own files
     header = result["header"]
@@ -380,7 +381,7 @@ def test_killed_study_resumes_attack_by_attack(finished, data_dir, tmp_path, mon
 def test_only_runs_the_named_cells(finished, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "copy"
     shutil.copytree(finished[0], out)
-    monkeypatch.setattr(study, "train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(measure, "train", lambda *a, **k: pytest.fail("trained"))
     cfg = _study(Cell("later", _tiny(epochs=3)))
     res = run_study(cfg, out, only=["e2"], data_dir=data_dir, progress=False)
     assert res["complete"] == ["e1", "e2"] and res["missing"] == ["later"]
@@ -401,7 +402,7 @@ def test_masking_study_config_file():
     assert "resnet18" in arches and "resnet18" not in {c.train.arch for c in cpu.cells}
     for s in (cpu, gpu):
         for c in s.cells:
-            study._check_model(c)  # every network builds
+            _check_model(c)  # every network builds
         assert any(c.recalibrate and c.train.wq_method == "md_tanh_s" for c in s.cells)
     with pytest.raises(ValueError, match="size"):
         load_study_config(path, {"size": "huge"})
@@ -412,7 +413,7 @@ def test_masking_study_config_file():
 def test_cli_study(tmp_path, data_dir, capsys):
     cfg = tmp_path / "tiny.py"
     cfg.write_text(
-        "from qadv.study import StudyConfig\n"
+        "from qadv.apps.study import StudyConfig\n"
         "def config(width='8'):\n"
         "    return {'name': 't', 'cells': [{'name': 'c', 'train': {'arch': 'mlp',\n"
         "        'arch_opts': {'widths': [int(width)]}, 'policy': 'bnn_wq', 'epochs': 1,\n"

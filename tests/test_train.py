@@ -1,7 +1,9 @@
-"""Tests for qadv.train and qadv.checkpoint on tiny synthetic data."""
+"""Tests for qadv.training and qadv.checkpoint on tiny synthetic data."""
 
+import importlib
 import json
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from synthetic import TRAIN_POLICIES, write_idx
 
-from qadv import checkpoint, train
+from qadv import checkpoint, training
 from qadv.models import get_model
 from qadv.quant import get_policy
 from qadv.training import loop
@@ -47,7 +49,7 @@ def _config(**kw):
         eval_batch_size=16,
         source="idx",
     )
-    return train.TrainConfig(**{**base, **kw})
+    return training.TrainConfig(**{**base, **kw})
 
 
 def _params(run_dir):
@@ -75,30 +77,30 @@ def _params(run_dir):
 )
 def test_config_validation(kw, match):
     with pytest.raises(ValueError, match=match) as info:
-        train.TrainConfig(**kw)
+        training.TrainConfig(**kw)
     assert "\n" not in str(info.value)
 
 
 def test_config_round_trip():
     c = _config(policy="pact2", policy_opts={"float_last": True}, lr_milestones=(0.25, 0.5))
-    assert train.TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
-    assert train.make_policy(c).bits == 2
+    assert training.TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert training.make_policy(c).bits == 2
     with pytest.raises(ValueError, match="unknown TrainConfig field 'lrate'"):
-        train.TrainConfig.from_dict({"lrate": 1.0})
+        training.TrainConfig.from_dict({"lrate": 1.0})
 
 
 def test_schedules_and_anneal():
     c = _config(epochs=4, lr=1.0, schedule="cosine")
-    s = train.make_schedule(c, 10)
+    s = training.make_schedule(c, 10)
     assert float(s(0)) == 1.0 and float(s(40)) == pytest.approx(0.0, abs=1e-6)
-    assert float(train.make_schedule(_config(schedule="constant", lr=0.5), 10)(99)) == 0.5
+    assert float(training.make_schedule(_config(schedule="constant", lr=0.5), 10)(99)) == 0.5
     c = _config(anneal_start=2.0, anneal_growth=1.5, anneal_max=4.0)
-    assert [train.anneal_value(c, e) for e in range(4)] == [2.0, 3.0, 4.0, 4.0]
+    assert [training.anneal_value(c, e) for e in range(4)] == [2.0, 3.0, 4.0, 4.0]
 
 
 def test_clip_latent_weights_only_kernels():
     p = {"a": {"kernel": jnp.array([[-2.0, 0.5]]), "bias": jnp.array([5.0])}}
-    out = train.clip_latent_weights(p)
+    out = training.clip_latent_weights(p)
     np.testing.assert_array_equal(out["a"]["kernel"], [[-1.0, 0.5]])
     np.testing.assert_array_equal(out["a"]["bias"], [5.0])
 
@@ -115,10 +117,10 @@ def test_train_steps_reduce_loss(name, opts):
     x, y = _synthetic(32, seed=0, shape=(8, 8, 1), classes=4)
     x = x.astype(np.float32) / 255.0
     c = _config(lr=1e-2, schedule="constant")
-    tx = train.make_optimizer(c, steps_per_epoch=10)
-    state = train.init_train_state(model, tx, key=jax.random.key(0), input_shape=(1, 8, 8, 1))
-    project = train.binary_connect_projection(policy)
-    step = train.make_train_step(model, tx, key=jax.random.key(1), project=project)
+    tx = training.make_optimizer(c, steps_per_epoch=10)
+    state = training.init_train_state(model, tx, key=jax.random.key(0), input_shape=(1, 8, 8, 1))
+    project = training.binary_connect_projection(policy)
+    step = training.make_train_step(model, tx, key=jax.random.key(1), project=project)
     losses = []
     for _ in range(15):
         before = float(state.metrics["loss"])
@@ -146,11 +148,11 @@ def test_evaluate_clean_pads_and_traces_once():
     x = np.zeros((7, 2, 2, 1), np.uint8)
     x[:3] = 255  # first three predict class 0
     y = np.array([0, 0, 0, 1, 1, 1, 0], np.int32)
-    acc = train.evaluate_clean(logits_fn, x, y, batch_size=3)
+    acc = training.evaluate_clean(logits_fn, x, y, batch_size=3)
     assert acc == pytest.approx(6 / 7)
     assert traces == [(3, 2, 2, 1)]
     with pytest.raises(ValueError, match="invalid batch_size 0"):
-        train.evaluate_clean(logits_fn, x, y, batch_size=0)
+        training.evaluate_clean(logits_fn, x, y, batch_size=0)
 
 
 # ----------------------------------------------------------------------------- whole runs
@@ -159,7 +161,7 @@ def test_evaluate_clean_pads_and_traces_once():
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("full")
-    summary = train.train(_config(), out, data_dir=data_dir, progress=False)
+    summary = training.train(_config(), out, data_dir=data_dir, progress=False)
     return out, summary
 
 
@@ -187,7 +189,7 @@ def test_run_outputs_and_metadata(full_run, data_dir):
     from qadv.data import load_split
 
     x, y = load_split("fashion_mnist", "test", data_dir=data_dir)
-    acc = train.evaluate_clean(loaded.logits_fn, x, y, batch_size=16)
+    acc = training.evaluate_clean(loaded.logits_fn, x, y, batch_size=16)
     assert acc == pytest.approx(summary["clean_accuracy"])
 
 
@@ -195,7 +197,7 @@ def test_a_finished_run_invoked_again_keeps_its_training_time(full_run, data_dir
     out = tmp_path / "copy"
     shutil.copytree(full_run[0], out)
     summary = full_run[1]
-    again = train.train(_config(), out, data_dir=data_dir, progress=False)
+    again = training.train(_config(), out, data_dir=data_dir, progress=False)
     assert again["wall_time_s"] == summary["wall_time_s"]  # nothing was trained
     assert again["clean_accuracy"] == summary["clean_accuracy"]
     assert again["resumed_from_step"] == summary["steps"]
@@ -228,11 +230,11 @@ def test_kill_and_resume_matches_uninterrupted(
 
     monkeypatch.setattr(loop, "iterate_batches", crashing)
     with pytest.raises(_Crash):
-        train.train(config, out, data_dir=data_dir, progress=False)
+        training.train(config, out, data_dir=data_dir, progress=False)
     assert checkpoint.complete_steps(out / "checkpoints")[-1] == resume_step
     monkeypatch.setattr(loop, "iterate_batches", real_iterate)
 
-    summary = train.train(config, out, data_dir=data_dir, progress=False)
+    summary = training.train(config, out, data_dir=data_dir, progress=False)
     assert summary["resumed_from_step"] == resume_step
     assert summary["steps"] == summary_full["steps"]
     jax.tree.map(np.testing.assert_array_equal, _params(out), _params(out_full))
@@ -245,7 +247,7 @@ def test_kill_and_resume_matches_uninterrupted(
 def test_finished_run_resume_is_a_no_op(full_run, data_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(full_run[0], out)
-    summary = train.train(_config(), out, data_dir=data_dir, progress=False)
+    summary = training.train(_config(), out, data_dir=data_dir, progress=False)
     assert summary["resumed_from_step"] == summary["steps"] == full_run[1]["steps"]
     assert summary["clean_accuracy"] == full_run[1]["clean_accuracy"]
 
@@ -262,7 +264,7 @@ def test_interrupted_save_leaves_previous_usable(full_run, data_dir, tmp_path):
     (ckpt / str(last + 2) / "variables").mkdir(parents=True)
     loaded = checkpoint.load_checkpoint(out)
     assert loaded.metadata["step"] == last
-    summary = train.train(_config(), out, data_dir=data_dir, progress=False)
+    summary = training.train(_config(), out, data_dir=data_dir, progress=False)
     assert summary["resumed_from_step"] == last
     assert not (ckpt / str(last + 2)).exists() and not tmp.exists()
 
@@ -289,7 +291,7 @@ def test_other_architecture_is_a_clear_error(full_run, data_dir, tmp_path):
     with pytest.raises(
         ValueError, match=r"holds a run with model.arch='mlp'.*model.arch='cnn'"
     ) as info:
-        train.train(_config(arch="cnn"), out, data_dir=data_dir, progress=False)
+        training.train(_config(arch="cnn"), out, data_dir=data_dir, progress=False)
     assert "\n" not in str(info.value)
     # metadata that names another architecture than the stored arrays
     meta_path = out / "checkpoints" / str(full_run[1]["steps"]) / "metadata" / "metadata"
@@ -310,7 +312,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_tfds_mock_cifar_one_epoch(tmp_path):
-    config = train.TrainConfig(
+    config = training.TrainConfig(
         dataset="cifar10",
         arch="mlp",
         arch_opts={"widths": (8,)},
@@ -321,15 +323,23 @@ def test_tfds_mock_cifar_one_epoch(tmp_path):
     )
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=8):
-        summary = train.train(config, tmp_path, progress=False)
+        summary = training.train(config, tmp_path, progress=False)
     assert summary["steps"] == 2 and 0.0 <= summary["clean_accuracy"] <= 1.0
     assert config.use_augment
 
 
 def test_anneal_end_grows_per_step_to_the_end_value():
     cfg = _config(anneal_start=1.0, anneal_end=100.0)
-    assert train.anneal_value(cfg, 0, step=0, total_steps=11) == pytest.approx(1.0)
-    assert train.anneal_value(cfg, 0, step=5, total_steps=11) == pytest.approx(10.0)
-    assert train.anneal_value(cfg, 1, step=10, total_steps=11) == pytest.approx(100.0)
+    assert training.anneal_value(cfg, 0, step=0, total_steps=11) == pytest.approx(1.0)
+    assert training.anneal_value(cfg, 0, step=5, total_steps=11) == pytest.approx(10.0)
+    assert training.anneal_value(cfg, 1, step=10, total_steps=11) == pytest.approx(100.0)
     with pytest.raises(ValueError, match="anneal_end"):
         _config(anneal_start=2.0, anneal_end=1.0)
+
+
+def test_importing_qadv_train_warns():
+    sys.modules.pop("qadv.train", None)
+    with pytest.warns(DeprecationWarning, match="import from qadv.training"):
+        module = importlib.import_module("qadv.train")
+    sys.modules.pop("qadv.train", None)
+    assert module.TrainConfig is training.TrainConfig and module.train is training.train

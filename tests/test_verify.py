@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from synthetic import write_mnist_like
 
-from qadv import cli
+from qadv.apps import cli
 from qadv.attacks import attack, presets, registry
 from qadv.checkpoint import LoadedModel, open_manager, save_checkpoint
 from qadv.models import get_model, init_variables, make_logits_fn
@@ -484,7 +484,7 @@ def test_iprop_applies_only_when_every_hidden_unit_is_a_sign(hidden, applies):
 
 
 def test_cli_verify_fails_when_an_attack_contradicts_the_milp(monkeypatch, capsys, tmp_path):
-    import qadv.cli.verify as verify_cmd
+    import qadv.apps.cli.verify as verify_cmd
     import qadv.verify.report as report_mod
 
     def fake_gap(*args, **kwargs):

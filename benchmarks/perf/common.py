@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import report
+from qadv import records
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path("results") / "perf"
@@ -151,7 +151,7 @@ class Record:
     def save(self, results: dict[str, Any], out: str | os.PathLike) -> dict[str, Any]:
         """:meth:`finish`, written to ``out`` as JSON; returns the record."""
         record = self.finish(results)
-        report.atomic_write_json(out, record)
+        records.atomic_write_json(out, record)
         log(f"wrote {out}")
         return record
 
@@ -181,7 +181,7 @@ def log(msg: str) -> None:
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """An aligned plain-text table on stdout (floats with two decimals)."""
-    print(report.format_table(list(header), [list(r) for r in rows], markdown=False))
+    print(records.format_table(list(header), [list(r) for r in rows], markdown=False))
 
 
 def fmt(v: float | None, digits: int = 3) -> str:

@@ -10,9 +10,9 @@ bounds section (L- and C-bound per image beside the min-norm attack's distance;
 ``bounds_hist.png``) on an undefended and two IGR networks.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 NETS = [
     ("ref_resnet18", "ref", "resnet18", {}),

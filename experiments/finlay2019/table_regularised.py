@@ -9,15 +9,15 @@ adversarial distance, training time. Targets (% error clean / 2/255 / 8/255, hou
 undefended 4.36 / 70.82 / 98.94, 2.06; AT 16.33 / 22.86 / 46.02, 12.10; IGR λ=0.1 6.45 /
 24.92 / 70.41, 5.22; IGR λ=1 9.02 / 18.47 / 58.69, 5.15. The phenomenon: IGR buys much of
 AT's robustness at small ε for less training time, less at 8/255. The architecture is
-the ResNet-18 stand-in of qadv.paper_models (the paper uses a ResNeXt-34); the radii are
+the ResNet-18 stand-in of qadv.apps.paper_models (the paper uses a ResNeXt-34); the radii are
 scaled to Fashion-MNIST like Table 6 (2/255 → 0.025, 8/255 → 0.1 at ``gpu``/``cpu``).
 Per-image best attack = the table's ``worst`` column (PGD, APGD-CE, Square, ``standard``).
 Training time is each cell's ``train s``. Mean distance: the ``bounds`` part.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 NETS = [
     ("ref_resnet18", "ref", "resnet18", {}),

@@ -10,9 +10,9 @@ representation and PGD converges within 20-50 steps. Plot:
 Table 2 (one store entry each); ``cpu`` uses CifarResNet-8 and up to 50 steps.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 POLICIES = ("pact2", "pact4")
 ALPHAS = (0.1, 0.5, 1.0)

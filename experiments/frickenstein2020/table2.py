@@ -13,9 +13,9 @@ size (as ``experiments/mbn_design_space.py``); ``cpu`` uses CifarResNet-8/14 on 
 images for 2 epochs. BOPS: ``qadv info --arch resnet20 --quant POLICY``.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 POLICIES = ("ref", "pact4", "pact2", "xnor", "mbn1x1", "mbn3x1", "mbn1x3", "mbn5x1", "mbn1x5",
             "mbn7x1", "mbn1x7", "mbn3x3", "mbn5x5")  # fmt: skip

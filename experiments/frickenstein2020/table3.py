@@ -9,9 +9,9 @@ Paper setting: ResNet-56 on CIFAR-10 (and CIFAR-100), FastAT at ε = 8/255, PGD-
 6-14 points under PGD-20. Radius 8/255 at every size; ``cpu`` uses CifarResNet-14.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 POLICIES = ("ref", "pact4", "pact2", "xnor", "mbn3x1", "mbn1x3", "mbn5x1", "mbn1x5", "mbn3x3",
             "mbn5x5")  # fmt: skip

@@ -10,9 +10,9 @@ Plots: ``iterations/accuracy_vs_steps.png``, ``radius/accuracy_vs_eps.png``; the
 ``blackbox`` table sets Square beside PGD.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 STEPS = (1, 5, 10, 20, 50, 100)
 

@@ -11,10 +11,10 @@ MILP grows quickly with depth: ``cpu`` uses 2×100 on Fashion-MNIST (as
 5×100 on MNIST (tfds).
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import Cell, StudyConfig
-from qadv.train import TrainConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import Cell, StudyConfig
+from qadv.training import TrainConfig
 
 
 def config(size: str = "cpu", tiny: bool = False) -> Experiment:

@@ -7,9 +7,9 @@ a fraction of a pixel to ε. The claim: no step size takes BNN accuracy to zero 
 does). Plot: ``step_size/accuracy_vs_step_size.png``.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1)
 

@@ -10,9 +10,9 @@ report (``signal/<cell>/``: β of NJS/HNS per image, ψ, JSV, gradient norms); t
 Hessian-norm-against-β curve is drawn by ``qadv demo`` (``results/demo``).
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 
 def config(size: str = "cpu", tiny: bool = False) -> Experiment:

@@ -7,12 +7,12 @@ PGD-L∞ of Table 6 (ε 8, η 2, T 20) with 1 and 20 random restarts.
 Targets: ResNet-18 ref 94.46 / 0.00 / 0.00, BNN-WQ 93.18 / 26.98 / 17.91, BNN-WAQ
 87.67 / 8.57 / 1.94; VGG-16 BNN-WQ 91.53 / 47.32 / 38.49, BNN-WAQ 89.69 / 78.01 / 59.26.
 The phenomenon: BNNs keep far more accuracy under PGD than float networks, even with 20
-restarts. Sizes: see qadv.paper_models (cpu: 3×1024 MLP and small CNN stand-ins).
+restarts. Sizes: see qadv.apps.paper_models (cpu: 3×1024 MLP and small CNN stand-ins).
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 NETS = [(f"{p}_{a}", p, a, {}) for a in ("resnet18", "vgg16") for p in ("ref", "bnn_wq", "bnn_waq")]
 

@@ -8,9 +8,9 @@ DeepFool, BBA, PGD++ (NJS, HNS). BBA is not in qadv: no column. Targets: ResNet-
 Networks shared with Tables 1 and 3.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 
 def config(size: str = "cpu", tiny: bool = False) -> Experiment:

@@ -12,9 +12,9 @@ signal table (JSV, ‖ψ‖, ‖∂ℓ/∂x‖, ‖sign ∂ℓ/∂x‖ at β = 1
 ablation and the L/C lower bounds.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 
 def config(size: str = "cpu", tiny: bool = False) -> Experiment:

@@ -8,9 +8,9 @@ Paper setting: ref, BNN-WQ, BNN-WAQ ResNet-18 on CIFAR-10, PGD++ (NJS) with ρ f
 against ρ (``rho/accuracy_vs_rho.png``).
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 RHOS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 2e-1)
 

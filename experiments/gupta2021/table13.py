@@ -9,9 +9,9 @@ Targets (JSV mean, original → NJS): ref 8.09 → 0.951, BNN-WQ 35.3 → 0.995,
 input-gradient norms and bring JSV near 1. ``signal/<cell>/signal.md`` per network.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 NETS = [
     ("ref_resnet18", "ref", "resnet18", {}),

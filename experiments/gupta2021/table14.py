@@ -10,9 +10,9 @@ Targets: BNN-WQ 9.61 at ρ = 1e-15, 0.00 from 1e-5; ref* 48.18, 47.66, 48.00, 53
 (too large a ρ costs 5-10 points). Plot: ``rho/accuracy_vs_rho.png``.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 RHOS = (1e-15, 1e-9, 1e-5, 1e-1, 2e-1, 5e-1)
 NETS = [

@@ -13,7 +13,7 @@ Targets (CIFAR-10 ResNet-18 row): FGSM 40.49 → FGSM++ 3.46 (NJS) / 2.51 (HNS);
 PGD-L∞ 26.98 → PGD++ 0.00 / 0.00; PGD-L2 55.68 → 0.05 / 0.05. VGG-16: PGD-L∞ 47.32 → 0.00.
 The phenomenon: PGD leaves BNN-WQ tens of points of accuracy; PGD++ takes it to ≈ 0.
 
-Sizes (qadv.paper_models): ``paper`` all five architectures on CIFAR-10 and CIFAR-100;
+Sizes (qadv.apps.paper_models): ``paper`` all five architectures on CIFAR-10 and CIFAR-100;
 ``gpu`` ResNet-18 and VGG-16 (with float ``ref`` twins for contrast) on Fashion-MNIST
 32×32 at ε = 0.1; ``cpu`` their stand-ins (3×1024 MLP and the small CNN; ``--only``
 ``bnn_wq_resnet18,ref_resnet18`` for the MLP pair alone: 27.5 min on 2 shared cores, the
@@ -21,9 +21,9 @@ run in results/repro/gupta2021_table2_cpu; the full cpu config, with the CNN pai
 not timed).
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 ATTACKS = ("fgsm", "fgsm++njs", "fgsm++hns", "pgd", "pgd++njs", "pgd++hns")
 L2_ATTACKS = ("pgd", "pgd++njs", "pgd++hns")

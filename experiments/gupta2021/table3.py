@@ -10,9 +10,9 @@ The phenomena: PGD++ also helps on float networks; near 100 % success on BNN-WAQ
 The ref networks are the ones of Table 2 (one store entry).
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 LINF = ("fgsm", "fgsm++njs", "fgsm++hns", "pgd", "pgd++njs", "pgd++hns")
 L2 = ("pgd", "pgd++njs", "pgd++hns")

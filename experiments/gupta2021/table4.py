@@ -10,9 +10,9 @@ Targets: ref PGD 48.73, β=0.1 61.27, DeepFool 51.01, PGD++ 47.17 / 48.54; MD-ta
 trained networks; a heuristic β = 0.1 is worse than plain PGD.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 ATTACKS = (
     "fgsm", "fgsm++fixed", "fgsm++njs", "fgsm++hns",

@@ -11,9 +11,9 @@ where Square does not; on AT networks the DLR attacks are weaker than PGD++.
 Networks shared with Tables 1-4 (one store entry each).
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 ATTACKS = (
     "fgsm", "fgsm#dlr", "fgsm++njs", "fgsm++hns", "pgd", "pgd#dlr",

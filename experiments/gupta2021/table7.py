@@ -10,9 +10,9 @@ seconds per example are ``wall_time_s / n`` of each attack's record in
 The network is Table 2's (one store entry).
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 
 def config(size: str = "cpu", tiny: bool = False) -> Experiment:

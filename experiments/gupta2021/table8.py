@@ -8,9 +8,9 @@ Targets: APGD-DLR / Square / PGD++ NJS / HNS: ref 0.79 / 2.25 / 0.00 / 0.00; BNN
 reaches ≈ 0 where APGD-DLR and Square do not. Networks shared with Tables 1-3.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 
 def config(size: str = "cpu", tiny: bool = False) -> Experiment:

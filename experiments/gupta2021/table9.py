@@ -10,9 +10,9 @@ and ``cpu`` size the data is Fashion-MNIST (10 classes) with the CIFAR-100 sched
 attacks (10 PGD steps) scaled to ε = 0.1.
 """
 
-from qadv import paper_models as pm
-from qadv.repro import Experiment, Part, finish
-from qadv.study import StudyConfig
+from qadv.apps import paper_models as pm
+from qadv.apps.repro import Experiment, Part, finish
+from qadv.apps.study import StudyConfig
 
 LINF = ("fgsm", "fgsm++njs", "fgsm++hns", "pgd", "pgd++njs", "pgd++hns")
 L2 = ("pgd", "pgd++njs", "pgd++hns")

@@ -2,6 +2,6 @@
 
 import sys
 
-from qadv.cli import main
+from qadv.apps.cli import main
 
 sys.exit(main())

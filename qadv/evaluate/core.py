@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import parallel, precision, report
+from qadv import parallel, precision, records
 from qadv.attacks import registry
 from qadv.attacks.protocol import (
     AttackContext,
@@ -334,7 +334,7 @@ def _verified_distance(geometry, x_cand, x, yb, pred, m) -> np.ndarray:
 
 def check_writable(path: str | Path) -> None:
     """Refuse, before any work, a result file that cannot be written (one line)."""
-    report.check_output_path(path, folder=False)
+    records.check_output_path(path, folder=False)
 
 
 def evaluate_attack(
@@ -430,7 +430,7 @@ def evaluate_attack(
             pass  # a damaged partial file: start afresh (it is written atomically)
 
     t0, seconds0 = time.perf_counter(), float(state["seconds"])
-    with report.CompileClock() as clock:
+    with records.CompileClock() as clock:
         put = batch_placer(devices)
         if not state["clean_done"]:
             clean_size = device_multiple(batch_size, devices)
@@ -508,7 +508,7 @@ def evaluate_attack(
         "model_fingerprint": model_fp,
         "wall_time_s": float(state["seconds"]),
         "timing": clock.as_dict(time.perf_counter() - t0),
-        "environment": report.environment(),
+        "environment": records.environment(),
         **(extra or {}),
     }
     attacked = state["clean_correct"]
@@ -524,7 +524,7 @@ def evaluate_attack(
         "queries": state["queries"].tolist(),
     }
     if out is not None and parallel.is_main_process():
-        report.atomic_write_json(out, record)
+        records.atomic_write_json(out, record)
         if partial_path is not None:
             partial_path.unlink(missing_ok=True)
     return record
@@ -554,7 +554,7 @@ def cached_attack(
     fingerprint = data_fingerprint(images, labels, idx)
     if path is not None and Path(path).exists():
         try:
-            rec = report.read_json(path)
+            rec = records.read_json(path)
         except (OSError, ValueError):
             rec = {}
         if (

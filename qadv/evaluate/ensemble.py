@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from qadv import parallel, report
+from qadv import parallel, records
 from qadv.attacks import get_norm, registry
 from qadv.attacks.protocol import AttackContext
 from qadv.evaluate.core import (
@@ -149,7 +149,7 @@ def evaluate_ensemble(
         "attacks": members,
         # the attacks' own accumulated times (they survive resumes), plus the clean pass
         "wall_time_s": clean_seconds + sum(m["wall_time_s"] for m in members),
-        "environment": report.environment(),
+        "environment": records.environment(),
         **(extra or {}),
         "examples": {
             "clean_correct": clean_correct.tolist(),
@@ -159,7 +159,7 @@ def evaluate_ensemble(
         },
     }
     if out is not None and parallel.is_main_process():
-        report.atomic_write_json(out, record)
+        records.atomic_write_json(out, record)
     return record
 
 

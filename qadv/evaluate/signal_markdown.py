@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from qadv import report
+from qadv import records
 
 __all__ = ["format_signal_markdown", "signal_plots"]
 
@@ -53,7 +53,7 @@ def format_signal_markdown(record: Mapping[str, Any]) -> str:
     ]
     names = list(sig["rows"])
     rows = [[label] + [_fmt(get(sig["rows"][n])) for n in names] for label, get in stats]
-    lines.append(report.format_table(["statistic", *names], rows))
+    lines.append(records.format_table(["statistic", *names], rows))
     lines += [
         "",
         "## PGD++ ablation: ρ of NJS (paper Table 12), Proposition 1 per example (Table 14), "
@@ -70,7 +70,7 @@ def format_signal_markdown(record: Mapping[str, Any]) -> str:
         ]
         for r in record["ablation"]
     ]
-    lines.append(report.format_table(["attack", "ρ", "β", "robust acc. %", "β fallbacks"], rows))
+    lines.append(records.format_table(["attack", "ρ", "β", "robust acc. %", "β fallbacks"], rows))
     cl = record.get("clever")
     if cl:
         lines += [
@@ -90,7 +90,7 @@ def format_signal_markdown(record: Mapping[str, Any]) -> str:
             [name, _fmt(s["mean"]), _fmt(s["median"]), _fmt(s["min"]), _fmt(s["max"])]
             for name, s in cl["summary"].items()
         ]
-        lines.append(report.format_table(["output / β", "mean", "median", "min", "max"], rows))
+        lines.append(records.format_table(["output / β", "mean", "median", "min", "max"], rows))
     bd = record.get("bounds")
     if bd:
         lines += ["", f"## Finlay & Oberman lower bounds vs {bd['attack']} ({bd['norm']})", ""]
@@ -105,7 +105,7 @@ def format_signal_markdown(record: Mapping[str, Any]) -> str:
             [k, _fmt(v["mean"]), _fmt(v["median"]), _fmt(v["min"]), _fmt(v["max"])]
             for k, v in bd["summary"].items()
         ]
-        lines.append(report.format_table(["quantity", "mean", "median", "min", "max"], rows))
+        lines.append(records.format_table(["quantity", "mean", "median", "min", "max"], rows))
         lines += [
             "",
             f"L-bound above the distance found: {bd['l_violations']} example(s) "
@@ -181,7 +181,7 @@ def signal_plots(
         for r in abl:
             if r["temperature"] != "njs":
                 curves[r["label"]] = ([njs[0]["rho"], njs[-1]["rho"]], [r["robust_accuracy"]] * 2)
-        report.plot_curves(
+        records.plot_curves(
             out_dir / "rho_ablation.png",
             curves,
             xlabel="ρ",

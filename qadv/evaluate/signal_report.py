@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from qadv import report
+from qadv import records
 from qadv.attacks import registry
 from qadv.attacks.protocol import AttackContext
 from qadv.evaluate import bounds as bounds_lib
@@ -260,7 +260,7 @@ def _with_defaults(context: AttackContext | None, images, std) -> AttackContext:
 def _section(out_dir: Path, name: str, params: Mapping[str, Any], compute: Callable[[], Any]):
     """Cached section of the report: ``out_dir/sections/<name>.json``, reused when its
     parameters (data fingerprint included) match."""
-    return report.cached_json(out_dir / "sections" / f"{name}.json", params, compute)
+    return records.cached_json(out_dir / "sections" / f"{name}.json", params, compute)
 
 
 def _floats(a) -> list:
@@ -543,11 +543,11 @@ def signal_report(
         "bounds": bounds_rec,
         "per_example": per_example,
         "wall_time_s": time.perf_counter() - t0,
-        "environment": report.environment(),
-        "git_commit": report.git_commit(),
+        "environment": records.environment(),
+        "git_commit": records.git_commit(),
         "model_metadata": meta,
     }
     record["plots"] = signal_plots(out, record, per_example)
-    report.atomic_write_json(out / "signal.json", record)
+    records.atomic_write_json(out / "signal.json", record)
     (out / "signal.md").write_text(format_signal_markdown(record))
     return record

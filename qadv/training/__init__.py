@@ -9,7 +9,7 @@
   projection and the jitted train step;
 - :mod:`qadv.training.loop` — :func:`train`, the resumable loop.
 
-``qadv.train`` is the same module under its earlier name.
+``qadv.train`` is this package under its earlier name (deprecated).
 """
 
 from qadv.checkpoint import LoadedModel, load_checkpoint

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from qadv import parallel, report
+from qadv import parallel, records
 from qadv.checkpoint import (
     CHECKPOINT_SUBDIR,
     complete_steps,
@@ -480,7 +480,7 @@ class _Run:
             "out_dir": str(self.out_dir),
             "qadv_version": _qadv_version(),
             "config": c.to_dict(),
-            "environment": report.environment(),
+            "environment": records.environment(),
         }
         text = json.dumps(summary, indent=2) + "\n"
         if self.main:

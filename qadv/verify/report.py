@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from qadv import report
+from qadv import records
 from qadv.verify.iprop import iprop, iprop_applies
 from qadv.verify.milp import NOT_ROBUST, ROBUST, UNSOLVED, Verdict, verify_batch
 from qadv.verify.network import Network, extract_network
@@ -230,7 +230,7 @@ def gap_to_truth(
         "attacks": list(attacks) + (["iprop"] if run_iprop else []),
         "seed": seed,
         "rows": rows,
-        "environment": report.environment(),
+        "environment": records.environment(),
     }
     if out_dir is not None:
         write_gap_report(record, out_dir)
@@ -318,7 +318,7 @@ def flip_rate_curves(record: Mapping[str, Any]) -> dict[str, tuple[list, list]]:
 def write_gap_report(record: Mapping[str, Any], out_dir: str | Path) -> None:
     """``gap.json``, ``gap.md`` and ``flip_rate.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
-    report.atomic_write_json(out_dir / "gap.json", record)
+    records.atomic_write_json(out_dir / "gap.json", record)
     names = list(record["attacks"])
     header = [
         "eps",
@@ -358,11 +358,11 @@ def write_gap_report(record: Mapping[str, Any], out_dir: str | Path) -> None:
         "(robustness is only ever proved by the MILP). Robust accuracy (%) on the solved "
         "examples only; the gap is attack − exact (never negative).",
         "",
-        report.format_table(header, table),
+        records.format_table(header, table),
         "",
         "## Flip rate (% of solved, correctly classified examples flipped; paper Fig. 2)",
         "",
-        report.format_table(flips[0], flips[1:]),
+        records.format_table(flips[0], flips[1:]),
         "",
         "MILP seconds per example: "
         + ", ".join(
@@ -377,7 +377,7 @@ def write_gap_report(record: Mapping[str, Any], out_dir: str | Path) -> None:
         k: (xs, [np.nan if v is None else v for v in ys])
         for k, (xs, ys) in flip_rate_curves(record).items()
     }
-    report.plot_curves(
+    records.plot_curves(
         out_dir / "flip_rate.png",
         curves,
         xlabel="L∞ bound ε",
@@ -526,10 +526,10 @@ def minimal_perturbations(
         "attacks": list(min_norm_attacks),
         "summary": summary,
         "examples": examples,
-        "environment": report.environment(),
+        "environment": records.environment(),
     }
     if out_dir is not None:
-        report.atomic_write_json(out_dir / "minimal.json", record)
+        records.atomic_write_json(out_dir / "minimal.json", record)
         head = ["example", "exact lower", "exact upper", *min_norm_attacks]
         body = [
             [
@@ -555,7 +555,7 @@ def minimal_perturbations(
                     f"{tol:.4g} with a {time_limit:g} s limit per check; {len(solved)} solved. "
                     f"{ratios}.",
                     "",
-                    report.format_table(head, body),
+                    records.format_table(head, body),
                     "",
                 ]
             )

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from qadv.cli.options import add_data_dir, add_progress, fraction, load, positive_int, split_list
+from qadv.apps.cli.options import (
+    add_data_dir,
+    add_progress,
+    fraction,
+    load,
+    positive_int,
+    split_list,
+)
 
 NAME = "verify"
 HELP = "exact robustness of a small MLP by MILP, and each attack's gap to it"
@@ -53,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _radii(args) -> list[float]:
-    from qadv.report import parse_fraction
+    from qadv.records import parse_fraction
 
     eps_list = [parse_fraction(e, name="eps") for e in split_list(args.eps)]
     if not eps_list or any(not 0 < e <= 1 for e in eps_list):

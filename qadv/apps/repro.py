@@ -1,9 +1,9 @@
 """Paper experiments: one config file per table or figure, run by ``qadv study``.
 
-An :class:`Experiment` is a list of :class:`Part` s, each a :class:`~qadv.study.StudyConfig`
+An :class:`Experiment` is a list of :class:`Part` s, each a :class:`~qadv.apps.study.StudyConfig`
 (the networks and what is measured on them) of one kind:
 
-* ``attacks``: :func:`qadv.study.run_study` (clean accuracy, diagnostics, every attack
+* ``attacks``: :func:`qadv.apps.study.run_study` (clean accuracy, diagnostics, every attack
   and ensemble at every ε), written to ``out/<part>/study.{md,json}``;
 * ``signal``: :func:`qadv.evaluate.signal_report.signal_report` on every network
   (signal propagation under NJS/HNS, ρ ablation, CLEVER, L/C lower bounds), written to
@@ -21,8 +21,8 @@ A config file defines ``config(size="cpu", tiny=False) -> Experiment``; ``tiny``
 it to a few examples and one epoch (the tests run every config this way).
 
 Example:
-    >>> from qadv import paper_models as pm
-    >>> from qadv.study import StudyConfig
+    >>> from qadv.apps import paper_models as pm
+    >>> from qadv.apps.study import StudyConfig
     >>> cells = pm.models([("bnn_wq", "bnn_wq", "resnet18", {})], "cpu")
     >>> part = Part("linf", StudyConfig(cells, pm.attack_spec("cpu", ["pgd", "pgd++njs"])))
     >>> exp = Experiment("Table 2", parts=(part,), size="cpu")
@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from qadv import report
-from qadv.paper_models import check_size
-from qadv.study import Cell, EvalSpec, StudyConfig, eps_key, run_study
+from qadv import records
+from qadv.apps.paper_models import check_size
+from qadv.apps.study import Cell, EvalSpec, StudyConfig, eps_key, run_study
 
 __all__ = [
     "DEFAULT_STORE",
@@ -222,8 +222,8 @@ def finish(exp: Experiment, tiny: bool | str = False) -> Experiment:
 
 
 def _train_cells(cells: Sequence[Cell], store: Path, data_dir, progress: bool) -> dict[str, Path]:
-    from qadv.study import _finished_summary
-    from qadv.train import train
+    from qadv.apps.study.measure import _finished_summary
+    from qadv.training import train
 
     runs = {}
     for cell in cells:
@@ -259,7 +259,7 @@ def _run_signal(part: Part, out: Path, store: Path, data_dir, progress: bool) ->
 
 
 def _run_verify(part: Part, out: Path, store: Path, data_dir, progress: bool) -> dict:
-    from qadv import cli
+    from qadv.apps import cli
 
     runs = _train_cells(part.study.cells, store, data_dir, progress)
     records = {}
@@ -307,7 +307,7 @@ def _sweep_plot(part: Part, summary: dict, out: Path) -> str | None:
     if not series:
         return None
     path = out / f"accuracy_vs_{part.sweep}.png"
-    report.plot_curves(
+    records.plot_curves(
         path,
         series,
         xlabel=part.sweep,
@@ -323,7 +323,7 @@ def _compact_table(summary: dict) -> str:
     header = summary["header"]
     keep = [i for i, h in enumerate(header) if h in ("cell", "clean") or "@" in h]
     rows = [[r[i] for i in keep] for r in summary["rows"]]
-    return report.format_table([header[i] for i in keep], rows)
+    return records.format_table([header[i] for i in keep], rows)
 
 
 def run_experiment(
@@ -379,7 +379,7 @@ def run_experiment(
             record["parts"][part.name] = {"kind": part.kind, "cells": cells}
             lines += [f"- `{c}`: [`{part.name}/{c}/`]({part.name}/{c}/)" for c in cells] + [""]
     wall = time.time() - t0
-    env = report.environment()
+    env = records.environment()
     record.update(command=command, wall_time_s=wall, environment=env, store=str(runs))
     lines += [
         f"Command: `{command}`. Wall time of this invocation: {wall:.0f} s. "
@@ -389,5 +389,5 @@ def run_experiment(
         "",
     ]
     (out / "experiment.md").write_text("\n".join(lines))
-    report.atomic_write_json(out / "experiment.json", record)
+    records.atomic_write_json(out / "experiment.json", record)
     return record

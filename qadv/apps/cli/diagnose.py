@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qadv.cli.options import add_data_dir, load, positive_int
+from qadv.apps.cli.options import add_data_dir, load, positive_int
 
 NAME = "diagnose"
 HELP = "signal-propagation diagnostics (paper Table 13)"
@@ -20,12 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
-    from qadv import report
+    from qadv import records
     from qadv.evaluate import diagnose
 
     loaded, images, labels = load(args.checkpoint, args.data_dir, args.n)
     stats = diagnose(loaded.logits_fn, images, labels, batch_size=args.batch_size)
     rows = [[k, v] for k, v in stats.items() if isinstance(v, int | float)]
-    print(report.format_table(["statistic", "value"], rows, markdown=False))
+    print(records.format_table(["statistic", "value"], rows, markdown=False))
     if args.out:
-        report.atomic_write_json(args.out, {"checkpoint": args.checkpoint, **stats})
+        records.atomic_write_json(args.out, {"checkpoint": args.checkpoint, **stats})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qadv.cli.options import add_data_dir, add_dtype, load, positive_int
+from qadv.apps.cli.options import add_data_dir, add_dtype, load, positive_int
 
 NAME = "eval"
 HELP = "clean test accuracy of a checkpoint"

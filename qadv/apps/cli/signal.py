@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qadv.cli.options import add_data_dir, add_progress, fraction, load, positive_int, split_list
+from qadv.apps.cli.options import (
+    add_data_dir,
+    add_progress,
+    fraction,
+    load,
+    positive_int,
+    split_list,
+)
 
 NAME = "signal"
 HELP = "signal propagation, rho ablation, CLEVER and lower bounds (paper Tables 11-13)"
@@ -34,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> None:
     from qadv.evaluate.signal_report import PAPER_RHOS, SignalConfig, signal_report
-    from qadv.report import parse_fraction
+    from qadv.records import parse_fraction
 
     rhos = PAPER_RHOS
     if args.rhos is not None:

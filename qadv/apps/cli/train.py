@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qadv.cli.options import (
+from qadv.apps.cli.options import (
     add_data_dir,
     add_parallel,
     add_progress,
@@ -94,7 +94,7 @@ def parse_set(items: list[str]) -> dict:
     """
     import json
 
-    from qadv.report import parse_fraction
+    from qadv.records import parse_fraction
 
     out = {}
     for item in items:

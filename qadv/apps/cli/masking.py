@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qadv.cli.options import add_data_dir, add_progress, fraction, load, positive_int, split_list
+from qadv.apps.cli.options import (
+    add_data_dir,
+    add_progress,
+    fraction,
+    load,
+    positive_int,
+    split_list,
+)
 
 NAME = "masking"
 HELP = "gradient-masking report: checks with verdicts, accuracy against ε/iterations/step"

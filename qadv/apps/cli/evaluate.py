@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qadv.cli.options import (
+from qadv.apps.cli.options import (
     add_run_options,
     devices,
     fraction,
@@ -63,7 +63,7 @@ def _members(args) -> tuple[list, str]:
 
 
 def run(args) -> None:
-    from qadv import report
+    from qadv import records
     from qadv.evaluate import evaluate_ensemble
 
     configs, name = _members(args)
@@ -78,7 +78,7 @@ def run(args) -> None:
         for m in record["attacks"]
     ]
     print(
-        report.format_table(
+        records.format_table(
             ["attack", "attacked", "broken", "robust % after", "time (s)"], rows, markdown=False
         )
     )

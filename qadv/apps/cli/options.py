@@ -38,7 +38,7 @@ def fraction(name: str):
     """Argument type: a finite number or a fraction such as ``8/255``."""
 
     def parse(text: str) -> float:
-        from qadv.report import parse_fraction
+        from qadv.records import parse_fraction
 
         try:
             return parse_fraction(text, name=name)

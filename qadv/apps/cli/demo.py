@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qadv.cli.options import add_data_dir, add_progress, positive_int
+from qadv.apps.cli.options import add_data_dir, add_progress, positive_int
 
 NAME = "demo"
 HELP = "the main job: float and BNN-WQ MLPs, masking reports, the attacks that break it"
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
-    from qadv.demo import run_demo
+    from qadv.apps.demo import run_demo
 
     result = run_demo(
         args.out,

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from qadv.cli.options import add_data_dir, add_progress, split_list
+from qadv.apps.cli.options import add_data_dir, add_progress, split_list
 
 NAME = "study"
 HELP = "train and measure a grid of networks from a config file (one table)"
@@ -52,14 +52,14 @@ def _options(items: list[str]) -> dict[str, str]:
 
 
 def run(args) -> None:
-    from qadv.study import StudyConfig, load_study_config, run_study
+    from qadv.apps.study import StudyConfig, load_study_config, run_study
 
     options = _options(args.options)
     if args.size is not None:
         options["size"] = args.size
     only = split_list(args.only) if args.only is not None else None
     config = load_study_config(args.config, options)
-    if not isinstance(config, StudyConfig):  # a paper experiment (qadv.repro)
+    if not isinstance(config, StudyConfig):  # a paper experiment (qadv.apps.repro)
         _run_experiment(config, args, only)
         return
     result = run_study(
@@ -78,7 +78,7 @@ def run(args) -> None:
 
 
 def _run_experiment(config, args, only) -> None:
-    from qadv.repro import run_experiment
+    from qadv.apps.repro import run_experiment
 
     rec = run_experiment(
         config,

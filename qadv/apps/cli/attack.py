@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from qadv.cli.options import add_run_options, devices, fraction, integer, load, run_options
+from qadv.apps.cli.options import add_run_options, devices, fraction, integer, load, run_options
 
 NAME = "attack"
 HELP = "robust accuracy of a checkpoint under one attack"

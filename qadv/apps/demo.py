@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import data, report, signal
+from qadv import data, records, signal
 from qadv.attacks import AttackContext, registry
 from qadv.checkpoint import load_checkpoint
 from qadv.evaluate import diagnose, evaluate_ensemble
 from qadv.evaluate.masking import SUSPECTED, MaskingConfig, masking_report
-from qadv.train import TrainConfig, make_policy, train
+from qadv.training import TrainConfig, make_policy, train
 
 __all__ = ["DEMO_EPS", "DEMO_MODELS", "demo_masking_config", "run_demo"]
 
@@ -111,7 +111,7 @@ def run_demo(
         "ensembles": {model: {eps name: record}}, "wall_time_s": ...}``.
     """
     t0 = time.time()
-    with report.CompileClock() as clock:
+    with records.CompileClock() as clock:
         out_dir = Path(out_dir)
         models = dict(DEMO_MODELS if models is None else models)
         if epochs is not None:
@@ -135,48 +135,31 @@ def run_demo(
             trained[name] = train(config, out_dir / name, data_dir=data_dir, progress=progress)
             loaded[name] = load_checkpoint(out_dir / name)
 
-        reports, ensembles, diagnostics = {}, {}, {}
-        for name, m in loaded.items():
-            surrogate = loaded[floats[0]].logits_fn if floats and name != floats[0] else None
-            context = AttackContext(calib_images=images, input_std=tuple(m.metadata["std"]))
-            reports[name] = masking_report(
-                m.logits_fn,
-                images,
-                labels,
-                config=masking,
-                surrogate=surrogate,
-                context=context,
-                out_dir=out_dir / "masking" / name,
-                progress=progress,
-                name=name,
-            )
-            diagnostics[name] = diagnose(m.logits_fn, images, labels)
-            ensembles[name] = {}
-            for label, e in eps.items():
-                ensembles[name][label] = evaluate_ensemble(
-                    m.logits_fn,
-                    images,
-                    labels,
-                    registry.preset("standard", norm="linf", eps=e, **ensemble),
-                    name="standard",
-                    batch_size=batch_size,
-                    seed=seed,
-                    context=context,
-                    out=out_dir / "results" / name / f"standard_eps{e:.6g}.json",
-                    progress=progress,
-                )
+        reports, ensembles, diagnostics = _measure(
+            loaded,
+            floats,
+            images,
+            labels,
+            masking=masking,
+            eps=eps,
+            ensemble=ensemble,
+            batch_size=batch_size,
+            seed=seed,
+            out_dir=out_dir,
+            progress=progress,
+        )
 
         table, rows = _table(models, reports, ensembles, eps)
         _plots(out_dir, models, reports, loaded, images, labels)
         verdict = _verdict(models, reports, ensembles, floats, masking, eps)
     wall = time.time() - t0
     timing = clock.as_dict(wall)
-    env = report.environment()
+    env = records.environment()
     text = _markdown(
         verdict, table, models, trained, reports, diagnostics, n, timing, env, masking, ensemble
     )
     (out_dir / "report.md").write_text(text)
-    report.atomic_write_json(
+    records.atomic_write_json(
         out_dir / "demo.json",
         {
             "n": n,
@@ -199,6 +182,55 @@ def run_demo(
         "wall_time_s": wall,
         "timing": timing,
     }
+
+
+def _measure(
+    loaded: dict[str, Any],
+    floats: list[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    masking: MaskingConfig,
+    eps: dict[str, float],
+    ensemble: dict[str, Any],
+    batch_size: int,
+    seed: int,
+    out_dir: Path,
+    progress: bool,
+) -> tuple[dict, dict, dict]:
+    """The masking report, signal diagnostics and ``standard`` ensemble at every table
+    budget of each loaded model: ``(reports, ensembles, diagnostics)``, each by model."""
+    reports, ensembles, diagnostics = {}, {}, {}
+    for name, m in loaded.items():
+        surrogate = loaded[floats[0]].logits_fn if floats and name != floats[0] else None
+        context = AttackContext(calib_images=images, input_std=tuple(m.metadata["std"]))
+        reports[name] = masking_report(
+            m.logits_fn,
+            images,
+            labels,
+            config=masking,
+            surrogate=surrogate,
+            context=context,
+            out_dir=out_dir / "masking" / name,
+            progress=progress,
+            name=name,
+        )
+        diagnostics[name] = diagnose(m.logits_fn, images, labels)
+        ensembles[name] = {}
+        for label, e in eps.items():
+            ensembles[name][label] = evaluate_ensemble(
+                m.logits_fn,
+                images,
+                labels,
+                registry.preset("standard", norm="linf", eps=e, **ensemble),
+                name="standard",
+                batch_size=batch_size,
+                seed=seed,
+                context=context,
+                out=out_dir / "results" / name / f"standard_eps{e:.6g}.json",
+                progress=progress,
+            )
+    return reports, ensembles, diagnostics
 
 
 def _curve_at(r: dict, name: str, e: float) -> float | None:
@@ -226,7 +258,7 @@ def _table(models, reports, ensembles, eps) -> tuple[str, list]:
             square = r["robust_accuracy"].get("Square") if e == r["eps"] else None
             ens = ensembles[name][label]["robust_accuracy"]
             rows.append([name, f"{_radius(e)} ({label})", r["clean_accuracy"], *accs, square, ens])
-    body = report.format_table(header, [["–" if v is None else v for v in row] for row in rows])
+    body = records.format_table(header, [["–" if v is None else v for v in row] for row in rows])
     return body, rows
 
 
@@ -239,14 +271,14 @@ def _plots(out_dir: Path, models, reports, loaded, images, labels) -> None:
             curves[f"{name}: {k}"] = (np.asarray(d["eps"]) * 255, d["curves"][k])
         c = checks["iterations"]["curve"]
         iters[f"{name}: PGD"] = (np.arange(1, len(c)), c[1:])
-    report.plot_curves(
+    records.plot_curves(
         out_dir / "accuracy_vs_eps.png",
         curves,
         xlabel="ε (×1/255, L∞)",
         ylabel="robust accuracy (%)",
         title="Accuracy against ε: PGD against PGD++",
     )
-    report.plot_curves(
+    records.plot_curves(
         out_dir / "accuracy_vs_iterations.png",
         iters,
         xlabel="PGD iterations (ε = 0.1)",
@@ -255,7 +287,7 @@ def _plots(out_dir: Path, models, reports, loaded, images, labels) -> None:
         logx=True,
     )
     hess = {name: _hessian_curve(m.logits_fn, images, labels) for name, m in loaded.items()}
-    report.plot_curves(
+    records.plot_curves(
         out_dir / "hessian_norm_vs_beta.png",
         {k: v for k, v in hess.items() if len(v[0])},
         xlabel="β",
@@ -373,6 +405,8 @@ def _verdict(models, reports, ensembles, floats, masking: MaskingConfig, eps) ->
 def _markdown(
     verdict, table, models, trained, reports, diagnostics, n, timing, env, masking, ensemble
 ) -> str:
+    """The text of ``report.md``. Kept as one function: it is the page's sections in the
+    order they are read, each a few lines, so splitting it would scatter one document."""
     names = list(models)
     checks = [v["name"] for v in reports[names[0]]["checks"]]
     lines = [
@@ -413,7 +447,7 @@ def _markdown(
         "",
         "## Signal propagation at β = 1",
         "",
-        report.format_table(
+        records.format_table(
             [
                 "model",
                 "zero grad %",
@@ -446,7 +480,7 @@ def _markdown(
         "",
         "## Models",
         "",
-        report.format_table(
+        records.format_table(
             [
                 "model",
                 "architecture",

@@ -14,6 +14,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
-    from qadv.report import results_table
+    from qadv.records import results_table
 
     print(results_table(args.folder, wall_time=args.wall_time))

@@ -42,8 +42,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qadv.study import Cell, EvalSpec
-from qadv.train import TrainConfig
+from qadv.apps.study import Cell, EvalSpec
+from qadv.training import TrainConfig
 
 __all__ = [
     "FMNIST_LINF",

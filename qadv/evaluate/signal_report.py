@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qadv import report, signal
-from qadv.attacks import registry
+from qadv.attacks import get_norm, registry
 from qadv.attacks.protocol import AttackContext, split_logits_fn
 from qadv.evaluate import bounds as bounds_lib
 from qadv.evaluate.core import (
@@ -607,8 +607,7 @@ def signal_report(
             f"expected a LoadedModel or a logits function, got {type(loaded_or_logits_fn)}"
         )
     images, labels = check_data(images, labels, logits_fn)
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"unknown norm {norm!r}; choose one of: linf, l2")
+    get_norm(norm)
     if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"bad eps {eps!r}; it must be a finite number > 0")
     _check_ablation((*rhos, *prop1_rhos), fixed_betas)

@@ -225,7 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-examples", type=_positive_int("train examples"), default=None)
     t.add_argument("--test-examples", type=_positive_int("test examples"), default=None)
     adv = t.add_argument_group("adversarial training")
-    adv.add_argument("--adv", default=None, help="none (default), pgd (Madry) or fastat (Wong)")
+    adv.add_argument(
+        "--adv",
+        default=None,
+        help="none (default), pgd (Madry), fastat (Wong) or a gradient attack (fgsm, apgd-ce, ...)",
+    )
     adv.add_argument("--adv-eps", type=_fraction("adv eps"), default=None, help="default 8/255")
     adv.add_argument("--adv-steps", type=_positive_int("adv steps"), default=None, help="PGD: 7")
     adv.add_argument(
@@ -235,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default eps/4 (pgd), 1.25 eps (fastat)",
     )
     adv.add_argument("--adv-norm", default=None, help="linf (default) or l2")
-    adv.add_argument("--adv-temperature", default=None, help="none (default), njs or hns")
+    adv.add_argument(
+        "--adv-temperature", default=None, help="none (default), fixed, njs, hns or prop1"
+    )
     igr = t.add_argument_group("input-gradient regularisation (L + λ/2 ||∇x L||*²)")
     igr.add_argument("--igr", default=None, help="none (default), fd or exact (double backprop)")
     igr.add_argument("--igr-lambda", type=float, default=None, help="λ (default 0.1)")

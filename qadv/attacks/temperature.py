@@ -207,9 +207,7 @@ def _mean_singular_value(logits_fn, x, std, weights):
     return jnp.sum(sv * w[:, None]) / (jnp.sum(w) * sv.shape[1])
 
 
-def njs(
-    logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None, weights=None
-) -> NJS:
+def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None, weights=None) -> NJS:
     """Network Jacobian scaling; ``beta1`` is computed here, once, from ``x_calib``.
 
     Args:

@@ -14,8 +14,8 @@ else the clean ``x``. Queries: one per iteration and one for the final check. No
 temperature: the ratios and hyperplanes it uses do not change when the logits are
 scaled.
 
-The linearisation helpers here (the class Jacobian, the closest class) are shared with
-FAB (:mod:`qadv.attacks.fab`).
+It shares FAB's linearisation (the class Jacobian, the closest class;
+:mod:`qadv.attacks.fab`).
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -39,61 +39,20 @@ import jax
 import jax.numpy as jnp
 
 from qadv.attacks import registry
-from qadv.attacks.norms import Norm
+from qadv.attacks.fab import (
+    _class_jacobian,
+    _closest_class,
+    _dual_norm,
+    _pick,
+    _predicts_other,
+    _safe_div,
+)
 from qadv.attacks.protocol import finish_min_norm
 from qadv.attacks.validation import check_int, check_scalar
 
 __all__ = ["DeepFoolConfig"]
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-
-
-# --------------------------------------------------------------- linearisation (shared)
-
-
-def _safe_div(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a / b`` where ``b > 0``, else 0 (no NaN, no inf)."""
-    ok = b > 0
-    return jnp.where(ok, a / jnp.where(ok, b, jnp.ones_like(b)), jnp.zeros_like(a))
-
-
-def _dual_norm(v: jax.Array, geometry: Norm) -> jax.Array:
-    """The dual norm of ``geometry`` over the last axis (scale-free: no underflow)."""
-    scale = jnp.max(jnp.abs(v), axis=-1)
-    u = _safe_div(v, scale[..., None])
-    return scale * geometry.dual.length(u)
-
-
-def _finite(g: jax.Array) -> jax.Array:
-    return jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
-
-
-def _pick(a: jax.Array, idx: jax.Array) -> jax.Array:
-    """``a[i, idx[i]]`` for ``a`` of shape ``(B, d)``."""
-    return jnp.take_along_axis(a, idx[:, None].astype(jnp.int32), axis=1)[:, 0]
-
-
-def _class_jacobian(flat_fn, z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Logits ``(B, d)`` and ``∇(f_j - f_y)`` for every class ``j``: ``(B, d, n)``."""
-    logits, vjp_fn = jax.vjp(flat_fn, z)
-    d = logits.shape[-1]
-    eye = jnp.eye(d, dtype=logits.dtype)
-    cotangents = eye[:, None, :] - jnp.take(eye, y, axis=0)[None, :, :]  # (d, B, d)
-    (jac,) = jax.vmap(vjp_fn)(cotangents)
-    return logits, _finite(jnp.swapaxes(jac, 0, 1))
-
-
-def _closest_class(logits, jac, y, geometry: Norm):
-    """Index of the smallest linearised distance ``|f_j - f_y| / ||∇(f_j - f_y)||_dual``."""
-    df = logits - _pick(logits, y)[:, None]
-    dist = jnp.abs(df) / (1e-12 + _dual_norm(jac, geometry))
-    is_y = jnp.arange(logits.shape[-1], dtype=jnp.int32)[None, :] == y[:, None]
-    dist = jnp.where(is_y | ~jnp.isfinite(dist), jnp.inf, dist)
-    return jnp.argmin(dist, axis=-1).astype(jnp.int32), df
-
-
-def _predicts_other(logits: jax.Array, y: jax.Array) -> jax.Array:
-    return jnp.argmax(logits, axis=-1).astype(y.dtype) != y
 
 
 # ------------------------------------------------------------------------------ DeepFool

@@ -7,11 +7,15 @@ Rule ``policy kinds``: only ``qadv/quant/`` may decide anything by the kind or n
 quantization policy. Elsewhere a policy is asked (``policy.quantize_kernel``,
 ``policy.anneals``, ``policy.exact_activation``, ...), never compared to a string
 literal, matched against string patterns, or used as the key of a lookup table.
+
+Rule ``norms``: only ``qadv/attacks/norms.py`` reads a norm's name; elsewhere the
+:class:`~qadv.attacks.norms.Norm` record is asked.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -327,3 +331,46 @@ def test_nothing_imports_the_deprecated_train_module():
         if name == "qadv.train" or name.startswith("qadv.train.")
     ]
     assert found == [], found
+
+
+QADV = Path(__file__).resolve().parents[1] / "qadv"
+
+
+def test_no_string_dispatch_on_norms():
+    """Outside ``qadv/attacks/norms.py`` no code compares a norm name with a string literal
+    (``norm == "linf"``, ``norm in ("l2", ...)``) or keys a dict literal by norm names: it
+    asks the :class:`qadv.attacks.norms.Norm` record (``get_norm(name)``) instead, so a
+    norm's name is read in one place."""
+    names = {"linf", "l2", "l1"}
+    allowed: dict[str, str] = {
+        # path relative to qadv/ -> why it may (none today)
+    }
+
+    def literals(node) -> set[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return set().union(*(literals(e) for e in node.elts)) if node.elts else set()
+        return set()
+
+    def mentions_norm(node) -> bool:  # norm, self.norm, norm_name, dual_norm, ...
+        ident = node.id if isinstance(node, ast.Name) else getattr(node, "attr", "")
+        return re.search(r"(^|_)norm(_name)?$", ident.lower()) is not None
+
+    bad = []
+    for path in sorted(QADV.rglob("*.py")):
+        rel = path.relative_to(QADV).as_posix()
+        if rel == "attacks/norms.py" or rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            where = f"{rel}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                consts = set().union(*(literals(s) for s in sides))
+                if consts & names or (consts and any(mentions_norm(s) for s in sides)):
+                    bad.append(f"{where}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Dict):
+                keys = set().union(*(literals(k) for k in node.keys if k is not None))
+                if keys & names:
+                    bad.append(f"{where}: dict keyed by norm names {sorted(keys & names)}")
+    assert not bad, "norm names compared outside norms.py:\n" + "\n".join(bad)

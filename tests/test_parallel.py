@@ -19,8 +19,8 @@ from synthetic import mnist_like_dir, relu_mlp
 
 from qadv import checkpoint, parallel
 from qadv.apps import cli
+from qadv.attacks import AttackContext, registry
 from qadv.training import TrainConfig, build_train_step
-from qadv.training.objectives import _temperature
 
 B = 13  # not a multiple of 2, 4 or 8
 RTOL, ATOL = 1e-5, 1e-5
@@ -170,10 +170,15 @@ def test_njs_training_temperature_calibrates_on_the_real_rows():
     x, _ = _batch()
     xp, mask = parallel.pad_to_multiple(np.concatenate([x, np.zeros_like(x[:1])]), 8)
     mask[B] = 0.0  # a zero image, then copies of it: padding
-    want = _temperature("njs", f, jnp.asarray(x)).beta1
-    got = jax.jit(lambda z, m: _temperature("njs", f, z, m).beta1)(xp, mask)
+    njs = registry.make_temperature("njs")  # as the training adversary builds it
+
+    def beta1(z, m=None):
+        return njs.build(f, AttackContext(calib_images=z, calib_mask=m)).beta1
+
+    want = beta1(jnp.asarray(x))
+    got = jax.jit(beta1)(xp, mask)
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    unmasked = _temperature("njs", f, jnp.asarray(xp)).beta1
+    unmasked = beta1(jnp.asarray(xp))
     assert abs(float(unmasked) / float(want) - 1) > 1e-3  # the padding would change it
 
 

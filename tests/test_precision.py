@@ -9,7 +9,7 @@ import pytest
 
 from qadv import attacks, checkpoint
 from qadv.apps import cli
-from qadv.attacks import gradient
+from qadv.attacks import protocol
 from qadv.models import (
     COMPUTE_DTYPES,
     check_compute_dtype,
@@ -176,10 +176,10 @@ def test_attacks_on_a_bfloat16_model(run, temperature, strict_dtypes):
     assert float(jnp.max(jnp.abs(x_adv - x))) > 0  # the input gradient got through
 
     # a second call, with a fresh logits function of the same model: no new compile
-    size = gradient._pgd_compiled._cache_size()
+    size = protocol._execute._cache_size()
     x2 = jnp.clip(x + 0.01, 0, 1)
     attacks.pgd(loaded.logits_fn, x2, y, key=jax.random.key(1), **kw)
-    assert gradient._pgd_compiled._cache_size() == size
+    assert protocol._execute._cache_size() == size
 
 
 def test_cli_dtype(run, capsys, tmp_path):

@@ -45,7 +45,7 @@ from qadv.attacks.protocol import (
 from qadv.attacks.temperature import HNS, NJS, BetaInfo, Fixed, fixed, hns, njs
 
 # Attack modules register themselves on import; keep them below the core imports.
-from qadv.attacks import apgd, fab, presets, square, transfer  # noqa: F401  isort: skip
+from qadv.attacks import apgd, fab, deepfool, presets, square, transfer  # noqa: F401  isort: skip
 
 __all__ = [
     "HNS",

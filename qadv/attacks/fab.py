@@ -44,11 +44,8 @@ non-true logits at the clean point, in that order (``min(n_targets, d - 1)`` of 
 with ``restarts`` runs each. AutoAttack's standard FAB-T is ``restarts=1, steps=100,
 n_targets=9``.
 
-**DeepFool.** At ``x_t`` still classified ``y``: the class ``l`` with the smallest
-``|f_l - f_y| / ||w_l||_dual``, the step onto its linearised boundary
-(L2: ``|f_l - f_y| w_l / ||w_l||_2^2``; L∞: ``|f_l - f_y| sign(w_l) / ||w_l||_1``) added to
-the total perturbation ``r``, and ``x_{t+1} = clip(x + (1 + overshoot) r, 0, 1)``. An
-example stops once it is misclassified.
+**DeepFool** (its own module, :mod:`qadv.attacks.deepfool`; importable from here too)
+steps onto the linearised boundary of the closest class without the box.
 
 **No temperature.** Both attacks only use logit differences through ratios
 ``|f_j - f_y| / ||∇(f_j - f_y)||`` and the hyperplanes ``{f_j - f_y = 0}``, which are
@@ -100,24 +97,63 @@ import jax
 import jax.numpy as jnp
 
 from qadv.attacks import registry
-from qadv.attacks.norms import per_example
+from qadv.attacks.norms import Norm, get_norm, per_example
 from qadv.attacks.protocol import finish_min_norm
-from qadv.attacks.validation import check_choice, check_int, check_scalar
+from qadv.attacks.validation import check_int, check_scalar
 
-__all__ = ["DeepFoolConfig", "FABConfig", "fab_targets", "project_to_hyperplane"]
+__all__ = ["DeepFoolConfig", "FABConfig", "fab_targets", "project_to_hyperplane"]  # noqa: F822
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-_PROJECTION_NORMS = ("linf", "l2")
-
-
-# ---------------------------------------------------------------- hyperplane projection
+# ------------------------------------------------ linearisation (shared with DeepFool)
 
 
 def _safe_div(a: jax.Array, b: jax.Array) -> jax.Array:
     """``a / b`` where ``b > 0``, else 0 (no NaN, no inf)."""
     ok = b > 0
     return jnp.where(ok, a / jnp.where(ok, b, jnp.ones_like(b)), jnp.zeros_like(a))
+
+
+def _dual_norm(v: jax.Array, geometry: Norm) -> jax.Array:
+    """The dual norm of ``geometry`` over the last axis (scale-free: no underflow)."""
+    scale = jnp.max(jnp.abs(v), axis=-1)
+    u = _safe_div(v, scale[..., None])
+    return scale * geometry.dual.length(u)
+
+
+def _finite(g: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
+
+
+def _pick(a: jax.Array, idx: jax.Array) -> jax.Array:
+    """``a[i, idx[i]]`` for ``a`` of shape ``(B, d)``."""
+    return jnp.take_along_axis(a, idx[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def _class_jacobian(flat_fn, z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Logits ``(B, d)`` and ``∇(f_j - f_y)`` for every class ``j``: ``(B, d, n)``."""
+    logits, vjp_fn = jax.vjp(flat_fn, z)
+    d = logits.shape[-1]
+    eye = jnp.eye(d, dtype=logits.dtype)
+    cotangents = eye[:, None, :] - jnp.take(eye, y, axis=0)[None, :, :]  # (d, B, d)
+    (jac,) = jax.vmap(vjp_fn)(cotangents)
+    return logits, _finite(jnp.swapaxes(jac, 0, 1))
+
+
+def _closest_class(logits, jac, y, geometry: Norm):
+    """Index of the smallest linearised distance ``|f_j - f_y| / ||∇(f_j - f_y)||_dual``."""
+    df = logits - _pick(logits, y)[:, None]
+    dist = jnp.abs(df) / (1e-12 + _dual_norm(jac, geometry))
+    is_y = jnp.arange(logits.shape[-1], dtype=jnp.int32)[None, :] == y[:, None]
+    dist = jnp.where(is_y | ~jnp.isfinite(dist), jnp.inf, dist)
+    return jnp.argmin(dist, axis=-1).astype(jnp.int32), df
+
+
+def _predicts_other(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.argmax(logits, axis=-1).astype(y.dtype) != y
+
+
+# ---------------------------------------------------------------- hyperplane projection
 
 
 def _solve_capped(slope: jax.Array, cap: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -156,8 +192,11 @@ def _solve_capped(slope: jax.Array, cap: jax.Array, need: jax.Array) -> tuple[ja
     return jnp.where(feasible, lam, jnp.zeros_like(lam)), feasible
 
 
-def _project(t: jax.Array, w: jax.Array, c: jax.Array, norm: str) -> jax.Array:
-    """Smallest ``d`` with ``w·d = c`` and ``t + d`` in ``[0, 1]`` (rows of ``(B, n)``)."""
+def _project(t: jax.Array, w: jax.Array, c: jax.Array, geometry: Norm) -> jax.Array:
+    """Smallest ``d`` with ``w·d = c`` and ``t + d`` in ``[0, 1]`` (rows of ``(B, n)``).
+
+    Coordinate ``i`` moves by ``min(lam |w_i|^(q-1), room_i)`` with ``q`` the dual
+    exponent of ``geometry`` (L∞: ``q = 1``, L2: ``q = 2``), ``lam`` solving the budget."""
     scale = jnp.max(jnp.abs(w), axis=-1)
     w = _safe_div(w, scale[:, None])  # scale-free: the solution does not change
     c = _safe_div(c, scale)
@@ -168,9 +207,10 @@ def _project(t: jax.Array, w: jax.Array, c: jax.Array, norm: str) -> jax.Array:
     room = jnp.where(up, 1 - t, jnp.where(down, t, zero))
     room = jnp.maximum(room, zero)
     aw = jnp.abs(ws)
-    slope = aw if norm == "linf" else aw * aw
+    q = geometry.dual_exponent
+    slope = aw**q  # |w_i| * |w_i|^(q-1)
     lam, feasible = _solve_capped(slope, aw * room, need)
-    reach = lam[:, None] if norm == "linf" else lam[:, None] * aw
+    reach = lam[:, None] * aw ** (q - 1)
     move = jnp.where(feasible[:, None], jnp.minimum(reach, room), room)
     return jnp.sign(ws) * jnp.where(aw > 0, move, zero)
 
@@ -207,62 +247,12 @@ def project_to_hyperplane(t: jax.Array, w: jax.Array, b: jax.Array, *, norm: str
         >>> show(project_to_hyperplane(t, w, jnp.array([2.5]), norm="l2"))  # unreachable
         [0.5, 0.1]
     """
-    check_choice("norm", norm, _PROJECTION_NORMS)
-    return _project_compiled(t, w, b, norm=norm)
+    return _project_compiled(t, w, b, geometry=get_norm(norm))
 
 
-@functools.partial(jax.jit, static_argnames=("norm",))
-def _project_compiled(t, w, b, *, norm):
-    return _project(t, w, b - jnp.sum(w * t, axis=-1), norm)
-
-
-# ------------------------------------------------------------------------- shared bits
-
-
-def _flat_norm(v: jax.Array, norm: str) -> jax.Array:
-    if norm == "linf":
-        return jnp.max(jnp.abs(v), axis=-1)
-    return jnp.sqrt(jnp.sum(v * v, axis=-1))
-
-
-def _dual_norm(v: jax.Array, norm: str) -> jax.Array:
-    """L1 for L∞, L2 for L2, over the last axis (scale-free: no underflow of squares)."""
-    scale = jnp.max(jnp.abs(v), axis=-1)
-    u = _safe_div(v, scale[..., None])
-    inner = jnp.sum(jnp.abs(u), axis=-1) if norm == "linf" else jnp.sqrt(jnp.sum(u * u, -1))
-    return scale * inner
-
-
-def _finite(g: jax.Array) -> jax.Array:
-    return jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
-
-
-def _pick(a: jax.Array, idx: jax.Array) -> jax.Array:
-    """``a[i, idx[i]]`` for ``a`` of shape ``(B, d)``."""
-    return jnp.take_along_axis(a, idx[:, None].astype(jnp.int32), axis=1)[:, 0]
-
-
-def _class_jacobian(flat_fn, z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Logits ``(B, d)`` and ``∇(f_j - f_y)`` for every class ``j``: ``(B, d, n)``."""
-    logits, vjp_fn = jax.vjp(flat_fn, z)
-    d = logits.shape[-1]
-    eye = jnp.eye(d, dtype=logits.dtype)
-    cotangents = eye[:, None, :] - jnp.take(eye, y, axis=0)[None, :, :]  # (d, B, d)
-    (jac,) = jax.vmap(vjp_fn)(cotangents)
-    return logits, _finite(jnp.swapaxes(jac, 0, 1))
-
-
-def _closest_class(logits, jac, y, norm):
-    """Index of the smallest linearised distance ``|f_j - f_y| / ||∇(f_j - f_y)||_dual``."""
-    df = logits - _pick(logits, y)[:, None]
-    dist = jnp.abs(df) / (1e-12 + _dual_norm(jac, norm))
-    is_y = jnp.arange(logits.shape[-1], dtype=jnp.int32)[None, :] == y[:, None]
-    dist = jnp.where(is_y | ~jnp.isfinite(dist), jnp.inf, dist)
-    return jnp.argmin(dist, axis=-1).astype(jnp.int32), df
-
-
-def _predicts_other(logits: jax.Array, y: jax.Array) -> jax.Array:
-    return jnp.argmax(logits, axis=-1).astype(y.dtype) != y
+@functools.partial(jax.jit, static_argnames=("geometry",))
+def _project_compiled(t, w, b, *, geometry):
+    return _project(t, w, b - jnp.sum(w * t, axis=-1), geometry)
 
 
 # ----------------------------------------------------------------------------------- FAB
@@ -300,11 +290,11 @@ class _FABBest(NamedTuple):
     target: jax.Array
 
 
-def _fab_linearise(flat_fn, z, y, target, norm):
+def _fab_linearise(flat_fn, z, y, target, geometry: Norm):
     """``(df (B,), w (B, n))`` of the boundary FAB projects onto at ``z``."""
     if target is None:
         logits, jac = _class_jacobian(flat_fn, z, y)
-        j, df = _closest_class(logits, jac, y, norm)
+        j, df = _closest_class(logits, jac, y, geometry)
         w = jnp.take_along_axis(jac, j[:, None, None], axis=1)[:, 0]
         return _pick(df, j), w
     logits, vjp_fn = jax.vjp(flat_fn, z)
@@ -316,7 +306,7 @@ def _fab_linearise(flat_fn, z, y, target, norm):
 
 def _fab_run(cfg: FABConfig, flat_fn, x0, y, start, target) -> _FABState:
     """``cfg.steps`` FAB iterations from ``start`` (flat ``(B, n)``); ``target`` or None."""
-    norm = cfg.norm
+    geometry = cfg.geometry
     b = x0.shape[0]
     eta = jnp.asarray(cfg.eta, x0.dtype)
     beta = jnp.asarray(cfg.beta, x0.dtype)
@@ -324,20 +314,20 @@ def _fab_run(cfg: FABConfig, flat_fn, x0, y, start, target) -> _FABState:
 
     def step(s: _FABState, _) -> tuple[_FABState, None]:
         x1 = s.x1
-        df, w = _fab_linearise(flat_fn, x1, y, target, norm)
+        df, w = _fab_linearise(flat_fn, x1, y, target, geometry)
         c1 = -df  # w·d must change by -df from x1 ...
         c0 = -df - jnp.sum(w * (x0 - x1), axis=-1)  # ... and by this from x0
         d = _project(
-            jnp.concatenate([x1, x0]), jnp.concatenate([w, w]), jnp.concatenate([c1, c0]), norm
+            jnp.concatenate([x1, x0]), jnp.concatenate([w, w]), jnp.concatenate([c1, c0]), geometry
         )
         d1, d2 = d[:b], d[b:]
-        a1 = jnp.maximum(_flat_norm(d1, norm), 1e-8)
-        a2 = jnp.maximum(_flat_norm(d2, norm), 1e-8)
+        a1 = jnp.maximum(geometry.length(d1), 1e-8)
+        a2 = jnp.maximum(geometry.length(d2), 1e-8)
         alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
         x_new = (x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha
         x_new = jnp.clip(x_new, 0.0, 1.0)
         adv = _predicts_other(flat_fn(x_new), y)
-        dist = _flat_norm(x_new - x0, norm)
+        dist = geometry.length(x_new - x0)
         better = adv & (dist < s.best_dist)
         best = jnp.where(better[:, None], x_new, s.best)
         best_dist = jnp.where(better, dist, s.best_dist)
@@ -348,15 +338,12 @@ def _fab_run(cfg: FABConfig, flat_fn, x0, y, start, target) -> _FABState:
     return jax.lax.scan(step, init, None, length=cfg.steps)[0]
 
 
-def _fab_random_start(keys, x0, eps, norm):
+def _fab_random_start(keys, x0, eps, geometry: Norm):
     """A point at distance ``eps / 2`` from ``x0`` (random direction), clipped to [0, 1]."""
 
     def draw(key, xi):
-        if norm == "linf":
-            t = jax.random.uniform(key, xi.shape, xi.dtype, minval=-1.0, maxval=1.0)
-        else:
-            t = jax.random.normal(key, xi.shape, xi.dtype)
-        return _safe_div(t, _flat_norm(t, norm)[:, None])
+        t = geometry.random_direction(key, xi.shape, xi.dtype)
+        return _safe_div(t, geometry.length(t)[:, None])
 
     delta = per_example(draw, keys, x0)
     return jnp.clip(x0 + (0.5 * eps) * delta, 0.0, 1.0)
@@ -381,7 +368,7 @@ def _fab_core(cfg: FABConfig, logits_fn: LogitsFn, x, y, keys):
         target_rank, restart = run // cfg.restarts, run % cfg.restarts
         if cfg.restarts > 1:
             run_keys = jax.vmap(lambda k: jax.random.fold_in(k, run))(keys)
-            start = jnp.where(restart > 0, _fab_random_start(run_keys, x0, eps, cfg.norm), x0)
+            start = jnp.where(restart > 0, _fab_random_start(run_keys, x0, eps, cfg.geometry), x0)
         else:
             start = x0
         target = (
@@ -444,7 +431,6 @@ class FABConfig(registry.AttackConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_choice("norm", self.norm, _PROJECTION_NORMS)
         check_int("steps", self.steps, 1)
         check_int("restarts", self.restarts, 1)
         check_int("n_targets", self.n_targets, 1)
@@ -478,92 +464,11 @@ class FABConfig(registry.AttackConfig):
 registry.register("fab-t", targeted=True)(FABConfig)
 
 
-# ------------------------------------------------------------------------------ DeepFool
+def __getattr__(name: str):
+    # DeepFool lives in qadv.attacks.deepfool (imported after FAB, so the registry lists
+    # fab, fab-t, deepfool in that order); its config stays importable from here
+    if name == "DeepFoolConfig":
+        from qadv.attacks.deepfool import DeepFoolConfig
 
-
-class _DeepFoolState(NamedTuple):
-    """Total perturbation ``r (B, n)``, iterate ``x1 (B, n)``, iterations used ``(B,)``."""
-
-    r: jax.Array
-    x1: jax.Array
-    iterations: jax.Array
-
-
-def _deepfool_core(cfg: DeepFoolConfig, logits_fn: LogitsFn, x, y):
-    shape = x.shape
-    b = shape[0]
-    x0 = x.reshape(b, -1)
-    norm = cfg.norm
-    grow = jnp.asarray(1 + cfg.overshoot, x.dtype)
-
-    def flat_fn(z):
-        return logits_fn(z.reshape(shape))
-
-    def step(s: _DeepFoolState, _) -> tuple[_DeepFoolState, None]:
-        logits, jac = _class_jacobian(flat_fn, s.x1, y)
-        active = ~_predicts_other(logits, y)
-        j, df = _closest_class(logits, jac, y, norm)
-        w = jnp.take_along_axis(jac, j[:, None, None], axis=1)[:, 0]
-        gap = jnp.abs(_pick(df, j))
-        if norm == "linf":
-            r = _safe_div(gap, _dual_norm(w, norm))[:, None] * jnp.sign(w)
-        else:
-            scale = jnp.max(jnp.abs(w), axis=-1)
-            u = _safe_div(w, scale[:, None])  # w / max|w|: its squares do not underflow
-            nu = jnp.sqrt(jnp.sum(u * u, axis=-1))
-            r = _safe_div(gap, scale * nu * nu)[:, None] * u
-        r_total = jnp.where(active[:, None], s.r + r, s.r)
-        x1 = jnp.where(active[:, None], jnp.clip(x0 + grow * r_total, 0.0, 1.0), s.x1)
-        return _DeepFoolState(r_total, x1, s.iterations + active.astype(jnp.int32)), None
-
-    init = _DeepFoolState(jnp.zeros_like(x0), x0, jnp.zeros((b,), jnp.int32))
-    final = jax.lax.scan(step, init, None, length=cfg.steps)[0]
-    adv = _predicts_other(flat_fn(final.x1), y)
-    dist = jnp.where(adv, _flat_norm(final.x1 - x0, norm), jnp.inf)
-    return final.x1.reshape(shape), dist, final.iterations
-
-
-@registry.register("deepfool")
-@dataclasses.dataclass(frozen=True)
-class DeepFoolConfig(registry.AttackConfig):
-    """DeepFool (multi-class, L∞ or L2): a minimum-norm attack (see the module docstring).
-
-    ``distance`` is the norm of the adversarial point found (``+inf`` if none after
-    ``steps``), even beyond ``eps``; ``x_adv`` is that point where it lies within
-    ``eps``, else the clean ``x``. ``aux["iterations"]``: linearisation steps taken
-    before the example was misclassified (or ``steps``).
-
-    Attributes:
-        steps: maximum number of iterations.
-        overshoot: the total perturbation is scaled by ``1 + overshoot``.
-    """
-
-    kind: ClassVar[str] = "deepfool"
-    minimum_norm: ClassVar[bool] = True
-
-    steps: int = 50
-    overshoot: float = 0.02
-
-    def validate(self) -> None:
-        super().validate()
-        check_choice("norm", self.norm, _PROJECTION_NORMS)
-        check_int("steps", self.steps, 1)
-        check_scalar("overshoot", self.overshoot)
-
-    @property
-    def label(self) -> str:
-        return f"DeepFool {self.geometry.label}"
-
-    def run(self, data, logits_fn, x, y, keys):
-        x_found, dist, iterations = _deepfool_core(self, logits_fn, x, y)
-        return finish_min_norm(
-            logits_fn,
-            x,
-            y,
-            x_found,
-            dist,
-            norm=self.geometry,
-            eps=self.eps,
-            queries=self.steps + 1,
-            aux={"iterations": iterations},
-        )
+        return DeepFoolConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,12 +2,16 @@
 
 An attack is an ``(init, step)`` pair over a pytree state (``make_pgd``); ``run_attack``
 drives ``step`` with ``lax.scan``, so one compiled step serves every iteration count.
-``pgd`` and ``fgsm`` validate their inputs in Python (before any compilation), then call
-one module-level ``jax.jit`` function: the random start, the temperature rule (NJS's
-per-step ``beta2``, HNS's grid search), the loop and the restart selection all compile
-together. ``logits_fn`` is a static argument: pass the *same* function object to reuse
-the compiled attack (a ``jax.tree_util.Partial`` is passed as a pytree instead, so its
-bound arrays, e.g. model variables, may change without recompiling).
+There is one PGD: the registered :class:`PGDConfig` (``registry.make("pgd", ...)``), run
+by the protocol (:func:`qadv.attacks.protocol.execute`). ``pgd`` and ``fgsm`` are thin
+functions over it: they build the config, validate it (the config's own checks, in
+Python, before any compilation) and run it with the runtime temperature strategy they
+were given as its prepared data. The random start, the temperature rule (NJS's per-step
+``beta2``, HNS's grid search), the loop and the restart selection all compile together.
+``logits_fn`` is a static argument: pass the *same* function object to reuse the
+compiled attack (a ``jax.tree_util.Partial`` is passed as a pytree instead, so its bound
+arrays, e.g. model variables, may change without recompiling); ``eps`` and ``step_size``
+are traced, so a sweep over them compiles once.
 
 Semantics (see also ``qadv.attacks.norms`` and ``qadv.attacks.temperature``):
 
@@ -38,7 +42,6 @@ smooth away from the projection's kinks.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
@@ -46,10 +49,16 @@ import jax
 import jax.numpy as jnp
 
 from qadv.attacks import registry
-from qadv.attacks.norms import NORMS, get_norm
-from qadv.attacks.protocol import example_keys, finish, split_logits_fn
-from qadv.attacks.temperature import BetaInfo, Fixed, NoTemperature, fixed
-from qadv.attacks.validation import check_batch, check_choice, check_int, check_scalar
+from qadv.attacks.norms import find_norm, get_norm
+from qadv.attacks.protocol import example_keys, execute, finish
+from qadv.attacks.temperature import BetaInfo, NoTemperature, fixed
+from qadv.attacks.validation import (
+    check_batch,
+    check_choice,
+    check_int,
+    check_scalar,
+    is_concrete,
+)
 from qadv.losses import LOSS_NAMES, cw_margin, get_loss, temperature_scaled
 
 __all__ = [
@@ -318,74 +327,47 @@ def _pgd_core(
     return jax.lax.scan(body, best, jnp.arange(1, restarts, dtype=jnp.int32))[0]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("fn_static", "norm", "loss", "steps", "restarts", "random_init"),
-)
-def _pgd_compiled(
-    fn_static,
-    fn_dyn,
-    x,
-    y,
-    key,
-    eps,
-    step_size,
-    temperature,
-    *,
-    norm,
-    loss,
-    steps,
-    restarts,
-    random_init,
-):
-    logits_fn = fn_static if fn_static is not None else fn_dyn
-    keys = None if key is None else example_keys(key, x.shape[0])
-    return _pgd_core(
-        logits_fn,
-        x,
-        y,
-        keys,
-        temperature,
-        eps=eps,
-        step_size=step_size,
-        norm=norm,
-        loss=loss,
-        steps=steps,
-        restarts=restarts,
-        random_init=random_init,
-    )
+# ------------------------------------------------------------------ direct functions
 
 
-# -------------------------------------------------------------------------- validation
-
-
-def _validate(
-    logits_fn, x, y, *, eps, step_size, steps, norm, restarts, temperature, loss, key, random_init
-):
-    check_choice("norm", norm, NORMS)
-    check_choice("loss", loss, LOSS_NAMES)
+def _check_temperature(temperature) -> None:
+    """A runtime strategy (``fixed``/``njs``/``hns``/``prop1`` or any object with
+    ``init``/``beta``/``validate``), or ``None``; names belong to the registry."""
     if temperature is not None and not all(
         callable(getattr(temperature, m, None)) for m in ("init", "beta", "validate")
     ):
         raise ValueError(
             f"unknown temperature {temperature!r}; use None, qadv.attacks.fixed(beta), "
             "qadv.attacks.njs(...), qadv.attacks.hns(...) or an object with "
-            "init/beta/validate methods"
+            "init/beta/validate methods (by name: registry.make('pgd', temperature=...))"
         )
-    check_scalar("eps", eps)
-    check_scalar("step_size", step_size)
-    check_int("steps", steps, 1)
-    check_int("restarts", restarts, 1)
-    if not isinstance(random_init, bool):
-        raise ValueError(f"random_init must be a bool, got {random_init!r}")
-    if random_init and key is None:
+
+
+def _run_direct(name, logits_fn, x, y, *, key, temperature, return_info, **options):
+    """The registered attack ``name`` with a runtime temperature strategy: the config's
+    own validation (a zero radius and step allowed), then the protocol's compiled run with
+    ``temperature`` as the config's prepared data."""
+    if not isinstance(return_info, bool):
+        raise ValueError(f"return_info must be a bool, got {return_info!r}")
+    _check_temperature(temperature)
+    config = registry.build(name, **options)
+    config.validate(zero_radius=True)
+    if config.random_init and key is None:
         raise ValueError("key is required when random_init=True (pass key=jax.random.key(...))")
     x, y, d = check_batch(logits_fn, x, y)
-    if loss == "dlr" and d < 3:
-        raise ValueError(f"dlr loss needs at least 3 classes, got d={d}")
+    config.validate_classes(d)
     if temperature is not None:
         temperature.validate(d, x.shape[0])
-    return x, y
+    strategy = temperature if temperature is not None else fixed(1.0)
+    keys = example_keys(key, x.shape[0]) if config.random_init else None
+    res = execute(config, strategy, logits_fn, x, y, keys)
+    if not return_info:
+        return res.x_adv
+    aux = res.aux
+    info = AttackInfo(
+        aux["beta"], aux["fallback"], aux["default_beta"], res.success, res.margin, aux["restart"]
+    )
+    return res.x_adv, info
 
 
 def pgd(
@@ -415,7 +397,8 @@ def pgd(
             example ``i`` draws from ``fold_in(key, i)``, so its result does not depend
             on the batch. A ``(B,)`` batch of per-example keys is accepted too.
         eps: radius (L-inf: per pixel; L2: total norm over ``H*W*C``), in ``[0, 1]`` units.
-        step_size: step length ``eta``.
+        step_size: step length ``eta`` (``None``: the norm's default, see
+            :class:`PGDConfig`).
         steps: number of iterations ``T >= 1``.
         norm: ``"linf"`` or ``"l2"``.
         random_init: start from a uniform random point in the ball.
@@ -444,40 +427,22 @@ def pgd(
         >>> bool(info.success[0]), bool(jnp.abs(adv - x).max() <= 0.05 + 1e-7)
         (True, True)
     """
-    if not isinstance(return_info, bool):
-        raise ValueError(f"return_info must be a bool, got {return_info!r}")
-    x, y = _validate(
+    return _run_direct(
+        "pgd",
         logits_fn,
         x,
         y,
+        key=key,
+        temperature=temperature,
+        return_info=return_info,
         eps=eps,
         step_size=step_size,
         steps=steps,
         norm=norm,
+        random_init=random_init,
         restarts=restarts,
-        temperature=temperature,
         loss=loss,
-        key=key,
-        random_init=random_init,
     )
-    fn_static, fn_dyn = split_logits_fn(logits_fn)
-    strategy = temperature if temperature is not None else Fixed(jnp.ones((), jnp.float32))
-    x_adv, info = _pgd_compiled(
-        fn_static,
-        fn_dyn,
-        x,
-        y,
-        key if random_init else None,
-        jnp.asarray(eps, x.dtype),
-        jnp.asarray(step_size, x.dtype),
-        strategy,
-        norm=norm,
-        loss=loss,
-        steps=int(steps),
-        restarts=int(restarts),
-        random_init=random_init,
-    )
-    return (x_adv, info) if return_info else x_adv
 
 
 def fgsm(
@@ -503,20 +468,18 @@ def fgsm(
         >>> float(fgsm(f, jnp.full((1, 1, 1, 1), 0.5), jnp.array([0]), eps=0.25)[0, 0, 0, 0])
         0.25
     """
-    return pgd(
+    return _run_direct(
+        "fgsm",
         logits_fn,
         x,
         y,
         key=key,
+        temperature=temperature,
+        return_info=return_info,
         eps=eps,
-        step_size=eps,
-        steps=1,
         norm=norm,
         random_init=key is not None,
-        restarts=1,
-        temperature=temperature,
         loss=loss,
-        return_info=return_info,
     )
 
 
@@ -542,19 +505,29 @@ class PGDConfig(registry.AttackConfig):
     random_init: bool = True
 
     def __post_init__(self):
-        if self.step_size is None and self.norm in NORMS and isinstance(self.steps, int):
-            step = get_norm(self.norm).default_step(float(self.eps), self.steps)
+        geometry = find_norm(self.norm)
+        if (
+            self.step_size is None
+            and geometry is not None
+            and isinstance(self.steps, int)
+            and is_concrete(self.eps)
+        ):
+            step = geometry.default_step(float(self.eps), self.steps)
             object.__setattr__(self, "step_size", float(step))
 
-    def validate(self) -> None:
-        super().validate()
-        check_scalar("step_size", self.step_size, allow_zero=False)
+    def validate(self, *, zero_radius: bool = False) -> None:
+        super().validate(zero_radius=zero_radius)
+        check_scalar("step_size", self.step_size, allow_zero=zero_radius)
         check_int("steps", self.steps, 1)
         check_int("restarts", self.restarts, 1)
         check_choice("loss", self.loss, LOSS_NAMES)
         if not isinstance(self.random_init, bool):
             raise ValueError(f"random_init must be a bool, got {self.random_init!r}")
         self.temperature.validate()
+
+    def validate_classes(self, d: int) -> None:
+        if self.loss == "dlr" and d < 3:
+            raise ValueError(f"dlr loss needs at least 3 classes, got d={d}")
 
     @property
     def label(self) -> str:
@@ -580,7 +553,12 @@ class PGDConfig(registry.AttackConfig):
             restarts=self.restarts,
             random_init=self.random_init,
         )
-        aux = {"beta": info.beta, "fallback": info.fallback, "restart": info.restart}
+        aux = {
+            "beta": info.beta,
+            "fallback": info.fallback,
+            "default_beta": info.default_beta,
+            "restart": info.restart,
+        }
         return finish(
             logits_fn,
             x,
@@ -608,4 +586,5 @@ class FGSMConfig(PGDConfig):
         if self.step_size is not None:
             check_scalar("step_size", self.step_size, allow_zero=False)
         object.__setattr__(self, "steps", 1)
-        object.__setattr__(self, "step_size", float(self.eps))
+        step = float(self.eps) if is_concrete(self.eps) else self.eps
+        object.__setattr__(self, "step_size", step)

@@ -17,8 +17,9 @@ Differences from the authors' PyTorch release:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ import numpy as np
 
 from qadv.attacks.keys import example_keys
 
-__all__ = ["L2", "LINF", "NORMS", "Norm", "get_norm", "per_example"]
+__all__ = ["ALL_NORMS", "L1", "L2", "LINF", "NORMS", "Norm", "find_norm", "get_norm", "per_example"]
 
 
 class Norm(NamedTuple):
@@ -41,6 +42,17 @@ class Norm(NamedTuple):
         project: ``(x_adv, x, eps) ->`` the point in the ball and ``[0, 1]``.
         distance: ``(x_adv, x) -> (B,)`` per-example norm of ``x_adv - x``.
         default_step: ``(eps, steps) ->`` the paper's step size (Table 6).
+        length: ``v (..., n) -> (...)`` the norm over the last axis, by its plain formula.
+        magnitude: ``v (..., n) -> (...)`` the same norm, computed so that values far below
+            the float32 square-root range (``1e-30``) do not underflow (for gradients).
+        dual_name: name of the dual norm (L∞ <-> L1, L2 <-> L2); :attr:`dual` is its record.
+        dual_exponent: ``q`` of the dual norm ``||.||_q`` (1 for L∞, 2 for L2, ``inf``
+            for L1): the minimum-norm move onto a hyperplane ``w·d = c`` scales
+            coordinate ``i`` by ``|w_i|^(q-1)``.
+        random_direction: ``(key, shape, dtype) ->`` a random vector whose direction is
+            uniform for this norm's ball shape (L∞: uniform in the cube; L2: Gaussian).
+        sample: ``(key, x, radius, n) -> (n, *x.shape)`` perturbations drawn uniformly in
+            the ball of ``radius`` (``x`` gives the shape and dtype only).
         diameter: ``n ->`` the largest distance between two images of ``n`` values in
             ``[0, 1]`` (1 for L∞, ``sqrt(n)`` for L2; ``None`` for an unknown ``n`` where it
             depends on it): no meaningful radius exceeds it.
@@ -53,10 +65,22 @@ class Norm(NamedTuple):
     project: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
     distance: Callable[[jax.Array, jax.Array], jax.Array]
     default_step: Callable[[float, int], float]
+    length: Callable[[jax.Array], jax.Array]
+    magnitude: Callable[[jax.Array], jax.Array]
+    dual_name: str
+    dual_exponent: float
+    random_direction: Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
+    sample: Callable[[jax.Array, jax.Array, Any, int], jax.Array]
 
     diameter: Callable[[int | None], float | None] = lambda n: 1.0
     """``n -> `` the largest distance between two images of ``n`` values in ``[0, 1]``
     (``None`` where it depends on ``n`` and ``n`` is unknown)."""
+
+    @property
+    def dual(self) -> Norm:
+        """The dual norm's record (the norm of a gradient that bounds a change of a
+        function over this norm's ball)."""
+        return ALL_NORMS[self.dual_name]
 
     def within(self, dist, eps, *, rtol: float = 1e-4, atol: float = 1e-5) -> np.ndarray:
         """Host-side ``dist <= eps`` with the ball's float tolerance: a perturbation that an
@@ -143,8 +167,21 @@ def _linf_project(x_adv, x, eps):
     return _clip01(jnp.clip(x_adv, x - eps, x + eps))
 
 
+def _linf_length(v):
+    return jnp.max(jnp.abs(v), axis=-1)
+
+
 def _linf_distance(x_adv, x):
-    return jnp.max(jnp.abs(x_adv - x).reshape(x.shape[0], -1), axis=1)
+    return _linf_length((x_adv - x).reshape(x.shape[0], -1))
+
+
+def _linf_direction(key, shape, dtype):
+    return jax.random.uniform(key, shape, dtype, minval=-1.0, maxval=1.0)
+
+
+def _linf_sample(key, x, radius, n):
+    r = jnp.asarray(radius, x.dtype)
+    return jax.random.uniform(key, (n, *x.shape), x.dtype, minval=-r, maxval=r)
 
 
 def _linf_default_step(eps, steps):
@@ -190,9 +227,63 @@ def _l2_project(x_adv, x, eps):
     return _clip01(x + delta * factor)
 
 
+def _l2_length(v):
+    return jnp.sqrt(jnp.sum(v * v, axis=-1))
+
+
+def _l2_magnitude(v):
+    """``||v||_2`` over the last axis, divided by ``max |v|`` first (no underflow)."""
+    a = jnp.abs(v)
+    m = jnp.max(a, axis=-1)
+    safe = jnp.where(m > 0, m, jnp.ones_like(m))
+    return jnp.sqrt(jnp.sum(jnp.square(a / safe[..., None]), axis=-1)) * m
+
+
 def _l2_distance(x_adv, x):
-    d = (x_adv - x).reshape(x.shape[0], -1)
-    return jnp.sqrt(jnp.sum(d * d, axis=1))
+    return _l2_length((x_adv - x).reshape(x.shape[0], -1))
+
+
+def _l2_direction(key, shape, dtype):
+    return jax.random.normal(key, shape, dtype)
+
+
+def _l2_sample(key, x, radius, n):
+    size = math.prod(x.shape)
+    r = jnp.asarray(radius, x.dtype)
+    k1, k2 = jax.random.split(key)
+    u = jax.random.normal(k1, (n, size), x.dtype)
+    direction = u / jnp.linalg.norm(u, axis=1, keepdims=True)
+    rad = jax.random.uniform(k2, (n, 1), x.dtype) ** jnp.asarray(1.0 / size, x.dtype)
+    return (r * rad * direction).reshape((n, *x.shape))
+
+
+# --------------------------------------------------------------------------------- L1
+# L1 is no attack threat model here (no projection onto the L1 ball): it is the dual of
+# L∞ and a ball that bounds (CLEVER) sample in.
+
+
+def _l1_length(v):
+    return jnp.sum(jnp.abs(v), axis=-1)
+
+
+def _l1_sample(key, x, radius, n):
+    """Random signs times ``radius * (E_1..E_N) / (E_1 + ... + E_{N+1})``, ``E_i ~ Exp(1)``
+    (uniform in the simplex ``{u >= 0, sum u <= 1}``)."""
+    size = math.prod(x.shape)
+    r = jnp.asarray(radius, x.dtype)
+    k1, k2 = jax.random.split(key)
+    e = jax.random.exponential(k1, (n, size + 1), x.dtype)
+    signs = jnp.where(jax.random.bernoulli(k2, 0.5, (n, size)), 1.0, -1.0).astype(x.dtype)
+    u = e[:, :size] / jnp.sum(e, axis=1, keepdims=True)
+    return (r * signs * u).reshape((n, *x.shape))
+
+
+def _l1_distance(x_adv, x):
+    return _l1_length((x_adv - x).reshape(x.shape[0], -1))
+
+
+def _not_a_threat_model(*args):
+    raise ValueError("norm 'l1' is no attack threat model; choose one of: linf, l2")
 
 
 def _l2_default_step(eps, steps):
@@ -209,6 +300,12 @@ LINF = Norm(
     _linf_project,
     _linf_distance,
     _linf_default_step,
+    length=_linf_length,
+    magnitude=_linf_length,
+    dual_name="l1",
+    dual_exponent=1,
+    random_direction=_linf_direction,
+    sample=_linf_sample,
 )
 L2 = Norm(
     "l2",
@@ -218,13 +315,48 @@ L2 = Norm(
     _l2_project,
     _l2_distance,
     _l2_default_step,
-    lambda n: None if n is None else float(np.sqrt(n)),
+    length=_l2_length,
+    magnitude=_l2_magnitude,
+    dual_name="l2",
+    dual_exponent=2,
+    random_direction=_l2_direction,
+    sample=_l2_sample,
+    diameter=lambda n: None if n is None else float(np.sqrt(n)),
+)
+L1 = Norm(
+    "l1",
+    "L1",
+    _not_a_threat_model,
+    _not_a_threat_model,
+    _not_a_threat_model,
+    _l1_distance,
+    _not_a_threat_model,
+    length=_l1_length,
+    magnitude=_l1_length,
+    dual_name="linf",
+    dual_exponent=math.inf,
+    random_direction=_not_a_threat_model,
+    sample=_l1_sample,
+    diameter=lambda n: None if n is None else float(n),
 )
 NORMS: dict[str, Norm] = {"linf": LINF, "l2": L2}
+"""The threat models attacks run in."""
+ALL_NORMS: dict[str, Norm] = {"l1": L1, "l2": L2, "linf": LINF}
+"""Every norm qadv knows: the threat models and L1 (the dual of L∞; CLEVER's balls)."""
 
 
-def get_norm(name: str) -> Norm:
-    """Look up a threat model by name (``"linf"`` or ``"l2"``).
+def find_norm(name: Any, among: Mapping[str, Norm] | None = None) -> Norm | None:
+    """The record of ``name`` among ``among`` (default :data:`NORMS`), or ``None``."""
+    table = NORMS if among is None else among
+    return table.get(name) if isinstance(name, str) else None
+
+
+def get_norm(name: str, among: Mapping[str, Norm] | None = None) -> Norm:
+    """Look up a norm by name: the one place a norm's name is read.
+
+    ``among`` is the table to choose from (default :data:`NORMS`, the attack threat models
+    ``"linf"`` and ``"l2"``; :data:`ALL_NORMS` adds ``"l1"``). An unknown name raises a
+    one-line ``ValueError`` naming the allowed ones.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -232,7 +364,11 @@ def get_norm(name: str) -> Norm:
         >>> far = get_norm("l2").project(x + 1.0, x, 0.1)
         >>> round(float(jnp.linalg.norm(far - x)), 4)
         0.1
+        >>> get_norm("linf").dual.name, get_norm("l1", among=ALL_NORMS).dual.label
+        ('l1', 'L∞')
     """
-    if not isinstance(name, str) or name not in NORMS:
-        raise ValueError(f"unknown norm {name!r}; choose one of: {', '.join(NORMS)}")
-    return NORMS[name]
+    table = NORMS if among is None else among
+    norm = find_norm(name, table)
+    if norm is None:
+        raise ValueError(f"unknown norm {name!r}; choose one of: {', '.join(table)}")
+    return norm

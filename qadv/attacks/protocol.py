@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from qadv.attacks.keys import example_keys
 from qadv.losses import cw_margin
@@ -100,11 +101,14 @@ class AttackContext:
             images, in order).
         input_std: the model's per-channel normalisation std (NJS in normalised space).
         surrogate: a surrogate model's logits function (transfer attacks).
+        calib_mask: ``None``, or ``(M,)`` float weights of ``calib_images`` (0 on padding
+            rows of a padded batch: adversarial training calibrates on its own batch).
     """
 
     calib_images: Any = None
     input_std: tuple[float, ...] | None = None
     surrogate: LogitsFn | None = None
+    calib_mask: Any = None
 
 
 def finish(
@@ -171,11 +175,16 @@ over radii or step sizes reuses one compiled attack per shape."""
 
 
 def _traced_scalars(config) -> dict[str, Any]:
-    """``config``'s real-valued :data:`TRACED_FIELDS`."""
+    """``config``'s real-valued :data:`TRACED_FIELDS` (numbers, or scalar arrays and
+    tracers, e.g. a radius differentiated through)."""
     out = {}
     for name in TRACED_FIELDS:
         v = getattr(config, name, None)
-        if isinstance(v, int | float) and not isinstance(v, bool):
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int | float | np.number) or (
+            isinstance(v, jax.Array | np.ndarray) and v.ndim == 0
+        ):
             out[name] = v
     return out
 
@@ -204,16 +213,19 @@ def execute(config, data, logits_fn: LogitsFn, x, y, keys) -> AttackResult:
 
     Args:
         config: a validated attack config (see :mod:`qadv.attacks.registry`).
-        data: ``config.prepare(...)``'s output.
+        data: ``config.prepare(...)``'s output (for PGD, its temperature strategy:
+            ``qadv.attacks.pgd`` passes the runtime strategy it was given).
         logits_fn: images ``(B, H, W, C)`` in ``[0, 1]`` -> logits ``(B, d)``.
         x: ``(B, H, W, C)`` float images in ``[0, 1]``.
         y: ``(B,)`` integer labels.
-        keys: ``(B,)`` per-example PRNG keys (:func:`example_keys`).
+        keys: ``(B,)`` per-example PRNG keys (:func:`example_keys`), or ``None`` for a
+            run that draws nothing (PGD with ``random_init=False``).
     """
     fn_static, fn_dyn = split_logits_fn(logits_fn)
     scalars = _traced_scalars(config)
     static = _replace_fields(config, {name: 0.0 for name in scalars})
-    traced = {name: jnp.asarray(v, jnp.float32) for name, v in scalars.items()}
+    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    traced = {name: jnp.asarray(v, dtype) for name, v in scalars.items()}
     y = jnp.asarray(y).astype(jnp.int32)
     return _execute(static, traced, data, fn_static, fn_dyn, x, y, keys)
 
@@ -241,7 +253,8 @@ def attack(
     """
     from qadv.attacks.validation import check_batch
 
-    x, y, _ = check_batch(logits_fn, x, y)
+    x, y, d = check_batch(logits_fn, x, y)
+    config.validate_classes(d)
     if context is None or context.calib_images is None:
         context = dataclasses.replace(context or AttackContext(), calib_images=x)
     data = prepare(config, logits_fn, context)

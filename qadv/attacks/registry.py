@@ -24,18 +24,20 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from qadv.attacks.norms import NORMS, Norm, get_norm
+from qadv.attacks.norms import Norm, get_norm
 from qadv.attacks.validation import check_choice, check_scalar, is_concrete
 
 __all__ = [
     "AttackConfig",
     "TemperatureConfig",
     "attack_names",
+    "build",
     "from_dict",
     "lookup",
     "make",
     "make_temperature",
     "option_names",
+    "own_options",
     "preset",
     "preset_names",
     "register",
@@ -68,11 +70,19 @@ class AttackConfig:
     def geometry(self) -> Norm:
         return get_norm(self.norm)
 
-    def validate(self) -> None:
-        check_choice("norm", self.norm, NORMS)
-        check_scalar("eps", self.eps, allow_zero=False)
+    def validate(self, *, zero_radius: bool = False) -> None:
+        """Raise a one-line ``ValueError`` on a bad option. ``zero_radius``: ``eps = 0`` (and
+        a zero step) is allowed, as the direct functions ``pgd``/``fgsm`` allow it (a
+        no-op attack); a registered attack in a table needs a radius ``> 0``."""
+        get_norm(self.norm)
+        check_scalar("eps", self.eps, allow_zero=zero_radius)
         if is_concrete(self.eps):
             self.geometry.check_eps(self.eps)
+
+    def validate_classes(self, d: int) -> None:
+        """Raise a one-line ``ValueError`` if the attack cannot run on ``d`` classes (checked
+        once the model's output is known)."""
+        return None
 
     @property
     def label(self) -> str:
@@ -194,6 +204,13 @@ def _fields(cls) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+def own_options(name: str) -> tuple[str, ...]:
+    """The fields of the config registered as ``name`` (not its temperature's or, for a
+    wrapper, its source attack's): ``"temperature" in own_options(n)`` marks a gradient
+    attack."""
+    return _fields(_lookup(name)[0])
+
+
 def option_names(name: str) -> tuple[str, ...]:
     """Options ``make(name, ...)`` accepts (temperature options included where it has one;
     a wrapper with a ``source`` attack accepts its source's options too)."""
@@ -253,6 +270,15 @@ def make(name: str, **options) -> AttackConfig:
     ``temperature="njs"`` plus that temperature's own options (``rho=...``) build it.
     ``None`` values are dropped (the default applies).
     """
+    cfg = build(name, **options)
+    cfg.validate()
+    return cfg
+
+
+def build(name: str, **options) -> AttackConfig:
+    """:func:`make` without the final ``validate()`` (options and names are still checked):
+    for a caller that validates the config itself (e.g. ``pgd(eps=0)``, which allows a
+    zero radius)."""
     cls, defaults = _lookup(name)
     options = {k: v for k, v in options.items() if v is not None}
     fields = _fields(cls)
@@ -271,9 +297,7 @@ def make(name: str, **options) -> AttackConfig:
     if bad:
         known = ", ".join(option_names(name))
         raise ValueError(f"attack {name!r} has no option {bad[0]!r}; its options: {known}")
-    cfg = cls(**{**defaults, **options})
-    cfg.validate()
-    return cfg
+    return cls(**{**defaults, **options})
 
 
 def to_dict(config) -> dict[str, Any]:

@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qadv.attacks import registry
+from qadv.attacks.norms import L2, LINF, Norm, get_norm
 from qadv.attacks.protocol import finish
 from qadv.attacks.validation import check_choice, check_int, check_scalar
 from qadv.losses import cross_entropy, cw_margin
@@ -142,7 +143,7 @@ def window_sides(
     for i in range(iterations):
         p = p_selection(i, queries=queries, p_init=p_init, rescale=rescale)
         s = round(math.sqrt(p * n_features / c))
-        if norm == "l2":
+        if _rules(get_norm(norm)).odd_windows:
             s = max(s, 3)
             s += 1 - s % 2
         sides.append(min(max(s, 1), h, w))
@@ -332,6 +333,27 @@ def _l2_propose(key, x, x_best, s, eps, table):
     return _clip01(x + _rescale(delta, eps))
 
 
+class _SquareRules(NamedTuple):
+    """Square's own moves in one threat model: the start, the proposal (``table``: the
+    L2 window pattern is built per image size) and whether windows have odd sides."""
+
+    start: Callable
+    propose: Callable
+    odd_windows: bool
+    pattern_table: bool
+
+
+_RULES = {
+    LINF: _SquareRules(_linf_start, _linf_propose, odd_windows=False, pattern_table=False),
+    L2: _SquareRules(_l2_start, _l2_propose, odd_windows=True, pattern_table=True),
+}
+
+
+def _rules(geometry: Norm) -> _SquareRules:
+    """Square's moves in ``geometry`` (keyed by the norm's record, not its name)."""
+    return _RULES[geometry]
+
+
 # ------------------------------------------------------------------------ compiled core
 
 
@@ -373,13 +395,10 @@ def _restart(logits_fn, loss_fn, x, y, keys, alive, *, norm, eps, sides) -> Squa
     """One restart on the examples with ``alive`` (``(B,)`` bool); the others spend no
     queries (their state is meaningless)."""
     h, w = x.shape[1:3]
-    if norm == "linf":
-        start, propose = _linf_start, _linf_propose
-    else:
-        start = _l2_start
-        propose = functools.partial(
-            _l2_propose, table=jnp.asarray(_pattern_table(min(h, w)), x.dtype)
-        )
+    rules = _rules(get_norm(norm))
+    start, propose = rules.start, rules.propose
+    if rules.pattern_table:
+        propose = functools.partial(propose, table=jnp.asarray(_pattern_table(min(h, w)), x.dtype))
     x0 = jax.vmap(start, in_axes=(0, 0, None))(_fold(keys, 0), x, eps)
     loss, margin, fooled = _score(logits_fn, loss_fn, x0, y)
     state = SquareState(jnp.zeros((), jnp.int32), x0, loss, margin, fooled, alive.astype(jnp.int32))

@@ -193,16 +193,21 @@ jax.tree_util.register_dataclass(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _mean_singular_value(logits_fn, x, std):
-    """Mean of all ``d`` Jacobian singular values over the batch (optionally ``J * std``)."""
+def _mean_singular_value(logits_fn, x, std, weights):
+    """Mean of all ``d`` Jacobian singular values over the batch (optionally ``J * std``),
+    each example weighted by ``weights`` (``(M,)``; ``None``: all equal)."""
     jac = signal.jacobian(logits_fn, x)
     if std is not None:
         jac = jac * std.astype(jac.dtype).reshape((1,) * (jac.ndim - 1) + (std.shape[0],))
     ev = jnp.linalg.eigvalsh(signal.gram(jac))
-    return jnp.mean(jnp.sqrt(jnp.clip(ev, 0.0, None)))
+    sv = jnp.sqrt(jnp.clip(ev, 0.0, None))  # (M, d)
+    if weights is None:
+        return jnp.mean(sv)
+    w = weights.astype(sv.dtype)
+    return jnp.sum(sv * w[:, None]) / (jnp.sum(w) * sv.shape[1])
 
 
-def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None) -> NJS:
+def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None, weights=None) -> NJS:
     """Network Jacobian scaling; ``beta1`` is computed here, once, from ``x_calib``.
 
     Args:
@@ -212,6 +217,8 @@ def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None) -> 
         rho: threshold on ``1 - p'_y``, in ``(0, 1)`` and ``< (d-1)/d``.
         input_std: ``None`` for Jacobians w.r.t. ``[0, 1]`` pixels, or the per-channel std
             (scalar or ``(C,)``) to take them w.r.t. ``(x - mean) / std`` like the release.
+        weights: ``None``, or ``(M,)`` weights of the calibration images in the mean (0 for
+            padding rows of a padded batch).
 
     Raises:
         ValueError: bad ``rho``, or all singular values zero (``beta1`` undefined).
@@ -229,7 +236,13 @@ def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None) -> 
     if x_calib.ndim < 2 or x_calib.shape[0] == 0:
         raise ValueError(f"x_calib must be a non-empty batch (M, H, W, C), got {x_calib.shape}")
     std = None if input_std is None else jnp.asarray(input_std, jnp.float32).reshape(-1)
-    mean_sv = _mean_singular_value(logits_fn, x_calib, std)
+    if weights is not None:
+        weights = jnp.asarray(weights)
+        if weights.shape != x_calib.shape[:1]:
+            raise ValueError(
+                f"njs weights must have shape ({x_calib.shape[0]},), got {weights.shape}"
+            )
+    mean_sv = _mean_singular_value(logits_fn, x_calib, std, weights)
     if _is_concrete(mean_sv):
         m = float(mean_sv)
         if not (np.isfinite(m) and m > 0):
@@ -524,7 +537,14 @@ class NJSTemperature(registry.TemperatureConfig):
             if context.input_std is None:
                 raise ValueError("NJS in normalized space needs the model's input std")
             std = tuple(float(s) for s in context.input_std)
-        return njs(logits_fn, jnp.asarray(calib[: self.calib_size]), rho=self.rho, input_std=std)
+        mask = context.calib_mask
+        return njs(
+            logits_fn,
+            jnp.asarray(calib[: self.calib_size]),
+            rho=self.rho,
+            input_std=std,
+            weights=None if mask is None else jnp.asarray(mask[: self.calib_size]),
+        )
 
 
 @registry.register_temperature

@@ -65,6 +65,7 @@ import numpy as np
 
 from qadv import signal
 from qadv.attacks.keys import example_keys
+from qadv.attacks.norms import ALL_NORMS, Norm, get_norm
 from qadv.attacks.protocol import split_logits_fn
 from qadv.evaluate.core import padded
 from qadv.losses import cw_margin
@@ -84,16 +85,14 @@ __all__ = [
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-BALL_NORMS = ("l1", "l2", "linf")
-DUAL_NORMS = {"l1": "linf", "l2": "l2", "linf": "l1"}
+BALL_NORMS = tuple(ALL_NORMS)
+DUAL_NORMS = {name: norm.dual_name for name, norm in ALL_NORMS.items()}
 CLEVER_OUTPUTS = ("probs", "logits")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _check_norm(norm: str) -> str:
-    if norm not in BALL_NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(BALL_NORMS)}")
-    return norm
+def _check_norm(norm: str) -> Norm:
+    return get_norm(norm, among=ALL_NORMS)
 
 
 def _check_positive(name: str, value, *, integer: bool = False) -> None:
@@ -118,15 +117,7 @@ def lp_norm(v: jax.Array, norm: str) -> jax.Array:
         >>> [float(lp_norm(v, n)[0]) for n in ("l1", "l2", "linf")]
         [7.0, 5.0, 4.0]
     """
-    _check_norm(norm)
-    flat = jnp.abs(v.reshape(v.shape[0], -1))
-    if norm == "l1":
-        return jnp.sum(flat, axis=1)
-    m = jnp.max(flat, axis=1)
-    if norm == "linf":
-        return m
-    safe = jnp.where(m > 0, m, jnp.ones_like(m))
-    return jnp.sqrt(jnp.sum(jnp.square(flat / safe[:, None]), axis=1)) * m
+    return _check_norm(norm).magnitude(v.reshape(v.shape[0], -1))
 
 
 def sample_ball(key: jax.Array, x: jax.Array, radius, norm: str, n: int) -> jax.Array:
@@ -142,22 +133,7 @@ def sample_ball(key: jax.Array, x: jax.Array, radius, norm: str, n: int) -> jax.
         >>> v.shape, bool(jnp.all(jnp.abs(v).sum((1, 2)) <= 0.5))
         ((4, 3, 2), True)
     """
-    _check_norm(norm)
-    shape = (n, *x.shape)
-    size = math.prod(x.shape)
-    r = jnp.asarray(radius, x.dtype)
-    if norm == "linf":
-        return jax.random.uniform(key, shape, x.dtype, minval=-r, maxval=r)
-    k1, k2 = jax.random.split(key)
-    if norm == "l2":
-        u = jax.random.normal(k1, (n, size), x.dtype)
-        direction = u / jnp.linalg.norm(u, axis=1, keepdims=True)
-        rad = jax.random.uniform(k2, (n, 1), x.dtype) ** jnp.asarray(1.0 / size, x.dtype)
-        return (r * rad * direction).reshape(shape)
-    e = jax.random.exponential(k1, (n, size + 1), x.dtype)
-    signs = jnp.where(jax.random.bernoulli(k2, 0.5, (n, size)), 1.0, -1.0).astype(x.dtype)
-    u = e[:, :size] / jnp.sum(e, axis=1, keepdims=True)
-    return (r * signs * u).reshape(shape)
+    return _check_norm(norm).sample(key, x, radius, n)
 
 
 def _points(keys, x, radius, norm: str, n: int, clip: bool) -> jax.Array:
@@ -242,7 +218,7 @@ def _clever_core(
 ):
     logits_fn = fn_static if fn_static is not None else fn_dyn
     b = x.shape[0]
-    dual = DUAL_NORMS[norm]
+    dual = get_norm(norm, among=ALL_NORMS).dual_name
     clean = logits_fn(x)
     c = jnp.argmax(clean, axis=-1)
     k_pts = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
@@ -499,7 +475,7 @@ def c_bound(slack, grad_norm, curvature, *, radius: float = math.inf) -> np.ndar
 def _bounds_core(fn_static, fn_dyn, x, y, keys, radius, *, norm, n_points, clip, chunk):
     logits_fn = fn_static if fn_static is not None else fn_dyn
     b = x.shape[0]
-    dual = DUAL_NORMS[norm]
+    dual = get_norm(norm, among=ALL_NORMS).dual_name
 
     def loss_and_grad(z, yz):
         loss_fn = lambda zz: jnp.sum(cw_margin(logits_fn(zz), yz))  # noqa: E731

@@ -704,7 +704,7 @@ def _eps_curves(probe: _Probe) -> dict[str, Any]:
     c = probe.config
     cap = c.eps_cap
     if cap is None:
-        cap = 1.0 if c.norm == "linf" else math.sqrt(float(np.prod(probe.images.shape[1:])))
+        cap = get_norm(c.norm).diameter(int(np.prod(probe.images.shape[1:])))
     variants = {"PGD": {}}
     variants.update({f"PGD++ ({t.upper()})": {"temperature": t} for t in c.temperatures})
     if c.margin_loss:

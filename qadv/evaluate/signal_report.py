@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from qadv import records
-from qadv.attacks import registry
+from qadv.attacks import get_norm, registry
 from qadv.attacks.protocol import AttackContext
 from qadv.evaluate import bounds as bounds_lib
 from qadv.evaluate.core import (
@@ -141,8 +141,7 @@ class SignalConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field and what is allowed."""
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of: linf, l2")
+        get_norm(self.norm)  # one line naming the threat models otherwise
         eps = self.eps
         if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"bad eps {eps!r}; it must be a finite number > 0")

@@ -8,7 +8,8 @@ validating itself:
 * :class:`QuantConfig` — quantization policy, BNN weight method, tanh annealing and
   BatchNorm re-estimation of the hard-binarised network;
 * :class:`OptimConfig` — epochs, batch size, optimizer, learning-rate schedule;
-* :class:`AdversaryConfig` — adversarial training (``none``, ``pgd``, ``fastat``);
+* :class:`AdversaryConfig` — adversarial training (``none``, ``pgd``, ``fastat`` or any
+  registered gradient attack, with any registered temperature);
 * :class:`RegularizerConfig` — input-gradient regularisation (``none``, ``fd``, ``exact``);
 * :class:`CheckpointConfig` — when to save and how many to keep;
 * :class:`EvalConfig` — the per-epoch clean and robust evaluation.
@@ -41,6 +42,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from qadv.attacks import registry
+from qadv.attacks.norms import NORMS
 from qadv.checkpoint import json_tuples
 from qadv.data import DATASETS
 from qadv.models import MODEL_NAMES
@@ -76,8 +79,7 @@ __all__ = [
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant", "cyclic")
 SOURCES = ("auto", "idx", "tfds")
-THREAT_NORMS = ("linf", "l2")
-TEMPERATURES = ("none", "njs", "hns")
+THREAT_NORMS = tuple(NORMS)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -428,29 +430,59 @@ class OptimConfig(_Group):
         object.__setattr__(self, "lr_milestones", milestones)
 
 
+def _temperature_config(value: Any) -> str | registry.TemperatureConfig:
+    """A temperature in its canonical stored form: its registry name where every option
+    has its default (how earlier configs stored it, so they hash the same), else the
+    registry's temperature config. ``value`` is a name, a config, or a mapping in the
+    form of :func:`qadv.attacks.registry.to_dict` (``{"kind": "prop1", "rho": 0.05}``)."""
+    if isinstance(value, Mapping):
+        options = {k: v for k, v in value.items() if k != "kind"}
+        built = registry.make_temperature(value.get("kind"), **options)
+    else:
+        built = registry.make_temperature(value)
+    return built.kind if built == registry.make_temperature(built.kind) else built
+
+
 @dataclasses.dataclass(frozen=True)
 class AdversaryConfig(_Group):
     """Adversarial training: the training batch is replaced by an attack on it.
 
-    The attack is qadv's own PGD (:func:`qadv.attacks.make_pgd`), run inside the jitted
-    train step on the network in training mode (batch statistics of the batch, no
-    running-statistics update), from a random start in the ball.
+    The attack is a registered attack config (:attr:`attack`, built by
+    :func:`qadv.attacks.registry.make`), run inside the jitted train step on the network in
+    training mode (batch statistics of the batch, no running-statistics update), from a
+    random start in the ball. Its temperature calibrates on the training batch itself
+    (NJS: on the batch's first ``calib_size`` real rows).
 
     Attributes:
-        name: ``none``, ``pgd`` (Madry et al.: ``steps`` steps of ``step_size``) or
+        name: ``none``, ``pgd`` (Madry et al.: ``steps`` steps of ``step_size``),
             ``fastat`` (Wong et al. 2020: one FGSM step of ``1.25 eps`` from a random
-            start; pair it with ``optim.schedule="cyclic"``).
+            start; pair it with ``optim.schedule="cyclic"``), or any other registered
+            gradient attack (one with a temperature: ``fgsm``, ``apgd-ce``, ...; its own
+            defaults apply where ``steps``/``step_size`` are ``None``).
         eps: radius in ``[0, 1]`` pixel units (default 8/255; Fashion-MNIST papers use 0.1).
         step_size: ``None``: ``eps / 4`` for ``pgd`` (2/255 at 8/255), ``1.25 eps`` for
             ``fastat``.
         steps: PGD steps (``None``: 7 for ``pgd``; ``fastat`` always takes 1).
         norm: threat model ``linf`` or ``l2``.
-        temperature: ``none``, or train against PGD++ with ``njs``/``hns`` logit scaling.
+        temperature: a registered temperature (``none``, ``fixed``, ``njs``, ``hns``,
+            ``prop1``): its name (default options) or its options as a mapping, e.g.
+            ``{"kind": "prop1", "rho": 0.05}``; PGD++ training with that logit scaling.
+
+    Example:
+        >>> a = AdversaryConfig(name="pgd", temperature={"kind": "fixed", "beta": 0.5})
+        >>> a.attack.label, a.attack.steps
+        ('PGD (β=0.5) L∞', 7)
+        >>> AdversaryConfig(name="pgd", temperature={"kind": "hns"}).temperature
+        'hns'
     """
 
     group: ClassVar[str] = "adversary"
     aliases: ClassVar[tuple[Alias, ...]] = (
-        Alias("adv", "name", "none (default), pgd (Madry) or fastat (Wong)"),
+        Alias(
+            "adv",
+            "name",
+            "none (default), pgd (Madry), fastat (Wong) or a gradient attack (fgsm, apgd-ce, ...)",
+        ),
         Alias("eps", "eps"),
         Alias("adv_eps", "eps", "default 8/255"),
         Alias("steps", "steps"),
@@ -459,27 +491,52 @@ class AdversaryConfig(_Group):
         Alias("adv_step_size", "step_size", "default eps/4 (pgd), 1.25 eps (fastat)"),
         Alias("adv_norm", "norm", "linf (default) or l2"),
         Alias("temperature", "temperature"),
-        Alias("adv_temperature", "temperature", "none (default), njs or hns"),
+        Alias("adv_temperature", "temperature", "none (default), fixed, njs, hns or prop1"),
     )
     name: str = "none"
     eps: float = 8 / 255
     step_size: float | None = None
     steps: int | None = None
     norm: str = "linf"
-    temperature: str = "none"
+    temperature: str | registry.TemperatureConfig = "none"
 
     def __post_init__(self):
-        _choice("adversary", self.name, _registered("ADVERSARY_BUILDERS"))
+        _choice("adversary", self.name, _adversary_names())
         _number("adversary eps", self.eps)
         _number("adversary step_size", self.step_size, allow_none=True)
         _positive_int("adversary steps", self.steps, allow_none=True)
         _choice("adversary norm", self.norm, THREAT_NORMS)
-        _choice("adversary temperature", self.temperature, TEMPERATURES)
+        object.__setattr__(self, "temperature", _temperature_config(self.temperature))
         if self.name == "fastat" and self.steps not in (None, 1):
             raise ValueError(
                 f"invalid adversary steps {self.steps!r} for fastat; FastAT takes one FGSM "
                 "step (use adversary pgd for more)"
             )
+        object.__setattr__(self, "_attack", self._build_attack())
+
+    def _build_attack(self) -> registry.AttackConfig | None:
+        if not self.enabled:
+            return None
+        from qadv.training import objectives
+
+        options = dict(norm=self.norm, eps=self.eps, temperature=self.temperature)
+        if self.name in objectives.TRAINING_MODES:  # pgd, fastat: their own step rules
+            attack, fixed = objectives.TRAINING_MODES[self.name]
+            options.update(steps=self.resolved_steps, step_size=self.resolved_step_size)
+            return registry.make(attack, **options, **fixed)
+        options.update(steps=self.steps, step_size=self.step_size)  # None: its defaults
+        return registry.make(self.name, **options)
+
+    @property
+    def attack(self) -> registry.AttackConfig | None:
+        """The registered attack config the batch is attacked with (``None``: clean)."""
+        return self._attack
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(self.temperature, registry.TemperatureConfig):
+            out["temperature"] = registry.to_dict(self.temperature)
+        return json.loads(json.dumps(out))
 
     @property
     def enabled(self) -> bool:
@@ -494,6 +551,13 @@ class AdversaryConfig(_Group):
         if self.step_size is not None:
             return float(self.step_size)
         return 1.25 * self.eps if self.name == "fastat" else self.eps / 4
+
+
+def _adversary_names() -> tuple[str, ...]:
+    """Names registered in :mod:`qadv.training.objectives` (imported late: it imports us)."""
+    from qadv.training import objectives
+
+    return objectives.adversary_names()
 
 
 @dataclasses.dataclass(frozen=True)

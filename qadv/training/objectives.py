@@ -3,10 +3,12 @@
 A training mode is one small registered function:
 
 * an **adversary** ``build(cfg: AdversaryConfig) -> perturb(logits_fn, x, y, key) -> x'``
-  replaces the batch before the loss (``none``, ``pgd``, ``fastat``), using qadv's own
-  attacks (:func:`qadv.attacks.make_pgd`) inside the jitted step. On a padded batch the
-  train step also passes ``mask=`` (float ``(B,)``, 0 on padding rows): a perturbation
-  that aggregates over the batch (NJS's calibration) must use the real rows only;
+  replaces the batch before the loss: ``none``, or the registered attack config the
+  adversary holds (``cfg.attack``: ``pgd``, ``fastat`` = one PGD step of ``1.25 eps``,
+  or any registered gradient attack, with any registered temperature), prepared on the
+  batch (its temperature calibrates there) and run inside the jitted step. On a padded
+  batch the train step also passes ``mask=`` (float ``(B,)``, 0 on padding rows): a
+  perturbation that aggregates over the batch (NJS's calibration) uses the real rows only;
 * a **regulariser** ``build(cfg: RegularizerConfig) -> penalty`` adds ``lam/2 * penalty``
   to the loss (``none``, ``fd``, ``exact``). ``penalty(loss_fn, x) -> (penalty, losses,
   aux)`` receives ``loss_fn(x) -> ((B,) per-example losses, aux)`` of the network being
@@ -14,12 +16,12 @@ A training mode is one small registered function:
 
 :func:`make_objective` composes one of each into the objective the train step
 differentiates. Register a new mode with ``@adversary("name")`` or
-``@regularizer("name")`` (and add its name to the config's choices).
+``@regularizer("name")``; a new gradient attack in :mod:`qadv.attacks.registry` is a
+training adversary by its name without anything registered here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import NamedTuple
@@ -28,16 +30,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from qadv.attacks import hns, make_pgd, njs, start_and_run
+from qadv.attacks import AttackContext, example_keys, registry
 from qadv.attacks.norms import get_norm
-from qadv.signal import jacobian_singular_values
 from qadv.training.config import AdversaryConfig, RegularizerConfig
 
 __all__ = [
     "ADVERSARY_BUILDERS",
     "REGULARIZER_BUILDERS",
+    "TRAINING_MODES",
     "Objective",
     "adversary",
+    "adversary_names",
     "dual_norm",
     "igr_exact",
     "igr_fd",
@@ -75,50 +78,43 @@ def regularizer(name: str):
 # ----------------------------------------------------------------------------- adversaries
 
 
+TRAINING_MODES: dict[str, tuple[str, dict]] = {"pgd": ("pgd", {}), "fastat": ("pgd", {})}
+"""Training modes that are a registered attack with their own step rule (see
+:class:`~qadv.training.config.AdversaryConfig`): name -> (attack, fixed options)."""
+
+
+def gradient_attacks() -> tuple[str, ...]:
+    """Registered attacks that take a temperature (gradient attacks): each one can be a
+    training adversary by its name."""
+    return tuple(n for n in registry.attack_names() if "temperature" in registry.own_options(n))
+
+
+def adversary_names() -> tuple[str, ...]:
+    """Every valid ``adversary.name``: the registered modes, then the gradient attacks."""
+    names = (*ADVERSARY_BUILDERS, *TRAINING_MODES, *gradient_attacks())
+    return tuple(dict.fromkeys(names))
+
+
 @adversary("none")
 def _clean(cfg: AdversaryConfig):
     return None
 
 
-def _temperature(name: str, logits_fn: LogitsFn, x: jax.Array, mask: jax.Array | None = None):
-    """PGD++ temperature for training: NJS calibrated on the training batch itself (on its
-    real rows, where ``mask`` marks padding: the mean Jacobian singular value)."""
-    if name == "njs":
-        temperature = njs(logits_fn, x)
-        if mask is None:
-            return temperature
-        sv = jacobian_singular_values(logits_fn, x)  # (B, d), each example on its own
-        mean_sv = jnp.sum(sv * mask[:, None]) / (jnp.sum(mask) * sv.shape[1])
-        return dataclasses.replace(temperature, beta1=1.0 / mean_sv)
-    return hns() if name == "hns" else None
+def _attack_adversary(cfg: AdversaryConfig):
+    """Attack the batch with ``cfg.attack``: prepared on the batch itself (NJS calibrates
+    on its real rows, where ``mask`` marks padding), one key per example."""
+    config = cfg.attack
 
-
-def _pgd_perturb(cfg: AdversaryConfig, *, steps: int, step_size: float):
     def perturb(logits_fn: LogitsFn, x, y, key, mask=None):
-        atk = make_pgd(
-            logits_fn,
-            eps=cfg.eps,
-            step_size=step_size,
-            norm=cfg.norm,
-            temperature=_temperature(cfg.temperature, logits_fn, x, mask),
-            random_init=True,
-        )
-        state = start_and_run(atk, key, x, y, steps)
-        return jax.lax.stop_gradient(state.x_adv)
+        data = config.prepare(logits_fn, AttackContext(calib_images=x, calib_mask=mask))
+        res = config.run(data, logits_fn, x, y, example_keys(key, x.shape[0]))
+        return jax.lax.stop_gradient(res.x_adv)
 
     return perturb
 
 
-@adversary("pgd")
-def _pgd(cfg: AdversaryConfig):
-    """Madry et al.: PGD-T from a random start (T = 7, eta = eps/4 by default)."""
-    return _pgd_perturb(cfg, steps=cfg.resolved_steps, step_size=cfg.resolved_step_size)
-
-
-@adversary("fastat")
-def _fastat(cfg: AdversaryConfig):
-    """Wong et al. 2020: one FGSM step of 1.25 eps from a uniform random start."""
-    return _pgd_perturb(cfg, steps=1, step_size=cfg.resolved_step_size)
+for _name in TRAINING_MODES:
+    ADVERSARY_BUILDERS[_name] = _attack_adversary
 
 
 # ----------------------------------------------------------------------------- regularisers
@@ -126,10 +122,7 @@ def _fastat(cfg: AdversaryConfig):
 
 def dual_norm(g: jax.Array, norm: str) -> jax.Array:
     """Per-example dual norm of ``g`` for a threat ``norm``: l1 for linf, l2 for l2."""
-    flat = g.reshape(g.shape[0], -1)
-    if norm == "linf":
-        return jnp.sum(jnp.abs(flat), axis=1)
-    return jnp.sqrt(jnp.sum(flat * flat, axis=1))
+    return get_norm(norm).dual.length(g.reshape(g.shape[0], -1))
 
 
 def _input_grad(loss_fn, x):
@@ -215,7 +208,7 @@ class Objective(NamedTuple):
 
 def make_objective(adv: AdversaryConfig, reg: RegularizerConfig) -> Objective:
     """The :class:`Objective` of an adversary config and a regulariser config."""
-    perturb = ADVERSARY_BUILDERS[adv.name](adv)
+    perturb = ADVERSARY_BUILDERS.get(adv.name, _attack_adversary)(adv)
     penalty = REGULARIZER_BUILDERS[reg.igr](reg)
     return Objective(perturb, penalty, float(reg.lam) if penalty is not None else 0.0)
 

@@ -48,7 +48,9 @@ def add_attack_options(p: argparse.ArgumentParser) -> None:
     """The threat model plus one flag per registered attack/temperature option."""
     p.add_argument("--norm", default="linf", help="linf or l2")
     p.add_argument("--eps", type=fraction("eps"), default=8 / 255, help="radius, e.g. 8/255")
-    p.add_argument("--temperature", default=None, help="none, fixed, njs or hns (PGD++, APGD++)")
+    p.add_argument(
+        "--temperature", default=None, help="none, fixed, njs, hns or prop1 (PGD++, APGD++)"
+    )
     p.add_argument("--source", default=None, help="transfer: the attack run on the surrogate")
     group = p.add_argument_group("attack options (each applies to the attacks that have it)")
     for name, (annotation, default, owners) in attack_options().items():

@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qadv.apps.study import Cell, EvalSpec
+from qadv.attacks.norms import NORMS, get_norm
 from qadv.training import TrainConfig
 
 __all__ = [
@@ -105,6 +106,10 @@ def threat(size: str, paper_dataset: str = "cifar10") -> dict[str, dict[str, Any
     return {
         k: {"eps": e * scale, "step_size": s * scale, "steps": t} for k, (e, s, t) in table.items()
     }
+
+
+#: Table 6's PGD row of each threat model.
+_PGD_ROW = {NORMS["linf"]: "pgd", NORMS["l2"]: "pgd_l2"}
 
 
 def eval_size(size: str) -> int:
@@ -212,13 +217,15 @@ def attack_spec(
     size's Table-6 ε of ``norm`` unless ``eps`` is given.
     """
     t = threat(size, paper_dataset)
-    key = "pgd_l2" if norm == "l2" else "pgd"
+    geometry = get_norm(norm)
+    key = _PGD_ROW[geometry]
     radius = (t[key]["eps"],) if eps is None else tuple(eps)
     opts: dict[str, dict[str, Any]] = {}
     for name in attacks:
         base = name.partition("#")[0].partition("++")[0]
         if base == "fgsm":
-            opts[name] = {"step_size": t["fgsm"]["step_size"]} if norm == "linf" else {}
+            fgsm = geometry is NORMS["linf"]  # Table 6's FGSM row is L∞ only
+            opts[name] = {"step_size": t["fgsm"]["step_size"]} if fgsm else {}
         elif base == "pgd":
             opts[name] = {"step_size": t[key]["step_size"], "steps": t[key]["steps"]}
         opts[name] = {**opts.get(name, {}), **dict((extra_opts or {}).get(name, {}))}

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import precision, report, signal
+from qadv import precision, records, signal
 from qadv.attacks import AttackContext, get_norm, registry
 from qadv.evaluate.core import (
     cached_attack,
@@ -365,7 +365,7 @@ class _Probe:
             "data": self.fingerprint,
             "model": self.model_fingerprint,
         }
-        self._facts[name] = report.cached_json(path, stamp, compute)
+        self._facts[name] = records.cached_json(path, stamp, compute)
         return self._facts[name]
 
     def batches(self):
@@ -893,7 +893,7 @@ def masking_report(
         context = dataclasses.replace(context, surrogate=surrogate)
     out = Path(out_dir) if out_dir is not None else None
     t0 = time.perf_counter()
-    with report.CompileClock() as clock:
+    with records.CompileClock() as clock:
         probe = _Probe(logits_fn, images, labels, config, context, out, progress)
         verdicts = []
         bar = progress_bar(len(names), "masking checks", progress)
@@ -932,8 +932,8 @@ def masking_report(
         "surrogate": surrogate is not None,
         "wall_time_s": time.perf_counter() - t0,
         "timing": clock.as_dict(time.perf_counter() - t0),
-        "git_commit": report.git_commit(),
-        "environment": report.environment(),
+        "git_commit": records.git_commit(),
+        "environment": records.environment(),
     }
     result["summary"] = _summary(result, config)
     if out is not None:
@@ -988,13 +988,13 @@ def write_masking_report(
     """Write ``masking.json``, ``masking.md`` and the plots of a :func:`masking_report`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report.atomic_write_json(out / "masking.json", r)
+    records.atomic_write_json(out / "masking.json", r)
     checks = {v["name"]: v for v in r["checks"]}
     plots = []
     if "iterations" in checks:
         d = checks["iterations"]["data"]
         steps = list(range(len(d["curve"])))
-        report.plot_curves(
+        records.plot_curves(
             out / "iterations.png",
             {
                 "PGD": (steps[1:], d["curve"][1:]),
@@ -1008,7 +1008,7 @@ def write_masking_report(
         plots.append(("Accuracy against PGD iterations", "iterations.png"))
     if "epsilon" in checks:
         d = checks["epsilon"]["data"]
-        report.plot_curves(
+        records.plot_curves(
             out / "epsilon.png",
             {k: (d["eps"], v) for k, v in d["curves"].items()},
             xlabel=f"ε ({r['norm']})",
@@ -1024,7 +1024,7 @@ def write_masking_report(
                 [d["step_sizes"][0], d["step_sizes"][-1]],
                 [a, a],
             )
-        report.plot_curves(
+        records.plot_curves(
             out / "step_size.png",
             curves,
             xlabel="step size η",

@@ -61,8 +61,9 @@ def _test_cache_dir() -> Path:
 
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", str(_test_cache_dir()))
-# the suite compiles thousands of small programs; most take well under the 1 s default
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+# the suite compiles thousands of small programs (op by op under ``disable_jit`` too):
+# all of them are kept, most take well under the 1 s default threshold
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 # least recently used programs are evicted past 2 GiB (a full run writes about 0.2 GiB)
 jax.config.update("jax_compilation_cache_max_size", 2 * 1024**3)
 

@@ -72,8 +72,18 @@ def _cfg(norm, loss):
     return registry.make("apgd", norm=norm, eps=eps, loss=loss, steps=STEPS, restarts=RESTARTS)
 
 
-@pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize(
+    "norm,loss",
+    [
+        ("linf", "ce"),
+        ("linf", "dlr"),
+        ("linf", "dlr-targeted"),
+        ("l2", "ce"),
+        # the protocol test checks every attack's ball at both norms
+        pytest.param("l2", "dlr", marks=pytest.mark.slow),
+        pytest.param("l2", "dlr-targeted", marks=pytest.mark.slow),
+    ],
+)
 def test_stays_in_ball_and_box(strict_dtypes, norm, loss):
     x, y = _data(12)
     cfg = _cfg(norm, loss)

@@ -40,6 +40,14 @@ def _data(n, seed=0):
 FAST = dict(steps=3, queries=40, n_targets=2, restarts=1)
 NAMES = [n for n in registry.attack_names() if not n.startswith("test-")]
 
+#: Attacks whose whole-run invariants (jit against op by op, batch independence) stay in
+#: the default run, one per kind of loop: gradient steps, APGD's step-size schedule,
+#: FAB's projections, Square's random search. The others run under ``make test-all``.
+REPRESENTATIVES = ("pgd", "apgd-ce", "fab", "square")
+EVERY_ATTACK = [
+    n if n in REPRESENTATIVES else pytest.param(n, marks=pytest.mark.slow) for n in NAMES
+]
+
 
 def _config(name, norm="linf"):
     eps = 0.1 if norm == "linf" else 0.5
@@ -78,7 +86,7 @@ def test_result_shapes_ball_and_success_flags(name, norm):
     assert cfg.label and isinstance(cfg.label, str)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", EVERY_ATTACK)
 def test_per_example_results_identical_at_batch_sizes_7_and_64(name):
     cfg = _config(name)
     x, y = _data(64, seed=3)
@@ -96,7 +104,7 @@ def test_per_example_results_identical_at_batch_sizes_7_and_64(name):
     np.testing.assert_array_equal(small.queries, np.asarray(big.queries))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", EVERY_ATTACK)
 def test_jit_equals_no_jit_and_no_retrace(name):
     cfg = _config(name)
     x, y = _data(B, seed=4)

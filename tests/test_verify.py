@@ -102,7 +102,7 @@ def test_extraction_rejects_other_archs_and_policies():
 
 
 @pytest.mark.parametrize("policy,widths", [("bnn_waq", (5, 4)), ("bnn_wq", (3, 3))])
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_milp_matches_enumeration(policy, widths, seed):
     _, _, net, f = tiny(policy, widths, seed)
     xs, ys = examples(f, seed, 3)

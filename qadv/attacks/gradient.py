@@ -47,6 +47,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 
 from qadv.attacks import registry
 from qadv.attacks.norms import find_norm, get_norm
@@ -238,24 +239,47 @@ def make_pgd(
 
 
 CPU_UNROLL = 4
-"""On a CPU, attack loops are unrolled by this factor (see :func:`run_attack`)."""
+"""On a CPU, loops of steps without a convolution hold this many steps per iteration."""
+
+CPU_UNROLL_CONV_STEPS = 32
+"""On a CPU, loops of at most this many steps with a convolution are unrolled."""
+
+
+def _has_convolution(jaxpr) -> bool:
+    """Whether ``jaxpr`` (or a jaxpr nested in it: jit, custom_vjp, scan, ...) convolves."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        if any(_has_convolution(sub) for sub in jax_core.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
+def cpu_unroll(step, state, steps: int) -> int:
+    """Steps per loop iteration of :func:`run_attack` on this backend.
+
+    Measured with ``benchmarks/perf/unroll.py`` (PGD-20, batch 250, 2-core CPU): XLA's
+    CPU code runs a loop whose body holds a convolution about 3.7 times slower than the
+    same steps unrolled (the Fashion-MNIST CNN), so such loops are unrolled up to
+    :data:`CPU_UNROLL_CONV_STEPS` steps; without convolutions (MLPs) unrolling buys no
+    run time and multiplies the compile time (3.6 times for the demo's MLP), so those
+    loops hold :data:`CPU_UNROLL` steps per iteration. GPU/TPU loops hold one step.
+    """
+    if jax.default_backend() != "cpu" or steps < 1:
+        return 1
+    if steps <= CPU_UNROLL_CONV_STEPS and _has_convolution(jax.make_jaxpr(step)(state).jaxpr):
+        return steps
+    return min(CPU_UNROLL, steps)
 
 
 def run_attack(attack: Attack, state: PGDState, steps: int) -> PGDState:
-    """Apply ``attack.step`` ``steps`` times with ``lax.scan``.
-
-    On a CPU backend the loop body holds :data:`CPU_UNROLL` steps. XLA's CPU code runs a
-    loop of single steps up to 1.4 times slower than the same steps unrolled (the
-    Fashion-MNIST CNN), but unrolling every step multiplies the compile time by up to 3
-    (the demo's MLP) for no gain in run time beyond a few steps: four steps per loop
-    iteration keep the run time of full unrolling at a fraction of its compile time
-    (``benchmarks/perf/unroll.py``). On GPU/TPU it stays a loop of single steps.
-    """
+    """Apply ``attack.step`` ``steps`` times with ``lax.scan`` (steps per loop iteration:
+    :func:`cpu_unroll`)."""
     if steps == 0:
         return state
-    unroll = min(CPU_UNROLL, steps) if jax.default_backend() == "cpu" else 1
+    unroll = cpu_unroll(attack.step, state, steps)
     body = lambda s, _: (attack.step(s), None)  # noqa: E731
-    return jax.lax.scan(body, state, None, length=steps, unroll=max(int(unroll), 1))[0]
+    return jax.lax.scan(body, state, None, length=steps, unroll=unroll)[0]
 
 
 def start_and_run(attack: Attack, key, x, y, steps: int) -> PGDState:

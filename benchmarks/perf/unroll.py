@@ -2,7 +2,8 @@
 time of PGD-20 and PGD++ (HNS) at each unroll factor.
 
 ``qadv.attacks.gradient.run_attack`` runs the attack steps in a ``lax.scan`` whose body
-holds ``CPU_UNROLL`` steps on a CPU. For each model of ``--arch`` and each factor of
+holds ``cpu_unroll(...)`` steps: on a CPU, every step (up to 32) when a step convolves,
+else ``CPU_UNROLL``. For each model of ``--arch`` and each factor of
 ``--unroll`` (``0`` = every step unrolled), this compiles ``attacks.pgd`` afresh (no
 persistent compilation cache), then times ``--repeats`` calls. Every factor computes
 the same steps; the table shows the compile seconds, the median run seconds and both
@@ -28,7 +29,7 @@ from qadv.attacks import gradient
 def _compile_and_time(bench: common.Bench, batch: int, unroll: int, temperature, repeats: int):
     x, y = bench.batch(batch)
     steps = 20
-    gradient.CPU_UNROLL = unroll if unroll > 0 else steps
+    gradient.cpu_unroll = lambda step, state, n: min(unroll, n) if unroll > 0 else n
     jax.clear_caches()  # the traced inner functions would keep the last factor
     kw = dict(key=jax.random.key(0), eps=bench.eps, step_size=bench.eps / 4, steps=steps)
     fn = jax.jit(lambda x, y: attacks.pgd(bench.logits_fn, x, y, temperature=temperature, **kw))
@@ -47,7 +48,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     rec = common.Record("unroll", argv)
     jax.config.update("jax_enable_compilation_cache", False)
-    current = gradient.CPU_UNROLL
+    current, rule = gradient.CPU_UNROLL, gradient.cpu_unroll
     rows = []
     try:
         for arch in args.arch:
@@ -74,7 +75,7 @@ def main(argv=None) -> dict:
                         f"run {t.median_s:.3f} s"
                     )
     finally:
-        gradient.CPU_UNROLL = current
+        gradient.cpu_unroll = rule
     base = {(r["arch"], r["attack"]): r for r in rows if r["unroll"] == current}
     table = []
     for r in rows:

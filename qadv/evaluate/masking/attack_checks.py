@@ -215,7 +215,9 @@ def _step_size(probe: Probe) -> CheckOutcome:
     )
 
 
-def _versus_pgd(probe: Probe, name: str, other: tuple[str, Any], what: str, why: str) -> CheckOutcome:
+def _versus_pgd(
+    probe: Probe, name: str, other: tuple[str, Any], what: str, why: str
+) -> CheckOutcome:
     """Does ``other`` (key, config) beat white-box PGD on the same examples (:func:`beats`)?"""
     pgd = probe.accuracy(*probe.white_box())
     acc = probe.accuracy(*other)

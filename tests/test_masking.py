@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from synthetic import relu_mlp
 
+import qadv.evaluate.masking as masking
 from qadv.evaluate.masking import CHECKS, MaskingConfig, masking_report
 
 N_IN, D = 16, 4
@@ -41,6 +42,25 @@ CFG = MaskingConfig(
 
 def statuses(report):
     return {v["name"]: v["status"] for v in report["checks"]}
+
+
+def test_checks_run_in_report_order():
+    """Gradient checks first, then the attack comparisons; ``Verdict`` is the old name of
+    a check's outcome."""
+    assert list(CHECKS) == [
+        "zero-gradients",
+        "softmax-output",
+        "randomness",
+        "gradient-fidelity",
+        "temperature",
+        "iterations",
+        "epsilon",
+        "step-size",
+        "transfer",
+        "black-box",
+    ]
+    assert masking.Verdict is masking.CheckOutcome
+    assert set(masking.__all__) <= set(dir(masking))
 
 
 def test_quiet_on_a_smooth_model(tmp_path):
@@ -168,9 +188,9 @@ def test_bad_input(kwargs, match):
 
 def _with_fake_fgsm(monkeypatch, flip):
     """Serve FGSM as PGD-``max_steps``'s record with ``flip(robust)`` examples broken."""
-    import qadv.evaluate.masking as masking
+    import qadv.evaluate.core as core
 
-    real = masking.cached_attack
+    real = core.cached_attack
     seen = {}
 
     def fake(path, logits_fn, images, labels, config, **kwargs):
@@ -186,7 +206,7 @@ def _with_fake_fgsm(monkeypatch, flip):
             seen["long"] = rec
         return rec
 
-    monkeypatch.setattr(masking, "cached_attack", fake)
+    monkeypatch.setattr(core, "cached_attack", fake)
 
 
 def test_worst_case_counts_every_attack_run_at_eps(monkeypatch):

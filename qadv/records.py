@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from qadv.validation import parse_fraction  # re-exported: its home is qadv.validation
+
 __all__ = [
     "CompileClock",
     "atomic_write_json",
@@ -32,33 +34,6 @@ __all__ = [
     "read_json",
     "results_table",
 ]
-
-
-def parse_fraction(text: str | float | int, *, name: str = "value") -> float:
-    """Parse ``"8/255"``, ``"0.03"`` or a number into a float.
-
-    Example:
-        >>> round(parse_fraction("8/255"), 6)
-        0.031373
-        >>> parse_fraction("0.5")
-        0.5
-    """
-    if isinstance(text, int | float):
-        return float(text)
-    s = str(text).strip()
-    try:
-        if "/" in s:
-            num, den = s.split("/", 1)
-            value = float(num) / float(den)
-        else:
-            value = float(s)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(
-            f"bad {name} {text!r}; use a number like 0.03 or a fraction like 8/255"
-        ) from None
-    if not np.isfinite(value):
-        raise ValueError(f"bad {name} {text!r}; it must be finite")
-    return value
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:

@@ -374,3 +374,182 @@ def test_no_string_dispatch_on_norms():
                 if keys & names:
                     bad.append(f"{where}: dict keyed by norm names {sorted(keys & names)}")
     assert not bad, "norm names compared outside norms.py:\n" + "\n".join(bad)
+
+
+# ----------------------------------------------------------------------------- import circles
+#
+# Rule ``no import circles``: the modules of ``qadv/`` import each other without a circle,
+# counting every import statement that runs when a module is imported (module level,
+# class bodies, ``if``/``try`` blocks): none may close a circle. The imports written
+# inside functions, which run at their first call, may not either, except the few listed
+# in :data:`FUNCTION_IMPORT_EXCEPTIONS` with their reason. Two kinds of edges are left
+# out everywhere, on purpose:
+# ``if TYPE_CHECKING:`` blocks (never run), and the implicit import of a package's
+# ``__init__`` when one of its submodules is imported (``qadv.training.step`` importing
+# ``qadv.training.config`` does not count as importing ``qadv.training``), which every
+# package with re-exports in its ``__init__`` would otherwise close into a circle.
+
+
+def _dotted(rel: str) -> str:
+    """``qadv/training/config/__init__.py`` -> ``qadv.training.config``."""
+    parts = rel.removesuffix(".py").split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _import_nodes(tree: ast.AST, *, in_functions: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements of ``tree``, without ``if TYPE_CHECKING:`` blocks and, unless
+    ``in_functions``, without those inside functions."""
+    for node in ast.iter_child_nodes(tree):
+        if _is_type_checking(node):
+            continue
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            if not in_functions:
+                continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        yield from _import_nodes(node, in_functions=in_functions)
+
+
+def import_graph(
+    modules: dict[str, ast.Module], *, in_functions: bool = True
+) -> dict[str, set[str]]:
+    """``module -> the modules of `modules` it imports`` (dotted names). ``from a.b import
+    c`` imports ``a.b.c`` when that is a module, else ``a.b``; a name is resolved to its
+    longest prefix that is a module."""
+
+    def resolve(dotted: str) -> str | None:
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            if ".".join(parts[:i]) in modules:
+                return ".".join(parts[:i])
+        return None
+
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, tree in modules.items():
+        for node in _import_nodes(tree, in_functions=in_functions):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in map(resolve, targets):
+                if target is not None and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The circles of ``graph``: its strongly connected components of more than one
+    module, each sorted (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(circles)
+
+
+# imports inside functions that close a circle, on purpose: {(importer, imported): reason}
+FUNCTION_IMPORT_EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("qadv.attacks.registry", "qadv.attacks"): "at its first lookup the registry imports "
+    "the attack package, whose modules register themselves",
+    ("qadv.attacks.fab", "qadv.attacks.deepfool"): "fab.DeepFoolConfig, the earlier import "
+    "path of DeepFool's config, is a lazy re-export (module __getattr__)",
+}
+
+
+def _qadv_modules() -> dict[str, ast.Module]:
+    return {_dotted(rel): tree for rel, tree in _modules()}
+
+
+def test_no_import_circles():
+    modules = _qadv_modules()
+    circles = import_circles(import_graph(modules, in_functions=False))
+    assert circles == [], "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+    graph = import_graph(modules)  # imports inside functions too, but the exceptions
+    for importer, imported in FUNCTION_IMPORT_EXCEPTIONS:
+        graph[importer].discard(imported)
+    circles = import_circles(graph)
+    assert circles == [], "import circles through imports inside functions:\n" + "\n".join(
+        " <-> ".join(c) for c in circles
+    )
+
+
+def test_function_import_exceptions_are_still_needed():
+    graph = import_graph(_qadv_modules())
+    stale = [edge for edge in FUNCTION_IMPORT_EXCEPTIONS if edge[1] not in graph[edge[0]]]
+    assert stale == [], f"exceptions that no longer import: {stale}"
+
+
+@pytest.mark.parametrize(
+    ("sources", "circles"),
+    [
+        ({"qadv.a": "from qadv.b import f", "qadv.b": "import qadv.a"}, [["qadv.a", "qadv.b"]]),
+        (  # through a function-level import, and through a submodule named in a from-import
+            {
+                "qadv.p": "",
+                "qadv.p.x": "from qadv.p import y",
+                "qadv.p.y": "def f():\n    from qadv.p.x import g",
+            },
+            [["qadv.p.x", "qadv.p.y"]],
+        ),
+        (  # three modules round
+            {"qadv.a": "import qadv.b", "qadv.b": "import qadv.c", "qadv.c": "import qadv.a"},
+            [["qadv.a", "qadv.b", "qadv.c"]],
+        ),
+        (  # one way only; a TYPE_CHECKING import does not run
+            {
+                "qadv.a": "from qadv.b import f",
+                "qadv.b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                "    from qadv.a import g",
+            },
+            [],
+        ),
+    ],
+)
+def test_import_circle_checker_finds_circles(sources, circles):
+    modules = {name: ast.parse(text) for name, text in sources.items()}
+    assert import_circles(import_graph(modules)) == circles
+
+
+def test_import_circle_checker_can_leave_function_imports_out():
+    modules = {
+        "qadv.a": ast.parse("import qadv.b"),
+        "qadv.b": ast.parse("def f():\n    import qadv.a"),
+    }
+    assert import_circles(import_graph(modules)) == [["qadv.a", "qadv.b"]]
+    assert import_circles(import_graph(modules, in_functions=False)) == []

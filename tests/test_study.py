@@ -430,4 +430,5 @@ def test_cli_study(tmp_path, data_dir, capsys):
     assert cli.main([*base, "--only", "c,zz"]) == 2
     assert "unknown cell 'zz'" in capsys.readouterr().err
     assert cli.main(["study", "--config", str(tmp_path / "none.py"), "--out", "x"]) == 2
-    assert "no study config file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "study config file" in err and "not found" in err

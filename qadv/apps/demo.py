@@ -123,7 +123,7 @@ def run_demo(
         dataset = {c.dataset for c in models.values()}
         if len(dataset) != 1:
             raise ValueError(f"demo models must share one dataset, got {sorted(dataset)}")
-        floats = [k for k, c in models.items() if make_policy(c).is_float]
+        floats = [k for k, c in models.items() if make_policy(c.quant).is_float]
         test_x, test_y = data.load_split(dataset.pop(), "test", data_dir=data_dir)
         if not 1 <= n <= len(test_x):
             raise ValueError(f"bad n {n}; the test set has {len(test_x)} images")
@@ -315,7 +315,7 @@ def _hessian_curve(logits_fn, images, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _policy_text(c: TrainConfig) -> str:
-    return make_policy(c).label
+    return make_policy(c.quant).label
 
 
 def _flagged(r: dict) -> list[str]:

@@ -1,48 +1,18 @@
-"""Input checks shared by every attack entry point: one ``ValueError`` naming the bad value
-and what is allowed, raised in Python before anything is compiled."""
+"""Input checks of the attack entry points: one ``ValueError`` naming the bad value and what
+is allowed, raised in Python before anything is compiled.
+
+:func:`check_batch` (images, labels and a model's output) is the attacks' own; the scalar
+and name checks are those of :mod:`qadv.validation`, re-exported here."""
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qadv.validation import check_choice, check_int, check_scalar, is_concrete
+
 __all__ = ["check_batch", "check_choice", "check_int", "check_scalar", "is_concrete"]
-
-
-def is_concrete(v) -> bool:
-    return not isinstance(v, jax.core.Tracer)
-
-
-def check_choice(name: str, value, allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
-
-
-def check_scalar(name, v, *, allow_zero=True, maximum: float | None = None) -> None:
-    """A finite real scalar ``>= 0`` (``> 0`` unless ``allow_zero``), ``<= maximum``."""
-    if isinstance(v, bool) or v is None:
-        raise ValueError(f"{name} must be a number, got {v!r}")
-    arr = jnp.asarray(v) if not isinstance(v, int | float | np.number) else np.asarray(v)
-    if arr.ndim != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating) and not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise ValueError(f"{name} must be a real number, got dtype {arr.dtype}")
-    if is_concrete(arr):
-        val = float(arr)
-        if not np.isfinite(val) or val < 0 or (val == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise ValueError(f"{name} must be finite and {bound}, got {val}")
-        if maximum is not None and val > maximum:
-            raise ValueError(f"{name} must be <= {maximum}, got {val}")
-
-
-def check_int(name, v, minimum: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
 
 
 def check_batch(logits_fn, x, y, *, min_classes: int = 2) -> tuple[jax.Array, jax.Array, int]:

@@ -1,7 +1,8 @@
 """Training: quantization-aware, adversarial and input-gradient-regularised, resumable.
 
-- :mod:`qadv.training.config` — :class:`TrainConfig`, nested by concern, and Python
-  config files (:func:`load_config_file`, ``qadv train --config FILE``);
+- :mod:`qadv.training.config` — :class:`TrainConfig`, nested by concern (a package, one
+  module per concept), and Python config files (:func:`load_config_file`,
+  ``qadv train --config FILE``);
 - :mod:`qadv.training.objectives` — the loss transformations (adversaries: ``pgd``,
   ``fastat``; regularisers: input-gradient ``fd`` and ``exact``), one registered
   function each;

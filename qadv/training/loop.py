@@ -46,7 +46,7 @@ from qadv.checkpoint import (
     save_checkpoint,
 )
 from qadv.data import get_dataset_info, iterate_batches, load_split, num_batches, prefetch
-from qadv.training.config import RESUMABLE, TrainConfig
+from qadv.training.config import RESUMABLE, DataConfig, TrainConfig
 from qadv.training.step import (
     TrainState,
     anneal_value,
@@ -164,8 +164,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _load_data(config: TrainConfig, data_dir):
-    d = config.data
+def _load_data(d: DataConfig, data_dir):
     train_x, train_y = load_split(d.dataset, "train", data_dir=data_dir, source=d.source)
     test_x, test_y = load_split(d.dataset, "test", data_dir=data_dir, source=d.source)
     if d.train_examples is not None:
@@ -188,13 +187,13 @@ class _Run:
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.info = get_dataset_info(config.data.dataset)
-        self.policy = make_policy(config)
+        self.policy = make_policy(config.quant)
         # refuse a mismatched resume before loading data or compiling anything
         self.stored_meta = None
         if complete_steps(self.ckpt_dir):
             self.stored_meta = read_metadata(self.ckpt_dir)
             _check_resumable(self.stored_meta.get("config", {}), config, self.out_dir)
-        self.train_x, self.train_y, self.test_x, self.test_y = _load_data(config, data_dir)
+        self.train_x, self.train_y, self.test_x, self.test_y = _load_data(config.data, data_dir)
         if self.train_x.shape[1:] != self.info.image_shape:
             raise ValueError(
                 f"training images have shape {self.train_x.shape[1:]}, "
@@ -207,7 +206,7 @@ class _Run:
                 f"{self.train_x.shape[0]} training examples"
             )
         self.total_steps = config.optim.epochs * self.steps_per_epoch
-        self.schedule = make_schedule(config, self.steps_per_epoch)
+        self.schedule = make_schedule(config.optim, self.steps_per_epoch)
         self.model, self.state, self.train_step = build_train_step(
             config, steps_per_epoch=self.steps_per_epoch, mesh=self.mesh
         )
@@ -394,7 +393,7 @@ class _Run:
         )
         anneal = None
         for x, y in bar:
-            anneal = anneal_value(c, epoch, step=step, total_steps=self.total_steps)
+            anneal = anneal_value(c.quant, epoch, step=step, total_steps=self.total_steps)
             self.state = self.train_step(self.state, x, y, jnp.asarray(anneal, jnp.float32))
             step += 1
             if self.progress and step % 20 == 0:

@@ -2,14 +2,14 @@
 
 A training mode is one small registered function:
 
-* an **adversary** ``build(cfg: AdversaryConfig) -> perturb(logits_fn, x, y, key) -> x'``
+* an **adversary** ``build(cfg) -> perturb(logits_fn, x, y, key) -> x'``
   replaces the batch before the loss: ``none``, or the registered attack config the
   adversary holds (``cfg.attack``: ``pgd``, ``fastat`` = one PGD step of ``1.25 eps``,
   or any registered gradient attack, with any registered temperature), prepared on the
   batch (its temperature calibrates there) and run inside the jitted step. On a padded
   batch the train step also passes ``mask=`` (float ``(B,)``, 0 on padding rows): a
   perturbation that aggregates over the batch (NJS's calibration) uses the real rows only;
-* a **regulariser** ``build(cfg: RegularizerConfig) -> penalty`` adds ``lam/2 * penalty``
+* a **regulariser** ``build(cfg) -> penalty`` adds ``lam/2 * penalty``
   to the loss (``none``, ``fd``, ``exact``). ``penalty(loss_fn, x) -> (penalty, losses,
   aux)`` receives ``loss_fn(x) -> ((B,) per-example losses, aux)`` of the network being
   trained and returns the losses at ``x`` too, so it can share their forward pass.
@@ -18,6 +18,11 @@ A training mode is one small registered function:
 differentiates. Register a new mode with ``@adversary("name")`` or
 ``@regularizer("name")``; a new gradient attack in :mod:`qadv.attacks.registry` is a
 training adversary by its name without anything registered here.
+
+``cfg`` is the group of :mod:`qadv.training.config` that the mode belongs to
+(:class:`~qadv.training.config.AdversaryConfig` for an adversary,
+:class:`~qadv.training.config.RegularizerConfig` for a regulariser). This module does not
+import it: the config groups check their names against the registries here.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import optax
 
 from qadv.attacks import AttackContext, example_keys, registry
 from qadv.attacks.norms import get_norm
-from qadv.training.config import AdversaryConfig, RegularizerConfig
 
 __all__ = [
     "ADVERSARY_BUILDERS",
@@ -96,11 +100,11 @@ def adversary_names() -> tuple[str, ...]:
 
 
 @adversary("none")
-def _clean(cfg: AdversaryConfig):
+def _clean(cfg):
     return None
 
 
-def _attack_adversary(cfg: AdversaryConfig):
+def _attack_adversary(cfg):
     """Attack the batch with ``cfg.attack``: prepared on the batch itself (NJS calibrates
     on its real rows, where ``mask`` marks padding), one key per example."""
     config = cfg.attack
@@ -176,17 +180,17 @@ def igr_fd(loss_fn: LossFn, x: jax.Array, *, h: float, norm: str = "linf", has_a
 
 
 @regularizer("none")
-def _no_penalty(cfg: RegularizerConfig):
+def _no_penalty(cfg):
     return None
 
 
 @regularizer("fd")
-def _fd(cfg: RegularizerConfig):
+def _fd(cfg):
     return functools.partial(igr_fd, h=cfg.h, norm=cfg.norm, has_aux=True)
 
 
 @regularizer("exact")
-def _exact(cfg: RegularizerConfig):
+def _exact(cfg):
     return functools.partial(igr_exact, norm=cfg.norm, has_aux=True)
 
 
@@ -206,8 +210,13 @@ class Objective(NamedTuple):
     lam: float = 0.0
 
 
-def make_objective(adv: AdversaryConfig, reg: RegularizerConfig) -> Objective:
-    """The :class:`Objective` of an adversary config and a regulariser config."""
+def make_objective(adv, reg) -> Objective:
+    """The :class:`Objective` of an adversary and a regulariser config group.
+
+    Args:
+        adv: a :class:`~qadv.training.config.AdversaryConfig`.
+        reg: a :class:`~qadv.training.config.RegularizerConfig`.
+    """
     perturb = ADVERSARY_BUILDERS.get(adv.name, _attack_adversary)(adv)
     penalty = REGULARIZER_BUILDERS[reg.igr](reg)
     return Objective(perturb, penalty, float(reg.lam) if penalty is not None else 0.0)

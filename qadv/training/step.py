@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from qadv.checkpoint import VARIABLE_COLLECTIONS
 from qadv.data import get_dataset_info
 from qadv.models import get_model, init_variables
 from qadv.quant import QuantPolicy
-from qadv.training.config import TrainConfig
+from qadv.training.config import OptimConfig, QuantConfig, TrainConfig
 from qadv.training.objectives import Objective, cross_entropy, make_objective
 
 __all__ = [
@@ -43,9 +44,23 @@ STATE_COLLECTIONS = tuple(c for c in VARIABLE_COLLECTIONS if c != "params")
 METRICS = ("loss", "penalty", "correct", "count")
 
 
-def make_policy(config: TrainConfig) -> QuantPolicy:
-    """The :class:`qadv.quant.QuantPolicy` of a config."""
-    return config.quant.make_policy()
+def _group(config: Any, name: str) -> Any:
+    """``config`` itself, or its group ``name`` when it is a whole :class:`TrainConfig`
+    (accepted for earlier callers, deprecated)."""
+    if isinstance(config, TrainConfig):
+        warnings.warn(
+            f"pass config.{name}, not the whole TrainConfig", DeprecationWarning, stacklevel=3
+        )
+        return getattr(config, name)
+    return config
+
+
+def make_policy(quant: QuantConfig) -> QuantPolicy:
+    """The :class:`qadv.quant.QuantPolicy` of a quantization group (or of a whole
+    :class:`TrainConfig`)."""
+    if isinstance(quant, TrainConfig):  # the whole config is as usual here: no warning
+        quant = quant.quant
+    return quant.make_policy()
 
 
 def make_model(config: TrainConfig):
@@ -54,25 +69,25 @@ def make_model(config: TrainConfig):
     return get_model(
         config.model.arch,
         num_classes=info.num_classes,
-        policy=make_policy(config),
+        policy=make_policy(config.quant),
         mean=info.mean,
         std=info.std,
         **config.model.arch_opts,
     )
 
 
-def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """Learning-rate schedule over ``config.optim.epochs * steps_per_epoch`` steps.
+def make_schedule(optim: OptimConfig, steps_per_epoch: int) -> optax.Schedule:
+    """Learning-rate schedule over ``optim.epochs * steps_per_epoch`` steps.
 
     Example:
-        >>> s = make_schedule(TrainConfig(arch="mlp", epochs=4, lr=1.0, schedule="step"), 10)
+        >>> s = make_schedule(OptimConfig(epochs=4, lr=1.0, schedule="step"), 10)
         >>> [float(s(i)) for i in (0, 19, 20, 30)]
         [1.0, 1.0, 0.10000000149011612, 0.010000000707805157]
-        >>> c = make_schedule(TrainConfig(arch="mlp", epochs=1, lr=1.0, schedule="cyclic"), 10)
+        >>> c = make_schedule(OptimConfig(epochs=1, lr=1.0, schedule="cyclic"), 10)
         >>> [round(float(c(i)), 2) for i in (0, 2, 4, 7, 10)]
         [0.0, 0.5, 1.0, 0.5, 0.0]
     """
-    o = config.optim
+    o = _group(optim, "optim")
     total = max(o.epochs * steps_per_epoch, 1)
     if o.schedule == "constant":
         return optax.constant_schedule(o.lr)
@@ -95,10 +110,10 @@ def _kernel_mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optax optimizer of a config (see :class:`OptimConfig` for the options)."""
-    o = config.optim
-    schedule = make_schedule(config, steps_per_epoch)
+def make_optimizer(optim: OptimConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax optimizer of an optimisation group (see :class:`OptimConfig`)."""
+    o = _group(optim, "optim")
+    schedule = make_schedule(o, steps_per_epoch)
     if o.optimizer == "adam":
         if o.weight_decay > 0:
             return optax.adamw(schedule, weight_decay=o.weight_decay, mask=_kernel_mask)
@@ -110,7 +125,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     return optax.chain(*parts)
 
 
-def anneal_value(config: TrainConfig, epoch: int, *, step: int = 0, total_steps: int = 1) -> float:
+def anneal_value(quant: QuantConfig, epoch: int, *, step: int = 0, total_steps: int = 1) -> float:
     """Tanh annealing ``beta`` of (0-based) ``epoch``, or of ``step`` with ``anneal_end``.
 
     With ``anneal_end``, ``beta`` grows geometrically from ``anneal_start`` to
@@ -118,14 +133,14 @@ def anneal_value(config: TrainConfig, epoch: int, *, step: int = 0, total_steps:
     signs (``beta = inf``).
 
     Example:
-        >>> anneal_value(TrainConfig(arch="mlp", anneal_start=1.0, anneal_growth=2.0), 3)
+        >>> anneal_value(QuantConfig(anneal_start=1.0, anneal_growth=2.0), 3)
         8.0
-        >>> c = TrainConfig(arch="mlp", wq_method="md_tanh_s", policy="bnn_wq",
-        ...                 anneal_end=100.0, hard_fraction=0.5)
-        >>> [anneal_value(c, 0, step=s, total_steps=10) for s in (0, 4, 5)]
+        >>> q = QuantConfig(policy="bnn_wq", wq_method="md_tanh_s", anneal_end=100.0,
+        ...                 hard_fraction=0.5)
+        >>> [anneal_value(q, 0, step=s, total_steps=10) for s in (0, 4, 5)]
         [1.0, 100.0, inf]
     """
-    q = config.quant
+    q = _group(quant, "quant")
     if q.anneal_end is not None:
         soft_steps = total_steps - math.floor(q.resolved_hard_fraction * total_steps)
         if step >= soft_steps:
@@ -227,6 +242,72 @@ def init_train_state(
     )
 
 
+def _forward_fn(model, state: TrainState, anneal, k_drop: jax.Array, mask) -> Callable:
+    """``forward(params, z) -> (logits, new model state)`` of the network in training mode
+    (batch statistics over the real rows of ``mask``; no gradient out of padding rows)."""
+    mutable = list(state.model_state)
+    real = None if mask is None else mask > 0
+
+    def forward(params, z):
+        with parallel.masked_batch_norm(real):
+            out = model.apply(
+                {"params": params, **state.model_state},
+                z,
+                train=True,
+                anneal=anneal,
+                mutable=mutable if mutable else False,
+                rngs={"dropout": k_drop},
+            )
+        logits, new_model_state = out if mutable else (out, {})
+        return parallel.detach_padding(logits, real), new_model_state
+
+    return forward
+
+
+def _masked_mean(v: jax.Array, mask) -> jax.Array:
+    return v.mean() if mask is None else jnp.sum(v * mask) / jnp.sum(mask)
+
+
+def _loss_fn(forward: Callable, objective: Objective, x_train, y, mask) -> Callable:
+    """``loss_fn(params) -> (loss, (logits, new model state, penalty))``: the mean
+    cross-entropy at ``x_train`` plus ``lam/2`` times the mean penalty, which shares the
+    forward pass."""
+
+    def loss_fn(params):
+        def per_example(z):
+            logits, new_model_state = forward(params, z)
+            return cross_entropy(logits, y), (logits, new_model_state)
+
+        penalty = jnp.zeros((), jnp.float32)
+        if objective.penalty is None:
+            losses, (logits, new_model_state) = per_example(x_train)
+            loss = _masked_mean(losses, mask)
+        else:  # the regulariser shares the forward pass at x_train
+            pen, losses, (logits, new_model_state) = objective.penalty(per_example, x_train)
+            penalty = _masked_mean(pen, mask)
+            loss = _masked_mean(losses, mask) + 0.5 * objective.lam * penalty
+        return loss, (logits, new_model_state, penalty)
+
+    return loss_fn
+
+
+def _add_metrics(metrics: dict, logits, y, mask, loss, penalty) -> dict:
+    """The running metrics with one batch added (its real rows only)."""
+    hits = jnp.argmax(logits, axis=-1) == y
+    if mask is None:
+        n = jnp.asarray(y.shape[0], jnp.float32)
+        correct = jnp.sum(hits).astype(jnp.float32)
+    else:
+        n = jnp.sum(mask).astype(jnp.float32)
+        correct = jnp.sum(jnp.where(mask > 0, hits, False)).astype(jnp.float32)
+    return {
+        "loss": metrics["loss"] + loss.astype(jnp.float32) * n,
+        "penalty": metrics["penalty"] + penalty.astype(jnp.float32) * n,
+        "correct": metrics["correct"] + correct,
+        "count": metrics["count"] + n,
+    }
+
+
 def make_train_step(
     model,
     tx: optax.GradientTransformation,
@@ -266,7 +347,7 @@ def make_train_step(
         >>> import numpy as np
         >>> from qadv import parallel
         >>> model, state, _ = build_train_step(TrainConfig(arch="mlp"), steps_per_epoch=1)
-        >>> tx = make_optimizer(TrainConfig(arch="mlp"), 1)
+        >>> tx = make_optimizer(OptimConfig(), 1)
         >>> step = make_train_step(model, tx, key=jax.random.key(0),
         ...                        mesh=parallel.make_mesh(jax.devices()[:1]))
         >>> x, y = np.zeros((3, 28, 28, 1), np.float32), np.zeros(3, np.int32)
@@ -276,48 +357,15 @@ def make_train_step(
     objective = objective or Objective()
 
     def step(state: TrainState, x, y, anneal, mask=None):
-        mutable = list(state.model_state)
         k_drop = jax.random.fold_in(key, state.step)
         k_adv = jax.random.fold_in(k_drop, 1)
-        real = None if mask is None else mask > 0
-
-        def forward(params, z):
-            with parallel.masked_batch_norm(real):
-                out = model.apply(
-                    {"params": params, **state.model_state},
-                    z,
-                    train=True,
-                    anneal=anneal,
-                    mutable=mutable if mutable else False,
-                    rngs={"dropout": k_drop},
-                )
-            logits, new_model_state = out if mutable else (out, {})
-            return parallel.detach_padding(logits, real), new_model_state
-
-        def mean(v):
-            return v.mean() if mask is None else jnp.sum(v * mask) / jnp.sum(mask)
-
+        forward = _forward_fn(model, state, anneal, k_drop, mask)
         x_train = x
         if objective.perturb is not None:
             frozen = jax.lax.stop_gradient(state.params)
             masked = {} if mask is None else {"mask": mask}
             x_train = objective.perturb(lambda z: forward(frozen, z)[0], x, y, k_adv, **masked)
-
-        def loss_fn(params):
-            def per_example(z):
-                logits, new_model_state = forward(params, z)
-                return cross_entropy(logits, y), (logits, new_model_state)
-
-            penalty = jnp.zeros((), jnp.float32)
-            if objective.penalty is None:
-                losses, (logits, new_model_state) = per_example(x_train)
-                loss = mean(losses)
-            else:  # the regulariser shares the forward pass at x_train
-                pen, losses, (logits, new_model_state) = objective.penalty(per_example, x_train)
-                penalty = mean(pen)
-                loss = mean(losses) + 0.5 * objective.lam * penalty
-            return loss, (logits, new_model_state, penalty)
-
+        loss_fn = _loss_fn(forward, objective, x_train, y, mask)
         (loss, (logits, new_model_state, penalty)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
         )(state.params)
@@ -325,25 +373,12 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         if project is not None:
             params = project(params)
-        hits = jnp.argmax(logits, axis=-1) == y
-        if mask is None:
-            n = jnp.asarray(y.shape[0], jnp.float32)
-            correct = jnp.sum(hits).astype(jnp.float32)
-        else:
-            n = jnp.sum(mask).astype(jnp.float32)
-            correct = jnp.sum(jnp.where(real, hits, False)).astype(jnp.float32)
-        m = state.metrics
         return TrainState(
             step=state.step + 1,
             params=params,
             model_state=dict(new_model_state),
             opt_state=opt_state,
-            metrics={
-                "loss": m["loss"] + loss.astype(jnp.float32) * n,
-                "penalty": m["penalty"] + penalty.astype(jnp.float32) * n,
-                "correct": m["correct"] + correct,
-                "count": m["count"] + n,
-            },
+            metrics=_add_metrics(state.metrics, logits, y, mask, loss, penalty),
         )
 
     if mesh is None:
@@ -396,7 +431,7 @@ def build_train_step(
     """
     info = get_dataset_info(config.data.dataset)
     model = make_model(config)
-    tx = make_optimizer(config, steps_per_epoch)
+    tx = make_optimizer(config.optim, steps_per_epoch)
     root = jax.random.key(config.seed)
     state = init_train_state(
         model, tx, key=jax.random.fold_in(root, 0), input_shape=(1, *info.image_shape)
@@ -405,7 +440,7 @@ def build_train_step(
         model,
         tx,
         key=jax.random.fold_in(root, 1),
-        project=binary_connect_projection(make_policy(config)),
+        project=binary_connect_projection(make_policy(config.quant)),
         objective=make_objective(config.adversary, config.regularizer),
         mesh=mesh,
     )

@@ -1,12 +1,14 @@
 """Options and helpers shared by the ``qadv`` commands: argument types that give one-line
-errors, the common flags (data folder, progress, dtype, devices, run options), and loading
-a checkpoint with its test images."""
+errors (the parsers of :mod:`qadv.validation`), the common flags (data folder, progress,
+dtype, devices, run options), and loading a checkpoint with its test images."""
 
 from __future__ import annotations
 
 import argparse
 
 import numpy as np
+
+from qadv.validation import parse_fraction, parse_int
 
 __all__ = [
     "Parser",
@@ -38,8 +40,6 @@ def fraction(name: str):
     """Argument type: a finite number or a fraction such as ``8/255``."""
 
     def parse(text: str) -> float:
-        from qadv.records import parse_fraction
-
         try:
             return parse_fraction(text, name=name)
         except ValueError as e:
@@ -53,12 +53,9 @@ def positive_int(name: str):
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad {name} {text!r}; use an integer >= 1") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"bad {name} {text!r}; use an integer >= 1")
-        return value
+            return parse_int(text, name=name, minimum=1)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
 
@@ -68,9 +65,9 @@ def integer(name: str):
 
     def parse(text: str) -> int:
         try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad {name} {text!r}; use an integer") from None
+            return parse_int(text, name=name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
 

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> None:
     from qadv.evaluate.signal_report import PAPER_RHOS, SignalConfig, signal_report
-    from qadv.records import parse_fraction
+    from qadv.validation import parse_fraction
 
     rhos = PAPER_RHOS
     if args.rhos is not None:

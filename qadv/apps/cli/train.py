@@ -94,7 +94,7 @@ def parse_set(items: list[str]) -> dict:
     """
     import json
 
-    from qadv.records import parse_fraction
+    from qadv.validation import parse_fraction
 
     out = {}
     for item in items:

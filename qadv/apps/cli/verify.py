@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _radii(args) -> list[float]:
-    from qadv.records import parse_fraction
+    from qadv.validation import parse_fraction
 
     eps_list = [parse_fraction(e, name="eps") for e in split_list(args.eps)]
     if not eps_list or any(not 0 < e <= 1 for e in eps_list):

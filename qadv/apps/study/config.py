@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
-import inspect
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -18,27 +16,14 @@ import numpy as np
 from qadv import records
 from qadv.attacks import registry
 from qadv.checkpoint import json_tuples
+from qadv.config_files import load_config_file
 from qadv.training import TrainConfig
+from qadv.validation import check_count, check_keys
 
 #: Grid variables the study plots against (when at least two cells differ in them).
 PLOT_AXES: tuple[str, ...] = ("depth", "width", "epochs")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _FORMAT = 1
-
-
-def _check_keys(kind: str, d: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    bad = sorted(set(d) - set(allowed))
-    if bad:
-        raise ValueError(
-            f"unknown {kind} key {bad[0]!r}; choose from: {', '.join(sorted(allowed))}"
-        )
-
-
-def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"invalid {name} {value!r}; choose a positive integer")
 
 
 def eps_key(eps: float) -> str:
@@ -100,12 +85,11 @@ class EvalSpec:
     jacobian_examples: int = 100
 
     def __post_init__(self):
-        _positive_int("n", self.n)
-        _positive_int("clean_n", self.clean_n, allow_none=True)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("jacobian_examples", self.jacobian_examples)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"invalid seed {self.seed!r}; choose an integer >= 0")
+        check_count("n", self.n)
+        check_count("clean_n", self.clean_n, allow_none=True)
+        check_count("batch_size", self.batch_size)
+        check_count("jacobian_examples", self.jacobian_examples)
+        check_count("seed", self.seed, minimum=0)
         eps = (self.eps,) if isinstance(self.eps, str | int | float) else tuple(self.eps)
         eps = tuple(records.parse_fraction(e, name="eps") for e in eps)
         if not eps or any(e <= 0 for e in eps):
@@ -164,7 +148,7 @@ class EvalSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalSpec:
         """Builds a spec from a dict (unknown keys raise ``ValueError``)."""
-        _check_keys("EvalSpec", d, [f.name for f in dataclasses.fields(cls)])
+        check_keys("EvalSpec key", d, sorted(f.name for f in dataclasses.fields(cls)))
         return cls(**dict(d))
 
 
@@ -212,7 +196,7 @@ class Cell:
         object.__setattr__(self, "axes", {k: float(v) for k, v in axes.items()})
         if self.recalibrate not in (True, False):
             raise ValueError(f"cell {self.name!r}: recalibrate must be True or False")
-        _positive_int("recalibrate_examples", self.recalibrate_examples, allow_none=True)
+        check_count("recalibrate_examples", self.recalibrate_examples, allow_none=True)
 
     @property
     def run_name(self) -> str:
@@ -235,7 +219,7 @@ class Cell:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Cell:
         """Builds a cell from a dict (``train`` a dict or TrainConfig; unknown keys raise)."""
-        _check_keys("Cell", d, [f.name for f in dataclasses.fields(cls)])
+        check_keys("Cell key", d, sorted(f.name for f in dataclasses.fields(cls)))
         if "name" not in d or "train" not in d:
             raise ValueError(f"a cell needs a name and a train config, got keys {sorted(d)}")
         return cls(**dict(d))
@@ -291,7 +275,7 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StudyConfig:
         """Builds a study from a dict (unknown keys raise ``ValueError``)."""
-        _check_keys("StudyConfig", d, [f.name for f in dataclasses.fields(cls)])
+        check_keys("StudyConfig key", d, sorted(f.name for f in dataclasses.fields(cls)))
         d = dict(d)
         d["cells"] = tuple(c if isinstance(c, Cell) else Cell.from_dict(c) for c in d["cells"])
         return cls(**d)
@@ -305,38 +289,19 @@ def load_study_config(path: str | Path, options: Mapping[str, str] | None = None
     (strings, from ``--set key=value``).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file fails to run, has no ``config`` function, or an option it
-            does not take.
+        ValueError: a missing file, a file that fails to run, no ``config`` function, an
+            option it does not take, or a bad value: one line naming the file (the
+            errors of :func:`qadv.config_files.load_config_file`, shared with
+            ``qadv train --config``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no study config file {path}")
-    spec = importlib.util.spec_from_file_location(f"qadv_study_config_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import {path} as a Python file")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # the file's own error (syntax, import, ...), as one line
-        raise ValueError(f"study config file {path}: {type(e).__name__}: {e}") from None
-    fn = getattr(module, "config", None)
-    if not callable(fn):
-        raise ValueError(f"{path} defines no config() function returning a StudyConfig")
-    options = dict(options or {})
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    bad = sorted(set(options) - set(params))
-    if bad and not takes_any:
-        raise ValueError(
-            f"{path.name} config() takes no option {bad[0]!r}; its options: "
-            + (", ".join(params) or "none")
-        )
-    result = fn(**options)
+    return load_config_file(path, "config", kind="study", options=options, convert=_study)
+
+
+def _study(result: Any) -> StudyConfig:
     if isinstance(result, Mapping):
         result = StudyConfig.from_dict(result)
     if type(result).__name__ == "Experiment" and hasattr(result, "parts"):
         return result  # a paper experiment of qadv.apps.repro
     if not isinstance(result, StudyConfig):
-        raise ValueError(f"{path} config() returned {type(result).__name__}, not a StudyConfig")
+        raise ValueError(f"config() returned {type(result).__name__}, not a StudyConfig")
     return result

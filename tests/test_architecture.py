@@ -10,6 +10,9 @@ literal, matched against string patterns, or used as the key of a lookup table.
 
 Rule ``norms``: only ``qadv/attacks/norms.py`` reads a norm's name; elsewhere the
 :class:`~qadv.attacks.norms.Norm` record is asked.
+
+Rule ``size``: no module over 600 lines, no function over 100 lines unless it says why
+("Long because" in its docstring or on its ``def`` line).
 """
 
 from __future__ import annotations
@@ -553,3 +556,101 @@ def test_import_circle_checker_can_leave_function_imports_out():
     }
     assert import_circles(import_graph(modules)) == [["qadv.a", "qadv.b"]]
     assert import_circles(import_graph(modules, in_functions=False)) == []
+
+
+# ----------------------------------------------------------------------------- size
+#
+# Rule ``size``: no module of ``qadv/`` is over MAX_MODULE_LINES lines, and no function or
+# method over MAX_FUNCTION_LINES lines (``end_lineno - lineno + 1``, from its ``def`` line
+# to its last line) unless it says why it must stay whole: its docstring contains
+# "Long because", or its ``def`` line carries a comment ``# Long because ...``.
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 100
+LONG_REASON = "long because"  # compared in lower case
+
+# Modules still being brought under the size rule; each entry goes once its module keeps
+# the rule (test_size_pending_entries_are_still_needed says when).
+PENDING: dict[str, str] = {
+    "qadv/apps/demo.py": "run_demo and _markdown over 100 lines",
+}
+
+
+def long_functions(tree: ast.Module, lines: list[str]) -> list[tuple[int, str, int]]:
+    """``(line, name, length)`` of every function over :data:`MAX_FUNCTION_LINES` lines
+    that gives no reason ("Long because" in its docstring or on its ``def`` line)."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        length = node.end_lineno - node.lineno + 1
+        if length <= MAX_FUNCTION_LINES:
+            continue
+        doc = (ast.get_docstring(node) or "").lower()
+        if LONG_REASON in doc or LONG_REASON in lines[node.lineno - 1].lower():
+            continue
+        found.append((node.lineno, node.name, length))
+    return found
+
+
+def size_violations(rel: str, tree: ast.Module, text: str) -> list[str]:
+    """What breaks the size rule in one module (``rel`` names it in the messages)."""
+    lines = text.splitlines()
+    bad = []
+    if len(lines) > MAX_MODULE_LINES:
+        bad.append(f"{rel}: {len(lines)} lines (at most {MAX_MODULE_LINES})")
+    for line, name, length in long_functions(tree, lines):
+        bad.append(
+            f"{rel}:{line}: {name} has {length} lines (at most {MAX_FUNCTION_LINES} "
+            "without a 'Long because' reason)"
+        )
+    return bad
+
+
+def test_modules_and_functions_keep_the_size_rule():
+    bad = []
+    for rel, tree in _modules():
+        if rel not in PENDING:
+            bad += size_violations(rel, tree, (ROOT / rel).read_text())
+    assert not bad, "over the size rule:\n" + "\n".join(bad)
+
+
+def test_size_pending_entries_are_still_needed():
+    """Every pending module exists and still breaks the rule (else remove its entry)."""
+    for rel, reason in PENDING.items():
+        assert reason, f"pending entry {rel} gives no reason"
+        path = ROOT / rel
+        assert path.exists(), f"stale pending entry {rel}: no such module"
+        text = path.read_text()
+        assert size_violations(rel, ast.parse(text), text), (
+            f"{rel} keeps the size rule now: remove it from PENDING"
+        )
+
+
+_LONG_BODY = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def f():\n" + _LONG_BODY,
+        "class C:\n    def f(self):\n" + _LONG_BODY.replace("    ", "        "),
+        'def f():\n    """Short on purpose."""\n' + _LONG_BODY,
+        "x = 1\n" * (MAX_MODULE_LINES + 1),
+    ],
+)
+def test_size_checker_finds_what_breaks_the_rule(source):
+    assert size_violations("m.py", ast.parse(source), source), source[:60]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def f():\n" + _LONG_BODY[: -len(f"    x{MAX_FUNCTION_LINES - 1} = 99\n")],
+        'def f():\n    """Long because the loop keeps one batch in flight."""\n' + _LONG_BODY,
+        "def f():  # Long because one table is built in one place\n" + _LONG_BODY,
+        "x = 1\n" * MAX_MODULE_LINES,
+    ],
+)
+def test_size_checker_leaves_what_keeps_the_rule(source):
+    assert not size_violations("m.py", ast.parse(source), source), source[:60]

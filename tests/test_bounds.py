@@ -449,3 +449,12 @@ def test_signal_report_refuses_config_with_loose_options(tmp_path):
     with pytest.raises(ValueError, match="unknown norm 'l1'"):  # so is a config
         signal_report(f, x, y, config=SignalConfig(norm="l1"), out_dir=out)
     assert not out.exists()  # refused before any work
+
+
+def test_clever_and_sampling_still_import_from_bounds():
+    from qadv.evaluate import clever, sampling
+
+    assert bounds.clever is clever.clever
+    assert bounds.reverse_weibull_location is clever.reverse_weibull_location
+    assert bounds.lp_norm is sampling.lp_norm and bounds.sample_ball is sampling.sample_ball
+    assert all(hasattr(bounds, name) for name in bounds.__all__)

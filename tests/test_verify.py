@@ -443,7 +443,7 @@ def test_attack_counterexamples_settle_what_the_milp_leaves_open(monkeypatch):
     """With the MILP made to give up on every example, only verified attack successes
     settle examples (as not robust); nothing is ever counted robust without a proof."""
     import qadv.verify.report as report_mod
-    from qadv.verify.milp import UNSOLVED, Verdict
+    from qadv.verify.milp import UNSOLVED, ExactOutcome
 
     loaded = _loaded("bnn_waq", (6, 4), 4)
     xs, ys = examples(loaded.logits_fn, 4, 6)
@@ -451,7 +451,7 @@ def test_attack_counterexamples_settle_what_the_milp_leaves_open(monkeypatch):
     def give_up(net, images, labels, eps, *, on_result, skip=(), **kw):
         for i in range(len(images)):
             if i not in skip:
-                on_result(i, Verdict(UNSOLVED, None, None, 0.0, 0, "time limit"))
+                on_result(i, ExactOutcome(UNSOLVED, None, None, 0.0, 0, "time limit"))
 
     monkeypatch.setattr(report_mod, "verify_batch", give_up)
     rec = gap_to_truth(
@@ -499,3 +499,14 @@ def test_cli_verify_fails_when_an_attack_contradicts_the_milp(monkeypatch, capsy
     assert (
         err == "qadv verify: error: an attack broke an example the MILP proved robust; see gap.md"
     )
+
+
+def test_moved_names_keep_their_import_paths():
+    """``Verdict`` is the former name of ``ExactOutcome``; the encoding and the minimal
+    perturbations moved to their own modules and still import from the old ones."""
+    from qadv.verify import encoding, milp, minimal, report
+
+    assert milp.Verdict is milp.ExactOutcome
+    assert all(hasattr(milp, name) for name in milp.__all__)
+    assert milp.sign_gaps is encoding.sign_gaps and milp.ball is encoding.ball
+    assert report.minimal_perturbations is minimal.minimal_perturbations

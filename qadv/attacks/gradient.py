@@ -47,12 +47,12 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jax_core
 
 from qadv.attacks import registry
 from qadv.attacks.norms import find_norm, get_norm
 from qadv.attacks.protocol import example_keys, execute, finish
 from qadv.attacks.temperature import BetaInfo, NoTemperature, fixed
+from qadv.attacks.unroll import CPU_UNROLL, CPU_UNROLL_CONV_STEPS, cpu_unroll
 from qadv.attacks.validation import (
     check_batch,
     check_choice,
@@ -63,11 +63,14 @@ from qadv.attacks.validation import (
 from qadv.losses import LOSS_NAMES, cw_margin, get_loss, temperature_scaled
 
 __all__ = [
+    "CPU_UNROLL",
+    "CPU_UNROLL_CONV_STEPS",
     "Attack",
     "AttackInfo",
     "FGSMConfig",
     "PGDConfig",
     "PGDState",
+    "cpu_unroll",
     "fgsm",
     "make_pgd",
     "pgd",
@@ -236,40 +239,6 @@ def make_pgd(
         return PGDState(x, y, x_new, state.tstate, beta, state.fallback | binfo.fallback)
 
     return Attack(init, step, start)
-
-
-CPU_UNROLL = 4
-"""On a CPU, loops of steps without a convolution hold this many steps per iteration."""
-
-CPU_UNROLL_CONV_STEPS = 32
-"""On a CPU, loops of at most this many steps with a convolution are unrolled."""
-
-
-def _has_convolution(jaxpr) -> bool:
-    """Whether ``jaxpr`` (or a jaxpr nested in it: jit, custom_vjp, scan, ...) convolves."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            return True
-        if any(_has_convolution(sub) for sub in jax_core.jaxprs_in_params(eqn.params)):
-            return True
-    return False
-
-
-def cpu_unroll(step, state, steps: int) -> int:
-    """Steps per loop iteration of :func:`run_attack` on this backend.
-
-    Measured with ``benchmarks/perf/unroll.py`` (PGD-20, batch 250, 2-core CPU): XLA's
-    CPU code runs a loop whose body holds a convolution about 3.7 times slower than the
-    same steps unrolled (the Fashion-MNIST CNN), so such loops are unrolled up to
-    :data:`CPU_UNROLL_CONV_STEPS` steps; without convolutions (MLPs) unrolling buys no
-    run time and multiplies the compile time (3.6 times for the demo's MLP), so those
-    loops hold :data:`CPU_UNROLL` steps per iteration. GPU/TPU loops hold one step.
-    """
-    if jax.default_backend() != "cpu" or steps < 1:
-        return 1
-    if steps <= CPU_UNROLL_CONV_STEPS and _has_convolution(jax.make_jaxpr(step)(state).jaxpr):
-        return steps
-    return min(CPU_UNROLL, steps)
 
 
 def run_attack(attack: Attack, state: PGDState, steps: int) -> PGDState:

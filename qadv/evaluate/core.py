@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv import parallel, precision, records
+from qadv import parallel, records
 from qadv.attacks import registry
 from qadv.attacks.protocol import (
     AttackContext,
@@ -45,6 +45,7 @@ from qadv.attacks.protocol import (
     prepare,
     split_logits_fn,
 )
+from qadv.evaluate.fingerprint import data_fingerprint, model_fingerprint
 
 __all__ = [
     "batch_placer",
@@ -131,60 +132,6 @@ def _bucket(m: int, batch_size: int, devices: list | None) -> int:
     if m >= batch_size or (devices is not None and len(devices) > 1):
         return device_multiple(batch_size, devices)
     return min(batch_size, max(8, 1 << (m - 1).bit_length()))
-
-
-def data_fingerprint(*arrays: np.ndarray) -> str:
-    """Short hash of the evaluated data (images, labels, indices)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
-
-
-_PROBE_SIZE = 8
-_PROBE_SEED = 20211
-
-
-@functools.partial(jax.jit, static_argnames="fn_static")
-def _probe_logits(fn_static, fn_dyn, x) -> jax.Array:
-    logits_fn = fn_static if fn_static is not None else fn_dyn
-    return logits_fn(x)
-
-
-def model_fingerprint(logits_fn: Callable, images: np.ndarray) -> str:
-    """Short hash that tells one model from another: its logits on a fixed probe batch
-    (the first 8 of ``images`` and 8 seeded uniform images of their shape), the weights
-    bound in a ``jax.tree_util.Partial``, and the precision policy in force.
-
-    Any change of weights, architecture, compute dtype or matmul precision changes it, so
-    a cached or resumed record is reused only for the model that made it. On one machine
-    it is the same from run to run; on another machine float rounding may differ, and a
-    record is then recomputed rather than trusted.
-
-    Args:
-        logits_fn: the model, images ``(B, H, W, C)`` in [0, 1] -> logits ``(B, d)``.
-        images: float32 ``(N, H, W, C)``, the evaluated set (only the first 8 are used).
-    """
-    images = np.asarray(images, np.float32)
-    rng = np.random.default_rng(_PROBE_SEED)
-    noise = rng.random((_PROBE_SIZE, *images.shape[1:]), dtype=np.float32)
-    probe = np.concatenate([images[:_PROBE_SIZE], noise])
-    fn_static, fn_dyn = split_logits_fn(logits_fn)
-    logits = np.asarray(_probe_logits(fn_static, fn_dyn, jnp.asarray(probe)), np.float32)
-    h = hashlib.sha256()
-    h.update(precision.current().encode())
-    h.update(str(logits.shape).encode())
-    h.update(np.ascontiguousarray(logits).tobytes())
-    if fn_dyn is not None:
-        for leaf in jax.tree_util.tree_leaves(fn_dyn):
-            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-                continue  # several hosts: the logits speak for these weights
-            a = np.asarray(leaf)
-            h.update(str((a.dtype, a.shape)).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
 
 
 class _NoBar:
@@ -398,17 +345,47 @@ def evaluate_attack(
     data = prepare(config, logits_fn, context)
     cfg_dict = registry.to_dict(config)
     model_fp = model_fingerprint(logits_fn, images)
-    run_id = (
-        hashlib.sha256(
-            json.dumps([cfg_dict, seed], sort_keys=True, default=str).encode()
-        ).hexdigest()[:16]
-        + ":"
-        + data_fingerprint(images, labels, indices)
-        + ":"
-        + model_fp
+    run_id = _run_id(cfg_dict, seed, images, labels, indices, model_fp)
+    partial_path = Path(str(out) + ".partial.npz") if out is not None else None
+    state, aux = _resumed_state(partial_path, n, run_id)
+
+    t0, seconds0 = time.perf_counter(), float(state["seconds"])
+
+    def checkpoint() -> None:
+        """Record the time spent so far and save the partial state (process 0 only)."""
+        state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
+        if partial_path is not None and parallel.is_main_process():
+            _save_partial(partial_path, state, aux, run_id)
+
+    with records.CompileClock() as clock:
+        put = batch_placer(devices)
+        if not state["clean_done"]:
+            _score_clean(state, logits_fn, images, labels, put, batch_size, devices)
+        run = _Run(
+            logits_fn, images, labels, indices, config, geometry, data, put, batch_size, devices
+        )
+        _attack_batches(run, jax.random.key(seed), state, aux, progress, checkpoint)
+    state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
+
+    timing = clock.as_dict(time.perf_counter() - t0)
+    record = _record(config, cfg_dict, seed, batch_size, model_fp, state, aux, indices, timing, extra)
+    if out is not None and parallel.is_main_process():
+        records.atomic_write_json(out, record)
+        if partial_path is not None:
+            partial_path.unlink(missing_ok=True)
+    return record
+
+
+def _run_id(cfg_dict: dict, seed: int, images, labels, indices, model_fp: str) -> str:
+    """What a partial state must match to be resumed: attack config and seed, data, model."""
+    digest = hashlib.sha256(json.dumps([cfg_dict, seed], sort_keys=True, default=str).encode())
+    return (
+        digest.hexdigest()[:16] + ":" + data_fingerprint(images, labels, indices) + ":" + model_fp
     )
 
-    partial_path = Path(str(out) + ".partial.npz") if out is not None else None
+
+def _resumed_state(partial_path: Path | None, n: int, run_id: str) -> tuple[dict, dict]:
+    """``(state, aux)``: the saved partial state of this same run, or a fresh one."""
     state = {
         "clean_correct": np.zeros(n, bool),
         "clean_done": np.zeros((), bool),
@@ -428,74 +405,103 @@ def evaluate_attack(
                     state = loaded
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             pass  # a damaged partial file: start afresh (it is written atomically)
+    return state, aux
 
-    t0, seconds0 = time.perf_counter(), float(state["seconds"])
-    with records.CompileClock() as clock:
-        put = batch_placer(devices)
-        if not state["clean_done"]:
-            clean_size = device_multiple(batch_size, devices)
-            for start in range(0, n, batch_size):
-                xb, m = padded(images[start : start + batch_size], clean_size)
-                pred = parallel.to_host(predict(logits_fn, put(xb)))[:m]
-                state["clean_correct"][start : start + m] = pred == labels[start : start + m]
-            state["clean_done"] = np.asarray(True)
-            # misclassified clean images are never robust and are not attacked
-            state["done"] |= ~state["clean_correct"]
 
-        base_key = jax.random.key(seed)
-        todo = np.flatnonzero(~state["done"])
-        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-        bar = progress_bar(len(batches), config.label, progress)
+def _score_clean(state: dict, logits_fn, images, labels, put, batch_size, devices) -> None:
+    """Classify every clean image; the misclassified are never robust and are not
+    attacked, so they are marked done."""
+    clean_size = device_multiple(batch_size, devices)
+    for start in range(0, len(images), batch_size):
+        xb, m = padded(images[start : start + batch_size], clean_size)
+        pred = parallel.to_host(predict(logits_fn, put(xb)))[:m]
+        state["clean_correct"][start : start + m] = pred == labels[start : start + m]
+    state["clean_done"] = np.asarray(True)
+    state["done"] |= ~state["clean_correct"]
 
-        def launch(sel: np.ndarray) -> _Pending:
-            """Dispatch the attack on one batch (asynchronous: nothing waits for it)."""
-            size = _bucket(len(sel), batch_size, devices)
-            xb, m = padded(images[sel], size)
-            yb, _ = padded(labels[sel], size)
-            ib, _ = padded(indices[sel], size)
-            keys = example_keys(base_key, jnp.asarray(ib))
-            if devices is not None and len(devices) > 1:
-                keys = put(keys)
-            res = execute(config, data, logits_fn, put(xb), put(yb), keys)
-            return _Pending(sel, size, xb, m, res)
 
-        # One batch in flight: batch i+1 is dispatched before batch i's results are
-        # verified and saved, so the accelerator attacks while the host checks and writes.
-        pending = launch(batches[0]) if batches else None
-        for b in range(len(batches)):
-            cur, x_adv, found, checks = _verify_launch(pending, logits_fn, put, config)
-            pending, failed = None, None
-            try:  # a failure to start the next batch still saves this one first
-                pending = launch(batches[b + 1]) if b + 1 < len(batches) else None
-            except BaseException as e:  # re-raised once this batch is saved
-                failed = e
-            dist = _verified_distances(cur, x_adv, found, checks, labels, geometry, indices, config)
-            sel = cur.sel
-            state["robust"][sel] = ~geometry.within(dist, config.eps)
-            state["distance"][sel] = dist
-            state["queries"][sel] = parallel.to_host(cur.res.queries)[: cur.m]
-            for k, v in cur.res.aux.items():
-                v = parallel.to_host(v)[: cur.m]
-                if k not in aux:
-                    aux[k] = np.zeros((n, *v.shape[1:]), v.dtype)
-                aux[k][sel] = v
-            state["done"][sel] = True
-            state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
-            if partial_path is not None and parallel.is_main_process():
-                _save_partial(partial_path, state, aux, run_id)
-            bar.update(1)
-            bar.set_postfix(robust=f"{100 * state['robust'][state['done']].mean():.1f}%")
-            if failed is not None:
-                raise failed
-        bar.close()
-    state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
+class _Run(NamedTuple):
+    """What every batch of one :func:`evaluate_attack` call shares."""
 
+    logits_fn: Callable
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    config: Any
+    geometry: Any
+    data: Any
+    put: Callable
+    batch_size: int
+    devices: list | None
+
+
+def _launch(run: _Run, base_key: jax.Array, sel: np.ndarray) -> _Pending:
+    """Dispatch the attack on one batch (asynchronous: nothing waits for it)."""
+    size = _bucket(len(sel), run.batch_size, run.devices)
+    xb, m = padded(run.images[sel], size)
+    yb, _ = padded(run.labels[sel], size)
+    ib, _ = padded(run.indices[sel], size)
+    keys = example_keys(base_key, jnp.asarray(ib))
+    if run.devices is not None and len(run.devices) > 1:
+        keys = run.put(keys)
+    res = execute(run.config, run.data, run.logits_fn, run.put(xb), run.put(yb), keys)
+    return _Pending(sel, size, xb, m, res)
+
+
+def _attack_batches(
+    run: _Run, base_key: jax.Array, state: dict, aux: dict, progress: bool, checkpoint
+) -> None:
+    """Attack every example not yet done, batch by batch, storing each batch's verified
+    results in ``state``/``aux`` and calling ``checkpoint`` after it."""
+    todo = np.flatnonzero(~state["done"])
+    batches = [todo[i : i + run.batch_size] for i in range(0, len(todo), run.batch_size)]
+    bar = progress_bar(len(batches), run.config.label, progress)
+    # One batch in flight: batch i+1 is dispatched before batch i's results are
+    # verified and saved, so the accelerator attacks while the host checks and writes.
+    pending = _launch(run, base_key, batches[0]) if batches else None
+    for b in range(len(batches)):
+        cur, x_adv, found, checks = _verify_launch(pending, run.logits_fn, run.put, run.config)
+        pending, failed = None, None
+        try:  # a failure to start the next batch still saves this one first
+            pending = _launch(run, base_key, batches[b + 1]) if b + 1 < len(batches) else None
+        except BaseException as e:  # re-raised once this batch is saved
+            failed = e
+        dist = _verified_distances(
+            cur, x_adv, found, checks, run.labels, run.geometry, run.indices, run.config
+        )
+        _store(state, aux, cur, dist, run)
+        checkpoint()
+        bar.update(1)
+        bar.set_postfix(robust=f"{100 * state['robust'][state['done']].mean():.1f}%")
+        if failed is not None:
+            raise failed
+    bar.close()
+
+
+def _store(state: dict, aux: dict, cur: _Pending, dist: np.ndarray, run: _Run) -> None:
+    """One verified batch's results into the run's state."""
+    sel, n = cur.sel, len(run.images)
+    state["robust"][sel] = ~run.geometry.within(dist, run.config.eps)
+    state["distance"][sel] = dist
+    state["queries"][sel] = parallel.to_host(cur.res.queries)[: cur.m]
+    for k, v in cur.res.aux.items():
+        v = parallel.to_host(v)[: cur.m]
+        if k not in aux:
+            aux[k] = np.zeros((n, *v.shape[1:]), v.dtype)
+        aux[k][sel] = v
+    state["done"][sel] = True
+
+
+def _record(
+    config, cfg_dict, seed, batch_size, model_fp, state, aux, indices, timing, extra
+) -> dict[str, Any]:
+    """The scored record of a finished run (see :func:`evaluate_attack`'s Returns)."""
     robust = state["robust"] & state["clean_correct"]
     record: dict[str, Any] = {
         "attack": config.label,
         "config": cfg_dict,
         "seed": seed,
-        "n": n,
+        "n": len(indices),
         "clean_accuracy": 100.0 * float(state["clean_correct"].mean()),
         "robust_accuracy": 100.0 * float(robust.mean()),
         "adversarial_accuracy": 100.0 * float(robust.mean()),
@@ -507,7 +513,7 @@ def evaluate_attack(
         "minimum_norm": bool(config.minimum_norm),
         "model_fingerprint": model_fp,
         "wall_time_s": float(state["seconds"]),
-        "timing": clock.as_dict(time.perf_counter() - t0),
+        "timing": timing,
         "environment": records.environment(),
         **(extra or {}),
     }
@@ -523,10 +529,6 @@ def evaluate_attack(
         "distance": _json_floats(np.where(attacked, state["distance"], 0.0)),
         "queries": state["queries"].tolist(),
     }
-    if out is not None and parallel.is_main_process():
-        records.atomic_write_json(out, record)
-        if partial_path is not None:
-            partial_path.unlink(missing_ok=True)
     return record
 
 

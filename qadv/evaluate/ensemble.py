@@ -88,6 +88,13 @@ def evaluate_ensemble(
     out = Path(out) if out is not None else None
     t0 = time.perf_counter()
     context = resolve_context(context, calib_images, input_std, images)
+    run = {
+        "batch_size": batch_size,
+        "seed": seed,
+        "context": context,
+        "progress": progress,
+        "devices": devices,
+    }
 
     clean_correct = clean_predictions(logits_fn, images, batch_size=batch_size) == labels
     clean_seconds = time.perf_counter() - t0
@@ -98,23 +105,7 @@ def evaluate_ensemble(
     for k, config in enumerate(configs):
         sel = np.flatnonzero(robust)
         path = _member_path(out, k, config)
-        rec = None
-        if len(sel):
-            rec = cached_attack(
-                path,
-                logits_fn,
-                images[sel],
-                labels[sel],
-                config,
-                batch_size=batch_size,
-                seed=seed,
-                indices=sel,
-                context=context,
-                progress=progress,
-                devices=devices,
-            )
-        if rec is None:  # nothing left to attack
-            rec = {"wall_time_s": 0.0, "examples": {"robust": [], "distance": []}}
+        rec = _attack_member(path, logits_fn, images, labels, config, sel, run)
         member_robust = np.asarray(rec["examples"]["robust"], bool)
         member_dist = np.asarray(
             [np.inf if v is None else v for v in rec["examples"]["distance"]], np.float64
@@ -136,10 +127,45 @@ def evaluate_ensemble(
             }
         )
 
+    outcome = {"robust": robust, "broken_by": broken_by, "distance": distance}
+    record = _ensemble_record(
+        name, configs, seed, clean_correct, outcome, members, clean_seconds, extra
+    )
+    if out is not None and parallel.is_main_process():
+        records.atomic_write_json(out, record)
+    return record
+
+
+def _attack_member(path, logits_fn, images, labels, config, sel, run: dict) -> dict[str, Any]:
+    """One member's record on the examples ``sel`` still robust (cached at ``path``); an
+    empty one when none is left."""
+    if not len(sel):  # nothing left to attack
+        return {"wall_time_s": 0.0, "examples": {"robust": [], "distance": []}}
+    return cached_attack(
+        path,
+        logits_fn,
+        images[sel],
+        labels[sel],
+        config,
+        batch_size=run["batch_size"],
+        seed=run["seed"],
+        indices=sel,
+        context=run["context"],
+        progress=run["progress"],
+        devices=run["devices"],
+    )
+
+
+def _ensemble_record(
+    name, configs, seed, clean_correct, outcome, members, clean_seconds, extra
+) -> dict[str, Any]:
+    """The ensemble's record (see :func:`evaluate_ensemble`'s Returns); ``outcome`` holds
+    the per-example ``robust``, ``broken_by`` (member index, -1) and ``distance``."""
+    robust, broken_by, distance = outcome["robust"], outcome["broken_by"], outcome["distance"]
     eps_values = sorted({float(c.eps) for c in configs})
-    record = {
+    return {
         "ensemble": name,
-        "n": n,
+        "n": len(robust),
         "norm": configs[0].norm,
         "eps": eps_values[0] if len(eps_values) == 1 else eps_values,
         "seed": seed,
@@ -158,9 +184,6 @@ def evaluate_ensemble(
             "distance": [None if not np.isfinite(v) else float(v) for v in distance],
         },
     }
-    if out is not None and parallel.is_main_process():
-        records.atomic_write_json(out, record)
-    return record
 
 
 def _threat(record: dict) -> tuple[Any, float | None, float]:

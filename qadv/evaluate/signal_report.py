@@ -266,6 +266,25 @@ def _floats(a) -> list:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, np.float64)]
 
 
+def _inputs(
+    loaded_or_logits_fn, images, labels, cfg, context, out_dir, progress, model_name
+) -> tuple[_Inputs, dict[str, Any]]:
+    """The checked inputs every section shares (the output folder made), and the
+    model's metadata."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    logits_fn, meta, std = _unpack_model(loaded_or_logits_fn)
+    images, labels = check_data(images, labels, logits_fn)
+    context = _with_defaults(context, images, std)
+    base = {
+        "data": data_fingerprint(images, labels),
+        "model": meta.get("out_dir", model_name),
+        "model_fingerprint": model_fingerprint(logits_fn, images),
+        "seed": cfg.seed,
+    }
+    return _Inputs(logits_fn, images, labels, cfg, context, out, base, progress), meta
+
+
 def _signal_section(run: _Inputs) -> dict[str, Any]:
     """Table 13 (:func:`signal_table`), cached."""
     cfg = run.config
@@ -497,19 +516,10 @@ def signal_report(
     """
     cfg = _config_from(config, options)
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    logits_fn, meta, std = _unpack_model(loaded_or_logits_fn)
-    images, labels = check_data(images, labels, logits_fn)
-    context = _with_defaults(context, images, std)
-    fp = data_fingerprint(images, labels)
-    base = {
-        "data": fp,
-        "model": meta.get("out_dir", model_name),
-        "model_fingerprint": model_fingerprint(logits_fn, images),
-        "seed": cfg.seed,
-    }
-    run = _Inputs(logits_fn, images, labels, cfg, context, out, base, progress)
+    run, meta = _inputs(
+        loaded_or_logits_fn, images, labels, cfg, context, out_dir, progress, model_name
+    )
+    logits_fn, images, labels, out, fp = run.logits_fn, run.images, run.labels, run.out, run.base["data"]
     say = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
 
     say("signal table (Table 13)")

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize
 
-from qadv.verify.milp import TIE_MARGIN, ball
+from qadv.verify.encoding import TIE_MARGIN, ball
 from qadv.verify.network import Network, apply_activation
 
 __all__ = ["EnumerationResult", "enumerate_robustness"]

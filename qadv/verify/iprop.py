@@ -46,14 +46,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize
 
-from qadv.verify.milp import (
-    LogitsFn,
-    _in_ball32,
-    _is_adversarial,
-    ball,
-    interval_bounds,
-    solve_milp,
-)
+from qadv.verify.counterexample import LogitsFn, in_ball32, is_adversarial
+from qadv.verify.encoding import ball, interval_bounds, solve_milp
 from qadv.verify.network import Network
 
 __all__ = ["IPropResult", "iprop", "iprop_applies", "iprop_batch"]
@@ -246,7 +240,7 @@ def iprop(
     widest = max(layer.width for layer in net.layers[:-1])
     max_step = widest if max_step is None else int(max_step)
     x0 = x.reshape(-1).astype(np.float64)
-    if _is_adversarial(net, logits_fn, x, y):
+    if is_adversarial(net, logits_fn, x, y):
         return IPropResult(x.copy(), True, -1, 0, time.monotonic() - t0)
     _, clean = _signs(net, x0)
     targets = [int(j) for j in np.argsort(-clean, kind="stable") if j != y][:num_targets]
@@ -271,7 +265,7 @@ def iprop(
             )
             moved = False
             if cand is not None:
-                cand = _in_ball32(cand, lo, hi).astype(np.float64)
+                cand = in_ball32(cand, lo, hi).astype(np.float64)
                 new_hs, new_logits = _signs(net, cand)
                 new_gap = new_logits[j] - new_logits[y]
                 moved = any(not np.array_equal(a, b) for a, b in zip(new_hs, hs, strict=True))
@@ -280,14 +274,14 @@ def iprop(
                     if gap > best_gap:
                         best_x, best_gap = cur, gap
                     x32 = cur.astype(np.float32).reshape(net.image_shape)
-                    if _is_adversarial(net, logits_fn, x32, y):
+                    if is_adversarial(net, logits_fn, x32, y):
                         return IPropResult(x32, True, j, total, time.monotonic() - t0)
                     continue
             if s >= max_step:
                 break
             s = min(2 * s, max_step)
-    x_best = _in_ball32(best_x, lo, hi).reshape(net.image_shape)
-    success = _is_adversarial(net, logits_fn, x_best, y)
+    x_best = in_ball32(best_x, lo, hi).reshape(net.image_shape)
+    success = is_adversarial(net, logits_fn, x_best, y)
     return IPropResult(x_best, success, -1, total, time.monotonic() - t0)
 
 

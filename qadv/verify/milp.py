@@ -46,29 +46,50 @@ An example whose MILPs hit the time limit is ``unsolved`` too, and never counted
 
 "Exact" therefore means exact in real arithmetic up to HiGHS's feasibility tolerances
 (1e-7 on constraints): a robustness proof can miss an adversarial region thinner than that.
+
+The program is built in :mod:`qadv.verify.encoding`, counterexamples are confirmed in
+:mod:`qadv.verify.counterexample`; this module decides (:func:`exact_robustness`, whose
+outcome is an :class:`ExactOutcome`), runs a batch (:func:`verify_batch`) and bisects the
+minimal radius (:func:`minimal_linf`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import jax
 import numpy as np
-from scipy import optimize, sparse
+from scipy import optimize
 
-from qadv.verify.network import Layer, Network, apply_activation
+from qadv.verify.counterexample import (
+    LogitsFn,
+    cut_limit,
+    in_ball32,
+    is_adversarial,
+    no_good_cut,
+    polish,
+)
+from qadv.verify.encoding import (
+    TIE_MARGIN,
+    Program,
+    Unit,
+    ball,
+    encode,
+    interval_activation,
+    interval_bounds,
+    margin,
+    sign_gaps,
+    solve_milp,
+)
+from qadv.verify.network import Network
 
 __all__ = [
     "NOT_ROBUST",
     "ROBUST",
     "TIE_MARGIN",
     "UNSOLVED",
+    "ExactOutcome",
     "MinimalResult",
     "Verdict",
     "ball",
@@ -76,20 +97,16 @@ __all__ = [
     "interval_bounds",
     "minimal_linf",
     "sign_gaps",
+    "solve_milp",
     "verify_batch",
 ]
 
 ROBUST = "robust"
 NOT_ROBUST = "not_robust"
 UNSOLVED = "unsolved"
-TIE_MARGIN = 1e-4
-"""Margin by which ``logit_j`` must exceed ``logit_y`` for a target ``j > y``."""
-
-LogitsFn = Callable[[Any], Any]
-_jit_apply = jax.jit(lambda fn, x: fn(x))
 
 
-class Verdict(NamedTuple):
+class ExactOutcome(NamedTuple):
     """Outcome of the exact check of one example at one radius.
 
     Attributes:
@@ -110,356 +127,139 @@ class Verdict(NamedTuple):
     reason: str = ""
 
 
-def ball(x0: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Flat float64 ``(lo, hi)`` of the L∞ ball of radius ``eps`` around ``x0`` ∩ ``[0, 1]``.
-
-    Example:
-        >>> [v.tolist() for v in ball(np.array([0.1, 0.9]), 0.2)]
-        [[0.0, 0.7], [0.30000000000000004, 1.0]]
-    """
-    x0 = np.asarray(x0, np.float64).ravel()
-    return np.maximum(x0 - eps, 0.0), np.minimum(x0 + eps, 1.0)
-
-
-def _interval_activation(lo: np.ndarray, hi: np.ndarray, kind: str):
-    if kind == "sign":
-        return np.where(lo >= 0, 1.0, -1.0), np.where(hi < 0, -1.0, 1.0)
-    return apply_activation(lo, kind), apply_activation(hi, kind)
-
-
-def interval_bounds(net: Network, lo: np.ndarray, hi: np.ndarray) -> list[tuple]:
-    """Interval-arithmetic bounds ``(l, u)`` on every layer's pre-activations over a box.
-
-    Example:
-        >>> from qadv.verify.network import Layer
-        >>> net = Network((Layer(np.array([[1.0], [-1.0]]), np.zeros(1), "none"),), (2, 1, 1))
-        >>> [b.tolist() for b in interval_bounds(net, np.zeros(2), np.ones(2))[0]]
-        [[-1.0], [1.0]]
-    """
-    out = []
-    h_lo, h_hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-    for layer in net.layers:
-        centre, radius = (h_lo + h_hi) / 2, (h_hi - h_lo) / 2
-        a_c = centre @ layer.weight + layer.bias
-        a_r = radius @ np.abs(layer.weight)
-        a_lo, a_hi = a_c - a_r, a_c + a_r
-        out.append((a_lo, a_hi))
-        h_lo, h_hi = _interval_activation(a_lo, a_hi, layer.activation)
-    return out
-
-
-@contextlib.contextmanager
-def _quiet_fd1():
-    """Silence file descriptor 1 (HiGHS prints some diagnostics from C despite disp=False)."""
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
-
-
-def solve_milp(cost: np.ndarray, **kwargs) -> optimize.OptimizeResult:
-    """``scipy.optimize.milp`` with the solver's stray C output silenced."""
-    with _quiet_fd1():
-        return optimize.milp(cost, **kwargs)
-
-
-# ----------------------------------------------------------------------------- the program
-
-
-@dataclasses.dataclass
-class _Unit:
-    """A nonlinear unit: one ``z`` (or none if stable) of a sign or ReLU piece.
-
-    ``shift`` is added to the pre-activation (hardtanh pieces use +1 and -1)."""
-
-    layer: int
-    index: int
-    kind: str  # "sign" or "relu"
-    shift: float
-    zvar: int  # -1 when stable
-    stable_phase: int  # +1 / 0 for stable units (sign +1 / relu active is 1), else -1
-
-
-class _Program:
-    """Variables, bounds and sparse rows of the MILP of one (network, box)."""
-
-    def __init__(self, lo: np.ndarray, hi: np.ndarray):
-        self.lb = list(lo)
-        self.ub = list(hi)
-        self.integrality = [0] * len(lo)
-        self.rows: list[tuple[np.ndarray, np.ndarray, float, float]] = []
-
-    @property
-    def nvar(self) -> int:
-        return len(self.lb)
-
-    def var(self, lb: float, ub: float, integer: bool) -> int:
-        self.lb.append(lb)
-        self.ub.append(ub)
-        self.integrality.append(int(integer))
-        return self.nvar - 1
-
-    def row(self, coef: np.ndarray, lb: float, ub: float) -> None:
-        """``lb <= coef @ v <= ub`` (``coef`` covers the first ``len(coef)`` variables)."""
-        cols = np.flatnonzero(coef)
-        self.rows.append((cols, coef[cols], lb, ub))
-
-    def constraints(self, extra=()) -> optimize.LinearConstraint:
-        rows = [*self.rows, *extra]
-        data = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0)
-        cols = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, int)
-        ptr = np.cumsum([0] + [len(r[0]) for r in rows])
-        mat = sparse.csr_array((data, cols, ptr), shape=(len(rows), self.nvar))
-        return optimize.LinearConstraint(
-            mat, np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
-        )
-
-
-def _pad(e: np.ndarray, n: int) -> np.ndarray:
-    return np.pad(e, ((0, 0), (0, n - e.shape[1])))
-
-
-def _encode(net: Network, lo: np.ndarray, hi: np.ndarray, bounds) -> tuple:
-    """Build the program: returns ``(program, units, logit expression (E, e0))``."""
-    prog = _Program(lo, hi)
-    n0 = len(lo)
-    e, e0 = np.eye(n0), np.zeros(n0)  # current layer input as an affine map of the variables
-    units: list[_Unit] = []
-    for k, layer in enumerate(net.layers[:-1]):
-        a, c = layer.weight.T @ e, layer.weight.T @ e0 + layer.bias
-        l_all, u_all = bounds[k]
-        pieces = [("sign", 0.0, 1.0)] if layer.activation == "sign" else []
-        binary_input = k > 0 and net.layers[k - 1].activation == "sign"
-        gaps = sign_gaps(layer) if binary_input and layer.activation == "sign" else None
-        if layer.activation == "relu":
-            pieces = [("relu", 0.0, 1.0)]
-        if layer.activation == "hardtanh":  # relu(a + 1) - relu(a - 1) - 1
-            pieces = [("relu", 1.0, 1.0), ("relu", -1.0, -1.0)]
-        out_rows: list[tuple[int, np.ndarray, float]] = []  # (unit, coef, const)
-        for i in range(layer.width):
-            for kind, shift, weight in pieces:
-                l, u = l_all[i] + shift, u_all[i] + shift
-                ai, ci = a[i], c[i] + shift
-                if kind == "sign":
-                    delta = 0.0 if gaps is None else gaps[i]  # a < 0 => a <= -delta
-                    if l > -delta or l >= 0 or u < 0:
-                        s = 1.0 if l > -delta or l >= 0 else -1.0
-                        units.append(_Unit(k, i, kind, shift, -1, int(s > 0)))
-                        out_rows.append((i, np.zeros(0), weight * s))
-                        continue
-                    z = prog.var(0, 1, True)
-                    units.append(_Unit(k, i, kind, shift, z, -1))
-                    coef = _pad(ai[None], prog.nvar)[0]
-                    # a >= l (1 - z)  <=>  a + l z >= l ;
-                    # a <= u z - delta (1 - z)  <=>  a - (u + delta) z <= -delta
-                    prog.row(coef + _onehot(z, prog.nvar, l), l - ci, np.inf)
-                    prog.row(coef + _onehot(z, prog.nvar, -(u + delta)), -np.inf, -ci - delta)
-                    out_rows.append((i, _onehot(z, prog.nvar, 2.0 * weight), -weight))
-                    continue
-                if u <= 0:
-                    units.append(_Unit(k, i, kind, shift, -1, 0))
-                    continue
-                if l >= 0:
-                    units.append(_Unit(k, i, kind, shift, -1, 1))
-                    out_rows.append((i, weight * ai, weight * ci))
-                    continue
-                y = prog.var(0, u, False)
-                z = prog.var(0, 1, True)
-                units.append(_Unit(k, i, kind, shift, z, -1))
-                coef = _pad(ai[None], prog.nvar)[0]
-                yv = _onehot(y, prog.nvar, 1.0)
-                prog.row(coef - yv, -np.inf, -ci)  # y >= a
-                prog.row(yv - coef + _onehot(z, prog.nvar, -l), -np.inf, ci - l)  # y <= a - l(1-z)
-                prog.row(yv + _onehot(z, prog.nvar, -u), -np.inf, 0.0)  # y <= u z
-                out_rows.append((i, _onehot(y, prog.nvar, weight), 0.0))
-        e_new = np.zeros((layer.width, prog.nvar))
-        e0_new = np.zeros(layer.width)
-        for i, coef, const in out_rows:
-            e_new[i, : len(coef)] += coef
-            e0_new[i] += const
-        if layer.activation == "hardtanh":
-            e0_new -= 1.0
-        e, e0 = e_new, e0_new
-    last = net.layers[-1]
-    return prog, units, (last.weight.T @ e, last.weight.T @ e0 + last.bias)
-
-
-_GAP_RTOL = 1e-9
-
-
-def sign_gaps(layer: Layer) -> np.ndarray:
-    """Per neuron, the ``delta > 0`` with ``a < 0  =>  a <= -delta`` over ``{±1}`` inputs.
-
-    For a layer whose input ``h`` is a sign layer's output, ``a = h @ w + b`` takes finitely
-    many values. When the magnitudes of a neuron's weights are integer multiples of one step
-    ``g`` (``±1`` weights: ``g = 1``; BatchNorm-folded ``±1`` weights: ``g = |w|``), those
-    values lie on the lattice ``c + 2 g Z`` with ``c = b - sum(w)`` (every ``h_k = -1``), so
-    the largest negative value is ``-2 g (1 - frac(c / 2g))``, or ``-2g`` when ``0`` itself
-    is a value (an exact tie, ``sign(0) = +1``). The MILP uses that gap as the strict margin
-    of ``sign(a) = -1``: ``a <= -delta`` instead of ``a <= 0``, which excludes the tie
-    ``a = 0`` from the ``-1`` side by construction.
-
-    ``delta`` is reduced by ``1e-9 (|b| + sum|w|)`` against rounding. It is ``0`` (no margin:
-    ties then left to the counterexample check and the no-good cuts) for a neuron without a
-    common step (float weights), or whose lattice comes within that tolerance of ``0``
-    without the arithmetic being exact (integers, or dyadic fractions): there rounding, not
-    the real value, decides the sign of a near-tie.
-
-    Example:
-        >>> w = np.array([[1.0, 2.0, 0.5], [-1.0, 1.0, 0.3], [1.0, -1.0, 0.2]])
-        >>> sign_gaps(Layer(w, np.array([0.0, 0.5, 0.0]), "sign")).round(6).tolist()
-        [1.0, 1.5, 0.0]
-
-        (the first neuron takes the values ``±1, ±3``; the second ``0.5 + {0, ±2, ±4}``;
-        the third may tie at ``0.5 - 0.3 - 0.2`` up to rounding.)
-    """
-    w, b = layer.weight, layer.bias
-    out = np.zeros(layer.width)
-    for i in range(layer.width):
-        col = w[:, i]
-        tol = _GAP_RTOL * (abs(b[i]) + np.abs(col).sum()) + 1e-300
-        g = _common_step(np.abs(col[col != 0]))
-        if g <= 0:
-            continue
-        c = b[i] - col.sum()
-        f = c / (2 * g) - np.floor(c / (2 * g))  # in [0, 1)
-        if f == 0 and _exact_sums(np.append(col, b[i])):
-            gap = 2 * g  # a = 0 is a value: an exact tie, sign(0) = +1
-        elif min(f, 1 - f) * 2 * g <= tol:  # a near-tie that rounding may put on either side
-            continue
-        else:
-            gap = 2 * g * (1 - f)
-        out[i] = max(gap - tol, 0.0)
-    return out
-
-
-def _exact_sums(v: np.ndarray) -> bool:
-    """Every signed sum of ``v`` is exact in float64 (multiples of ``2^-20``, small)."""
-    scaled = v * 2.0**20
-    return bool(np.all(scaled == np.round(scaled)) and np.abs(scaled).sum() < 2.0**52)
-
-
-def _common_step(m: np.ndarray) -> float:
-    """The largest ``g`` with every entry of ``m > 0`` an integer multiple of it (0: none)."""
-    if not m.size:
-        return 0.0
-    vals = np.unique(m)
-    top = float(vals[-1])
-    tol = _GAP_RTOL * top
-    g = float(vals[0])
-    for v in vals[1:]:
-        a, r = float(v), g
-        while r > tol:
-            a, r = r, float(np.fmod(a, r))
-            if r > a - tol:  # fmod's remainder within tolerance of a full step
-                r = 0.0
-        g = a
-        if g < 1e-4 * top:
-            return 0.0
-    ratio = vals / g
-    if np.any(np.abs(ratio - np.round(ratio)) > 1e-8 * ratio):
-        return 0.0
-    return g
-
-
-def _onehot(i: int, n: int, value: float) -> np.ndarray:
-    v = np.zeros(n)
-    v[i] = value
-    return v
-
-
-def _margin(j: int, y: int) -> float:
-    return TIE_MARGIN if j > y else 0.0
-
-
-# ----------------------------------------------------------------------------- polishing
-
-
-def _polish(
-    net: Network, units: Sequence[_Unit], zvals: np.ndarray, lo, hi, y: int, j: int
-) -> tuple[np.ndarray | None, float]:
-    """The interior point of the solution's activation region (LP), and its slack."""
-    n0 = len(lo)
-    by_layer: dict[int, list[_Unit]] = {}
-    for unit in units:
-        by_layer.setdefault(unit.layer, []).append(unit)
-    a_rows, b_lo = [], []  # rows over (x, s): coef @ [x, s] >= b
-    e, e0 = np.eye(n0), np.zeros(n0)
-    for k, layer in enumerate(net.layers[:-1]):
-        a, c = layer.weight.T @ e, layer.weight.T @ e0 + layer.bias
-        e_new, e0_new = np.zeros((layer.width, n0)), np.zeros(layer.width)
-        for unit in by_layer.get(k, []):
-            ai, ci = a[unit.index], c[unit.index] + unit.shift
-            phase = unit.stable_phase if unit.zvar < 0 else round(float(zvals[unit.zvar]))
-            weight = -1.0 if unit.shift < 0 else 1.0
-            if unit.kind == "sign":
-                s = 1.0 if phase else -1.0
-                if unit.zvar >= 0:  # s * a >= r * slack
-                    r = np.abs(ai).sum() + abs(ci) + 1e-12
-                    a_rows.append(np.append(s * ai, -r))
-                    b_lo.append(-s * ci)
-                e0_new[unit.index] += s
-                continue
-            if unit.zvar >= 0:  # relu phase: a >= 0 or a <= 0 (continuous: no slack)
-                s = 1.0 if phase else -1.0
-                a_rows.append(np.append(s * ai, 0.0))
-                b_lo.append(-s * ci)
-            if phase:
-                e_new[unit.index] += weight * ai
-                e0_new[unit.index] += weight * ci
-        if layer.activation == "hardtanh":
-            e0_new -= 1.0
-        e, e0 = e_new, e0_new
-    last = net.layers[-1]
-    logit_a, logit_c = last.weight.T @ e, last.weight.T @ e0 + last.bias
-    d_a, d_c = logit_a[j] - logit_a[y], logit_c[j] - logit_c[y]
-    r = np.abs(d_a).sum() + abs(d_c) + 1.0
-    a_rows.append(np.append(d_a, -r))
-    b_lo.append(_margin(j, y) - d_c)
-    cost = np.zeros(n0 + 1)
-    cost[-1] = -1.0
-    res = optimize.linprog(
-        cost,
-        A_ub=-np.array(a_rows),
-        b_ub=-np.array(b_lo),
-        bounds=[*zip(lo, hi, strict=True), (None, 1.0)],
-        method="highs",
-    )
-    if res.status != 0:
-        return None, -np.inf
-    return res.x[:n0], float(res.x[-1])
-
-
-def _in_ball32(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """``x`` rounded to float32 and nudged inside ``[lo, hi]`` (exact comparison)."""
-    x32 = np.clip(np.asarray(x, np.float64), lo, hi).astype(np.float32)
-    x32 = np.where(x32.astype(np.float64) > hi, np.nextafter(x32, np.float32(-np.inf)), x32)
-    x32 = np.where(x32.astype(np.float64) < lo, np.nextafter(x32, np.float32(np.inf)), x32)
-    return x32
-
-
-def _is_adversarial(net: Network, logits_fn: LogitsFn | None, x: np.ndarray, y: int) -> bool:
-    batch = np.asarray(x, np.float32).reshape((1, *net.image_shape))
-    if logits_fn is None:
-        logits = net.logits(batch)
-    elif isinstance(logits_fn, jax.tree_util.Partial):  # weights are arguments: compile once
-        logits = np.asarray(_jit_apply(logits_fn, batch))
-    else:
-        logits = np.asarray(logits_fn(batch))
-    return int(np.argmax(logits[0])) != int(y)
+Verdict = ExactOutcome
+"""The former name of :class:`ExactOutcome`, kept so that existing imports work."""
 
 
 # ----------------------------------------------------------------------------- the check
+
+
+class _Problem(NamedTuple):
+    """The MILP of one example at one radius, shared by its per-target checks.
+
+    ``h_box`` bounds the last hidden layer's output (the input box for a single layer);
+    ``logit_e @ v + logit_e0`` are the logits as an affine map of the variables ``v``.
+    """
+
+    net: Network
+    y: int
+    lo: np.ndarray
+    hi: np.ndarray
+    targets: list[int]
+    h_box: tuple[np.ndarray, np.ndarray]
+    prog: Program
+    units: list[Unit]
+    logit_e: np.ndarray
+    logit_e0: np.ndarray
+    integrality: np.ndarray
+    var_bounds: optimize.Bounds
+    cut_limit: int
+
+
+def _checked_example(net: Network, x, y, eps, max_cuts) -> tuple[np.ndarray, int]:
+    """``(float32 x, int y)``, or a one-line ``ValueError`` naming the bad argument."""
+    if not (isinstance(eps, int | float | np.floating) and np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"bad eps {eps!r}; use a finite number >= 0")
+    x = np.asarray(x, np.float32)
+    if x.shape != tuple(net.image_shape):
+        raise ValueError(f"image of shape {x.shape}, the network takes {net.image_shape}")
+    y = int(y)
+    if not 0 <= y < net.num_classes:
+        raise ValueError(f"bad label {y}; use 0..{net.num_classes - 1}")
+    if max_cuts is not None and not (isinstance(max_cuts, int | np.integer) and max_cuts >= 0):
+        raise ValueError(f"bad max_cuts {max_cuts!r}; use an integer >= 0 or None")
+    return x, y
+
+
+def _build_problem(net: Network, x: np.ndarray, y: int, eps: float, max_cuts) -> _Problem:
+    """Bounds, encoding and target order (by the clean logits) of one example."""
+    lo, hi = ball(x, eps)
+    bounds = interval_bounds(net, lo, hi)
+    clean = net.logits(x[None])[0]
+    targets = [int(j) for j in np.argsort(-clean, kind="stable") if j != y]
+    h_box = (
+        (lo, hi)
+        if len(net.layers) == 1
+        else interval_activation(*bounds[-2], net.layers[-2].activation)
+    )
+    prog, units, (logit_e, logit_e0) = encode(net, lo, hi, bounds)
+    integrality = np.array(prog.integrality)
+    return _Problem(
+        net=net,
+        y=y,
+        lo=lo,
+        hi=hi,
+        targets=targets,
+        h_box=h_box,
+        prog=prog,
+        units=units,
+        logit_e=logit_e,
+        logit_e0=logit_e0,
+        integrality=integrality,
+        var_bounds=optimize.Bounds(np.array(prog.lb), np.array(prog.ub)),
+        cut_limit=cut_limit(int(integrality.sum()), max_cuts),
+    )
+
+
+def _ruled_out(p: _Problem, j: int) -> bool:
+    """The interval bound on ``logit_j - logit_y`` over ``h_box`` already rules ``j`` out."""
+    w, b = p.net.layers[-1].weight, p.net.layers[-1].bias
+    h_lo, h_hi = p.h_box
+    dw = w[:, j] - w[:, p.y]
+    upper = (h_lo + h_hi) / 2 @ dw + (h_hi - h_lo) / 2 @ np.abs(dw) + b[j] - b[p.y]
+    return upper < margin(j, p.y)
+
+
+def _confirmed(p: _Problem, xval: np.ndarray, j: int, logits_fn) -> np.ndarray | None:
+    """The MILP solution's polished point, else its raw point, if the model confirms it
+    (rounded to float32 inside the ball); ``None`` if neither is adversarial."""
+    candidates = []
+    x_pol, _slack = polish(p.net, p.units, xval, p.lo, p.hi, p.y, j)
+    if x_pol is not None:
+        candidates.append(x_pol)
+    candidates.append(xval[: len(p.lo)])
+    for cand in candidates:
+        x32 = in_ball32(cand, p.lo, p.hi)
+        if is_adversarial(p.net, logits_fn, x32, p.y):
+            return x32.reshape(p.net.image_shape)
+    return None
+
+
+def _check_target(
+    p: _Problem, j: int, logits_fn, t0: float, time_limit: float, milps: int
+) -> tuple[ExactOutcome | None, int]:
+    """MILP rounds for target ``j`` (one more per no-good cut): ``(outcome, milps)`` with
+    ``outcome`` ``None`` when ``j`` is unreachable, else the example's final outcome."""
+    y = p.y
+    diff = p.logit_e[j] - p.logit_e[y]
+    target_row = (np.flatnonzero(diff), diff[np.flatnonzero(diff)])
+    cuts: list = []
+    for _ in range(p.cut_limit + 1):
+        remaining = time_limit - (time.monotonic() - t0)
+        if remaining <= 0:
+            out = ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, "time limit")
+            return out, milps
+        extra = [(*target_row, margin(j, y) - (p.logit_e0[j] - p.logit_e0[y]), np.inf), *cuts]
+        res = solve_milp(
+            np.zeros(p.prog.nvar),
+            integrality=p.integrality,
+            bounds=p.var_bounds,
+            constraints=p.prog.constraints(extra),
+            options={"time_limit": float(remaining), "presolve": True},
+        )
+        milps += 1
+        if res.status == 2:  # infeasible: target j is unreachable
+            return None, milps
+        if res.x is None:
+            reason = "time limit" if res.status == 1 else f"solver status {res.status}"
+            return ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, reason), milps
+        x_adv = _confirmed(p, res.x, j, logits_fn)
+        if x_adv is not None:
+            return ExactOutcome(NOT_ROBUST, x_adv, j, time.monotonic() - t0, milps), milps
+        cuts.append(no_good_cut(p.units, res.x))
+        if not cuts[-1][0].size:  # no binaries to cut: nothing else to try
+            return None, milps
+    return ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, "numerical"), milps
 
 
 def exact_robustness(
@@ -471,7 +271,7 @@ def exact_robustness(
     logits_fn: LogitsFn | None = None,
     time_limit: float = 10.0,
     max_cuts: int | None = None,
-) -> Verdict:
+) -> ExactOutcome:
     """Decide whether ``net`` classifies every point of the ``eps``-ball around ``x`` as ``y``.
 
     Args:
@@ -489,7 +289,7 @@ def exact_robustness(
             so every round makes progress, and ``time_limit`` is the real cap.
 
     Returns:
-        A :class:`Verdict`.
+        An :class:`ExactOutcome`.
 
     Example:
         >>> from qadv.verify.network import Layer
@@ -500,95 +300,18 @@ def exact_robustness(
         ('robust', 'not_robust')
     """
     t0 = time.monotonic()
-    if not (isinstance(eps, int | float | np.floating) and np.isfinite(eps) and eps >= 0):
-        raise ValueError(f"bad eps {eps!r}; use a finite number >= 0")
-    x = np.asarray(x, np.float32)
-    if x.shape != tuple(net.image_shape):
-        raise ValueError(f"image of shape {x.shape}, the network takes {net.image_shape}")
-    y = int(y)
-    if not 0 <= y < net.num_classes:
-        raise ValueError(f"bad label {y}; use 0..{net.num_classes - 1}")
-    if max_cuts is not None and not (isinstance(max_cuts, int | np.integer) and max_cuts >= 0):
-        raise ValueError(f"bad max_cuts {max_cuts!r}; use an integer >= 0 or None")
-    if _is_adversarial(net, logits_fn, x, y):
-        return Verdict(NOT_ROBUST, x.copy(), -1, time.monotonic() - t0, 0)
-    lo, hi = ball(x, float(eps))
-    bounds = interval_bounds(net, lo, hi)
-    clean = net.logits(x[None])[0]
-    targets = [j for j in np.argsort(-clean, kind="stable") if j != y]
-    # interval bound on logit_j - logit_y from the last hidden layer's output box
-    h_lo, h_hi = (
-        (lo, hi)
-        if len(net.layers) == 1
-        else _interval_activation(*bounds[-2], net.layers[-2].activation)
-    )
-    w, b = net.layers[-1].weight, net.layers[-1].bias
-    prog, units, (logit_e, logit_e0) = _encode(net, lo, hi, bounds)
-    integrality = np.array(prog.integrality)
-    cut_limit = _cut_limit(int(integrality.sum()), max_cuts)
-    var_bounds = optimize.Bounds(np.array(prog.lb), np.array(prog.ub))
+    x, y = _checked_example(net, x, y, eps, max_cuts)
+    if is_adversarial(net, logits_fn, x, y):
+        return ExactOutcome(NOT_ROBUST, x.copy(), -1, time.monotonic() - t0, 0)
+    problem = _build_problem(net, x, y, float(eps), max_cuts)
     milps = 0
-    for j in targets:
-        j = int(j)
-        dw = w[:, j] - w[:, y]
-        upper = (h_lo + h_hi) / 2 @ dw + (h_hi - h_lo) / 2 @ np.abs(dw) + b[j] - b[y]
-        if upper < _margin(j, y):
+    for j in problem.targets:
+        if _ruled_out(problem, j):
             continue
-        diff = logit_e[j] - logit_e[y]
-        target_row = (np.flatnonzero(diff), diff[np.flatnonzero(diff)])
-        cuts: list = []
-        for _ in range(cut_limit + 1):
-            remaining = time_limit - (time.monotonic() - t0)
-            if remaining <= 0:
-                return Verdict(UNSOLVED, None, -1, time.monotonic() - t0, milps, "time limit")
-            extra = [(*target_row, _margin(j, y) - (logit_e0[j] - logit_e0[y]), np.inf), *cuts]
-            res = solve_milp(
-                np.zeros(prog.nvar),
-                integrality=integrality,
-                bounds=var_bounds,
-                constraints=prog.constraints(extra),
-                options={"time_limit": float(remaining), "presolve": True},
-            )
-            milps += 1
-            if res.status == 2:  # infeasible: target j is unreachable
-                break
-            if res.x is None:
-                reason = "time limit" if res.status == 1 else f"solver status {res.status}"
-                return Verdict(UNSOLVED, None, -1, time.monotonic() - t0, milps, reason)
-            candidates = []
-            x_pol, _slack = _polish(net, units, res.x, lo, hi, y, j)
-            if x_pol is not None:
-                candidates.append(x_pol)
-            candidates.append(res.x[: len(lo)])
-            for cand in candidates:
-                x32 = _in_ball32(cand, lo, hi)
-                if _is_adversarial(net, logits_fn, x32, y):
-                    x_adv = x32.reshape(net.image_shape)
-                    return Verdict(NOT_ROBUST, x_adv, j, time.monotonic() - t0, milps)
-            cuts.append(_no_good_cut(units, res.x))
-            if not cuts[-1][0].size:  # no binaries to cut: nothing else to try
-                break
-        else:
-            return Verdict(UNSOLVED, None, -1, time.monotonic() - t0, milps, "numerical")
-    return Verdict(ROBUST, None, -1, time.monotonic() - t0, milps)
-
-
-def _cut_limit(n_binaries: int, max_cuts: int | None) -> int:
-    """No-good cuts allowed per target (see :func:`exact_robustness`)."""
-    if max_cuts is not None:
-        return int(max_cuts)
-    adaptive = max(16, 4 * n_binaries)
-    return adaptive if n_binaries >= 20 else min(adaptive, 2**n_binaries)
-
-
-def _no_good_cut(units: Sequence[_Unit], xval: np.ndarray) -> tuple:
-    """Row excluding the binary assignment of ``xval``: sum over flips >= 1."""
-    zs = np.array([u.zvar for u in units if u.zvar >= 0], int)
-    if not zs.size:
-        return zs, np.zeros(0), 1.0, np.inf
-    ones = np.round(xval[zs]) > 0.5
-    coef = np.where(ones, -1.0, 1.0)
-    return zs, coef, 1.0 - float(ones.sum()), np.inf
+        outcome, milps = _check_target(problem, j, logits_fn, t0, time_limit, milps)
+        if outcome is not None:
+            return outcome
+    return ExactOutcome(ROBUST, None, -1, time.monotonic() - t0, milps)
 
 
 def verify_batch(
@@ -600,9 +323,9 @@ def verify_batch(
     logits_fn: LogitsFn | None = None,
     time_limit: float = 10.0,
     progress: bool = False,
-    on_result: Callable[[int, Verdict], None] | None = None,
+    on_result: Callable[[int, ExactOutcome], None] | None = None,
     skip: Sequence[int] = (),
-) -> list[Verdict | None]:
+) -> list[ExactOutcome | None]:
     """:func:`exact_robustness` for every example, with a progress bar.
 
     Args:
@@ -633,7 +356,7 @@ def verify_batch(
     skip_set = {int(i) for i in skip}
     bar = progress_bar(len(images) - len(skip_set & set(range(len(images)))), "verify", progress)
     counts = {ROBUST: 0, NOT_ROBUST: 0, UNSOLVED: 0}
-    out: list[Verdict | None] = []
+    out: list[ExactOutcome | None] = []
     try:
         for i, (x, y) in enumerate(zip(images, labels, strict=True)):
             if i in skip_set:
@@ -712,7 +435,7 @@ def minimal_linf(
     x = np.asarray(x, np.float32)
     checks = 0
 
-    def check(eps: float) -> Verdict:
+    def check(eps: float) -> ExactOutcome:
         nonlocal checks
         checks += 1
         return exact_robustness(net, x, y, eps, logits_fn=logits_fn, time_limit=time_limit)

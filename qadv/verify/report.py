@@ -14,11 +14,13 @@ reports on the **solved** examples (the ones the MILP decided within its time li
 
 Everything resumes after a kill: exact and IPROP results are appended to JSONL files one
 example at a time, attacks use :func:`~qadv.evaluate.core.cached_attack`.
+
+:func:`minimal_perturbations` (exact minimal radius beside FAB and DeepFool) lives in
+:mod:`qadv.verify.minimal` and is importable from here.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,10 @@ import numpy as np
 
 from qadv import records
 from qadv.verify.iprop import iprop, iprop_applies
-from qadv.verify.milp import NOT_ROBUST, ROBUST, UNSOLVED, Verdict, verify_batch
+from qadv.verify.milp import NOT_ROBUST, ROBUST, UNSOLVED, ExactOutcome, verify_batch
+from qadv.verify.minimal import minimal_perturbations
 from qadv.verify.network import Network, extract_network
+from qadv.verify.rows import JsonlRows, fmt
 
 __all__ = [
     "count_violations",
@@ -43,44 +47,7 @@ def _eps_tag(eps: float) -> str:
     return f"{eps:.6g}".replace("/", "_")
 
 
-class _Jsonl:
-    """Append-only per-example results with a header that pins the data and settings."""
-
-    def __init__(self, path: Path | None, header: Mapping[str, Any]):
-        self.path, self.header, self.rows = path, dict(header), {}
-        if path is None or not path.exists():
-            return
-        records = []
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        for ln in lines:
-            try:
-                records.append(json.loads(ln))
-            except json.JSONDecodeError:  # a line cut by a kill: keep the whole ones
-                break
-        if not records or records[0].get("header") != self.header:
-            raise ValueError(
-                f"{path} holds results for other data or settings; use another --out folder"
-            )
-        self.rows = {int(r["i"]): r for r in records[1:]}
-        if len(records) < len(lines):
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-            tmp.replace(path)
-
-    def add(self, i: int, row: Mapping[str, Any]) -> None:
-        self.rows[int(i)] = {"i": int(i), **row}
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        with open(self.path, "a") as f:
-            if new:
-                f.write(json.dumps({"header": self.header}) + "\n")
-            f.write(json.dumps(self.rows[int(i)]) + "\n")
-            f.flush()
-
-
-def _verdict_row(v: Verdict, x: np.ndarray) -> dict[str, Any]:
+def _outcome_row(v: ExactOutcome, x: np.ndarray) -> dict[str, Any]:
     dist = None
     if v.x_adv is not None:
         dist = float(np.abs(v.x_adv.astype(np.float64) - x.astype(np.float64)).max())
@@ -133,8 +100,7 @@ def gap_to_truth(
         ``robust_accuracy`` / ``gap`` / ``violations`` / ``flip_rate``, ``exact_flip_rate``
         and the MILP time statistics.
     """
-    from qadv.attacks import presets
-    from qadv.evaluate.core import cached_attack, check_data, data_fingerprint, model_fingerprint
+    from qadv.evaluate.core import check_data, data_fingerprint, model_fingerprint
 
     images, labels = check_data(images, labels)
     eps_list = [float(e) for e in eps_list]
@@ -150,11 +116,7 @@ def gap_to_truth(
     if run_iprop and not iprop_applies(net):
         raise ValueError("IPROP needs a BNN-WAQ MLP (all hidden activations sign)")
     overrides = dict(attack_overrides or {})
-    configs = {
-        a: presets.ensemble_members([a], norm="linf", eps=eps_list[0], **overrides)[0]
-        for a in attacks
-    }  # validates names early
-    del configs
+    _attack_configs(attacks, eps_list[0], overrides)  # validates names early
     out_dir = Path(out) if out is not None else None
     fingerprint = data_fingerprint(images, labels)
     rows = []
@@ -166,62 +128,17 @@ def gap_to_truth(
             "data": fingerprint,
             "model": model_fingerprint(logits_fn, images),
         }
-        exact = _Jsonl(out_dir / "exact" / f"eps_{tag}.jsonl" if out_dir else None, header)
-        verify_batch(
-            net,
-            images,
-            labels,
-            eps,
-            logits_fn=logits_fn,
-            time_limit=time_limit,
-            progress=progress,
-            skip=list(exact.rows),
-            on_result=lambda i, v, rec=exact: rec.add(i, _verdict_row(v, images[i])),
+        exact = JsonlRows(out_dir / "exact" / f"eps_{tag}.jsonl" if out_dir else None, header)
+        status, milp_time = _exact_results(
+            exact, net, images, labels, eps, logits_fn, time_limit, progress
         )
-        status = np.array([exact.rows[i]["status"] for i in range(len(images))])
-        milp_time = np.array([exact.rows[i]["time_s"] for i in range(len(images))])
-        broken: dict[str, np.ndarray] = {}
-        for name in attacks:
-            cfg = presets.ensemble_members([name], norm="linf", eps=eps, **overrides)[0]
-            path = out_dir / "attacks" / f"{name}_eps_{tag}.json" if out_dir else None
-            rec = cached_attack(
-                path,
-                logits_fn,
-                images,
-                labels,
-                cfg,
-                seed=seed,
-                batch_size=min(batch_size, len(images)),
-                progress=progress,
-            )
-            broken[name] = ~np.asarray(rec["examples"]["robust"], bool)
+        broken = _attacks_broken(
+            attacks, overrides, eps, out_dir, logits_fn, images, labels, seed, batch_size, progress
+        )
         if run_iprop:
             ip_header = {**header, "options": dict(iprop_options or {})}
-            ip = _Jsonl(out_dir / "iprop" / f"eps_{tag}.jsonl" if out_dir else None, ip_header)
-            from qadv.evaluate.core import progress_bar
-
-            todo = [i for i in range(len(images)) if i not in ip.rows]
-            bar = progress_bar(len(todo), "iprop", progress)
-            for i in todo:
-                r = iprop(
-                    net,
-                    images[i],
-                    int(labels[i]),
-                    eps,
-                    logits_fn=logits_fn,
-                    **dict(iprop_options or {}),
-                )
-                ip.add(
-                    i,
-                    {
-                        "success": bool(r.success),
-                        "time_s": round(r.time_s, 4),
-                        "iterations": r.iterations,
-                    },
-                )
-                bar.update(1)
-            bar.close()
-            broken["iprop"] = np.array([ip.rows[i]["success"] for i in range(len(images))])
+            ip = JsonlRows(out_dir / "iprop" / f"eps_{tag}.jsonl" if out_dir else None, ip_header)
+            broken["iprop"] = _iprop_broken(ip, net, images, labels, eps, logits_fn, progress)
         rows.append(_summarise(eps, status, milp_time, broken, logits_fn, images, labels))
     record = {
         "model": {k: v for k, v in loaded.metadata.items() if k != "variable_shapes"},
@@ -235,6 +152,74 @@ def gap_to_truth(
     if out_dir is not None:
         write_gap_report(record, out_dir)
     return record
+
+
+def _attack_configs(attacks: Sequence[str], eps: float, overrides: Mapping[str, Any]) -> dict:
+    """Each attack's L∞ config at ``eps`` (an unknown name or option raises here)."""
+    from qadv.attacks import presets
+
+    return {a: presets.ensemble_members([a], norm="linf", eps=eps, **overrides)[0] for a in attacks}
+
+
+def _exact_results(
+    exact: JsonlRows, net, images, labels, eps, logits_fn, time_limit, progress
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(status, MILP seconds)`` per example, the MILP run on those not yet in ``exact``."""
+    verify_batch(
+        net,
+        images,
+        labels,
+        eps,
+        logits_fn=logits_fn,
+        time_limit=time_limit,
+        progress=progress,
+        skip=list(exact.rows),
+        on_result=lambda i, v: exact.add(i, _outcome_row(v, images[i])),
+    )
+    status = np.array([exact.rows[i]["status"] for i in range(len(images))])
+    milp_time = np.array([exact.rows[i]["time_s"] for i in range(len(images))])
+    return status, milp_time
+
+
+def _attacks_broken(
+    attacks, overrides, eps, out_dir, logits_fn, images, labels, seed, batch_size, progress
+) -> dict[str, np.ndarray]:
+    """Per attack, the examples it broke (verified), its record cached under ``out_dir``."""
+    from qadv.evaluate.core import cached_attack
+
+    broken: dict[str, np.ndarray] = {}
+    for name, cfg in _attack_configs(attacks, eps, overrides).items():
+        path = out_dir / "attacks" / f"{name}_eps_{_eps_tag(eps)}.json" if out_dir else None
+        rec = cached_attack(
+            path,
+            logits_fn,
+            images,
+            labels,
+            cfg,
+            seed=seed,
+            batch_size=min(batch_size, len(images)),
+            progress=progress,
+        )
+        broken[name] = ~np.asarray(rec["examples"]["robust"], bool)
+    return broken
+
+
+def _iprop_broken(ip: JsonlRows, net, images, labels, eps, logits_fn, progress) -> np.ndarray:
+    """The examples IPROP broke, run on those not yet in ``ip``."""
+    from qadv.evaluate.core import progress_bar
+
+    options = dict(ip.header["options"])
+    todo = [i for i in range(len(images)) if i not in ip.rows]
+    bar = progress_bar(len(todo), "iprop", progress)
+    for i in todo:
+        r = iprop(net, images[i], int(labels[i]), eps, logits_fn=logits_fn, **options)
+        ip.add(
+            i,
+            {"success": bool(r.success), "time_s": round(r.time_s, 4), "iterations": r.iterations},
+        )
+        bar.update(1)
+    bar.close()
+    return np.array([ip.rows[i]["success"] for i in range(len(images))])
 
 
 def _summarise(eps, status, milp_time, broken, logits_fn, images, labels) -> dict[str, Any]:
@@ -333,18 +318,18 @@ def write_gap_report(record: Mapping[str, Any], out_dir: str | Path) -> None:
             f"{r['eps']:.4g}",
             f"{r['n_solved']} ({r['n_solved_by_milp']} + {r.get('n_settled_by_attack', 0)})",
             r["n_unsolved"],
-            _fmt(r["exact_robust_accuracy"]),
+            fmt(r["exact_robust_accuracy"]),
         ]
         for a in names:
             s = r["attacks"][a]
             flag = f", {s['violations']} VIOLATIONS" if s["violations"] else ""
-            cells.append(f"{_fmt(s['robust_accuracy'])} (+{_fmt(s['gap'])}{flag})")
+            cells.append(f"{fmt(s['robust_accuracy'])} (+{fmt(s['gap'])}{flag})")
         table.append(cells)
     flips = [["eps", "exact", *names]] + [
         [
             f"{r['eps']:.4g}",
-            _fmt(r["exact_flip_rate"]),
-            *[_fmt(r["attacks"][a]["flip_rate"]) for a in names],
+            fmt(r["exact_flip_rate"]),
+            *[fmt(r["attacks"][a]["flip_rate"]) for a in names],
         ]
         for r in record["rows"]
     ]
@@ -384,180 +369,3 @@ def write_gap_report(record: Mapping[str, Any], out_dir: str | Path) -> None:
         ylabel="flip rate (%)",
         title=f"{model.get('arch')} / {model.get('policy_name')}: flip rate vs ε",
     )
-
-
-def _fmt(v: float | None, digits: int = 1) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def minimal_perturbations(
-    loaded,
-    images,
-    labels,
-    *,
-    count: int,
-    tol: float = 1e-3,
-    time_limit: float = 10.0,
-    eps_max: float = 1.0,
-    min_norm_attacks: Sequence[str] = ("fab", "deepfool"),
-    out: str | Path | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The exact minimal L∞ perturbation (bisection with the MILP) of the first ``count``
-    correctly classified examples, beside the smallest one each minimum-norm attack finds.
-
-    The minimum-norm attacks run first; the smallest distance they find (a verified
-    adversarial example) is where the bisection starts, so the MILPs stay at small,
-    tractable radii. The exact minimum brackets every attack from below: an attack's
-    distance can never fall under the proven ``lower`` bound (counted as ``violations``).
-    Per-example results go to ``out/minimal.jsonl`` as they finish (a killed run resumes),
-    the summary to ``out/minimal.json`` and ``out/minimal.md``.
-
-    Returns:
-        ``{"examples": [{index, lower, upper, unsolved, checks, <attack>: distance}],
-        "summary": {...}, ...}``; ``lower``/``upper`` bracket the minimum to ``tol``
-        unless ``unsolved`` (a check hit the time limit).
-    """
-    from qadv.attacks import registry
-    from qadv.evaluate.core import (
-        cached_attack,
-        check_data,
-        clean_predictions,
-        data_fingerprint,
-        model_fingerprint,
-        progress_bar,
-    )
-    from qadv.verify.milp import minimal_linf
-
-    images, labels = check_data(images, labels)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"bad count {count!r}; use an integer >= 1")
-    for a in min_norm_attacks:
-        if a not in ("fab", "fab-t", "deepfool"):
-            raise ValueError(f"unknown minimum-norm attack {a!r}; choose fab, fab-t or deepfool")
-    net: Network = extract_network(loaded)
-    logits_fn = loaded.logits_fn
-    correct = np.flatnonzero(clean_predictions(logits_fn, images, batch_size=250) == labels)
-    idx = correct[:count]
-    if not len(idx):
-        raise ValueError("no correctly classified example to measure")
-    out_dir = Path(out) if out is not None else None
-    # the attacks first: their smallest verified perturbation is where bisection starts
-    distances = {}
-    for a in min_norm_attacks:
-        cfg = registry.make(a, norm="linf", eps=eps_max)
-        rec = cached_attack(
-            out_dir / f"minimal_{a}.json" if out_dir else None,
-            logits_fn,
-            images[idx],
-            labels[idx],
-            cfg,
-            seed=seed,
-            indices=idx,
-            batch_size=min(100, len(idx)),
-            progress=progress,
-        )
-        distances[a] = [None if d is None else float(d) for d in rec["examples"]["distance"]]
-    header = {
-        "tol": tol,
-        "time_limit": time_limit,
-        "eps_max": eps_max,
-        "attacks": list(min_norm_attacks),
-        "data": data_fingerprint(images[idx], labels[idx], idx),
-        "model": model_fingerprint(logits_fn, images[idx]),
-    }
-    rows = _Jsonl(out_dir / "minimal.jsonl" if out_dir else None, header)
-    bar = progress_bar(sum(int(i) not in rows.rows for i in idx), "minimal L∞", progress)
-    for k, i in enumerate(idx):
-        if int(i) in rows.rows:
-            continue
-        found = [distances[a][k] for a in min_norm_attacks if distances[a][k] is not None]
-        r = minimal_linf(
-            net,
-            images[i],
-            int(labels[i]),
-            tol=tol,
-            time_limit=time_limit,
-            eps_max=eps_max,
-            logits_fn=logits_fn,
-            upper_hint=min(found) if found else None,
-        )
-        upper = None if np.isinf(r.upper) else r.upper
-        rows.add(
-            int(i),
-            {
-                "lower": r.lower,
-                "upper": upper,
-                "unsolved": bool(upper is None or upper - r.lower > tol + 1e-12),
-                "checks": r.checks,
-            },
-        )
-        bar.update(1)
-    bar.close()
-    examples = []
-    for k, i in enumerate(idx):
-        row = {
-            "index": int(i),
-            **{f: rows.rows[int(i)][f] for f in ("lower", "upper", "unsolved", "checks")},
-        }
-        row.update({a: distances[a][k] for a in min_norm_attacks})
-        examples.append(row)
-    solved = [e for e in examples if not e["unsolved"] and e["upper"] is not None]
-    summary: dict[str, Any] = {
-        "n": len(examples),
-        "n_solved": len(solved),
-        "exact_median": float(np.median([e["upper"] for e in solved])) if solved else None,
-    }
-    for a in min_norm_attacks:
-        found = [e for e in solved if e[a] is not None]
-        summary[a] = {
-            "found": len(found),
-            "median_ratio_to_exact": float(np.median([e[a] / e["upper"] for e in found]))
-            if found
-            else None,
-            "violations": sum(e[a] is not None and e[a] < e["lower"] - 1e-6 for e in examples),
-        }
-    record = {
-        "model": {k: v for k, v in loaded.metadata.items() if k != "variable_shapes"},
-        "tol": tol,
-        "time_limit": time_limit,
-        "eps_max": eps_max,
-        "attacks": list(min_norm_attacks),
-        "summary": summary,
-        "examples": examples,
-        "environment": records.environment(),
-    }
-    if out_dir is not None:
-        records.atomic_write_json(out_dir / "minimal.json", record)
-        head = ["example", "exact lower", "exact upper", *min_norm_attacks]
-        body = [
-            [
-                e["index"],
-                f"{e['lower']:.4f}",
-                _fmt(e["upper"], 4) + (" (unsolved)" if e["unsolved"] else ""),
-                *[_fmt(e[a], 4) for a in min_norm_attacks],
-            ]
-            for e in examples
-        ]
-        ratios = ", ".join(
-            f"{a}: found {summary[a]['found']}, median distance / exact "
-            f"{_fmt(summary[a]['median_ratio_to_exact'], 2)}, {summary[a]['violations']} below the "
-            "proven lower bound"
-            for a in min_norm_attacks
-        )
-        (out_dir / "minimal.md").write_text(
-            "\n".join(
-                [
-                    "# Minimal L∞ perturbation: exact (MILP bisection) against attacks",
-                    "",
-                    f"First {len(examples)} correctly classified test images; bisection to "
-                    f"{tol:.4g} with a {time_limit:g} s limit per check; {len(solved)} solved. "
-                    f"{ratios}.",
-                    "",
-                    records.format_table(head, body),
-                    "",
-                ]
-            )
-        )
-    return record

@@ -368,7 +368,9 @@ def evaluate_attack(
     state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
 
     timing = clock.as_dict(time.perf_counter() - t0)
-    record = _record(config, cfg_dict, seed, batch_size, model_fp, state, aux, indices, timing, extra)
+    record = _record(
+        config, cfg_dict, seed, batch_size, model_fp, state, aux, indices, timing, extra
+    )
     if out is not None and parallel.is_main_process():
         records.atomic_write_json(out, record)
         if partial_path is not None:

@@ -73,4 +73,3 @@ def model_fingerprint(logits_fn: Callable, images: np.ndarray) -> str:
             h.update(str((a.dtype, a.shape)).encode())
             h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
-

@@ -519,7 +519,7 @@ def signal_report(
     run, meta = _inputs(
         loaded_or_logits_fn, images, labels, cfg, context, out_dir, progress, model_name
     )
-    logits_fn, images, labels, out, fp = run.logits_fn, run.images, run.labels, run.out, run.base["data"]
+    logits_fn, images, labels, out = run.logits_fn, run.images, run.labels, run.out
     say = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
 
     say("signal table (Table 13)")
@@ -545,7 +545,7 @@ def signal_report(
         "n": len(images),
         "clean_accuracy": sig["clean_accuracy"],
         **_settings(cfg),
-        "data": fp,
+        "data": run.base["data"],
         "signal": sig,
         "ablation": ablation,
         "clever": clever_rec,

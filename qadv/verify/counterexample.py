@@ -117,4 +117,3 @@ def no_good_cut(units: Sequence[Unit], xval: np.ndarray) -> tuple:
     ones = np.round(xval[zs]) > 0.5
     coef = np.where(ones, -1.0, 1.0)
     return zs, coef, 1.0 - float(ones.sum()), np.inf
-

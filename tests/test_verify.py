@@ -510,3 +510,23 @@ def test_moved_names_keep_their_import_paths():
     assert all(hasattr(milp, name) for name in milp.__all__)
     assert milp.sign_gaps is encoding.sign_gaps and milp.ball is encoding.ball
     assert report.minimal_perturbations is minimal.minimal_perturbations
+
+
+def test_minimal_perturbations_bracket_the_attacks_and_resume(tmp_path, monkeypatch):
+    """The exact minimum is never above what DeepFool found and never below a proven
+    bound; a rerun reads every example back from ``minimal.jsonl``."""
+    import qadv.verify.milp as milp_mod
+    from qadv.verify.report import count_violations, minimal_perturbations
+
+    loaded = _loaded("bnn_waq", (6, 4), 4)
+    xs, ys = examples(loaded.logits_fn, 4, 3)
+    kw = dict(count=2, tol=1e-2, min_norm_attacks=("deepfool",), out=tmp_path, progress=False)
+    rec = minimal_perturbations(loaded, xs, ys, **kw)
+    assert count_violations(rec) == 0 and len(rec["examples"]) == 2
+    for e in rec["examples"]:
+        assert e["unsolved"] or e["upper"] - e["lower"] <= 1e-2 + 1e-12
+        if e["deepfool"] is not None and e["upper"] is not None:
+            assert e["upper"] <= e["deepfool"] + 1e-6
+    assert {"minimal.json", "minimal.md", "minimal.jsonl"} <= {p.name for p in tmp_path.iterdir()}
+    monkeypatch.setattr(milp_mod, "minimal_linf", lambda *a, **k: pytest.fail("not resumed"))
+    assert minimal_perturbations(loaded, xs, ys, **kw)["examples"] == rec["examples"]

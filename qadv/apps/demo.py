@@ -124,11 +124,7 @@ def run_demo(
         if len(dataset) != 1:
             raise ValueError(f"demo models must share one dataset, got {sorted(dataset)}")
         floats = [k for k, c in models.items() if make_policy(c.quant).is_float]
-        test_x, test_y = data.load_split(dataset.pop(), "test", data_dir=data_dir)
-        if not 1 <= n <= len(test_x):
-            raise ValueError(f"bad n {n}; the test set has {len(test_x)} images")
-        images = test_x[:n].astype(np.float32) / np.float32(255.0)
-        labels = test_y[:n].astype(np.int32)
+        images, labels = _test_images(dataset.pop(), n, data_dir)
 
         trained, loaded = {}, {}
         for name, config in models.items():
@@ -154,6 +150,52 @@ def run_demo(
         verdict = _verdict(models, reports, ensembles, floats, masking, eps)
     wall = time.time() - t0
     timing = clock.as_dict(wall)
+    _write(
+        out_dir,
+        verdict,
+        (table, rows),
+        models,
+        trained,
+        reports,
+        diagnostics,
+        n,
+        timing,
+        masking,
+        ensemble,
+    )
+    return {
+        "verdict": verdict,
+        "table": table,
+        "masking": reports,
+        "ensembles": ensembles,
+        "wall_time_s": wall,
+        "timing": timing,
+    }
+
+
+def _test_images(dataset: str, n: int, data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` test images of ``dataset`` in [0, 1] and their labels."""
+    test_x, test_y = data.load_split(dataset, "test", data_dir=data_dir)
+    if not 1 <= n <= len(test_x):
+        raise ValueError(f"bad n {n}; the test set has {len(test_x)} images")
+    return test_x[:n].astype(np.float32) / np.float32(255.0), test_y[:n].astype(np.int32)
+
+
+def _write(
+    out_dir,
+    verdict,
+    table_rows,
+    models,
+    trained,
+    reports,
+    diagnostics,
+    n,
+    timing,
+    masking,
+    ensemble,
+) -> None:
+    """Write ``report.md`` and ``demo.json``."""
+    table, rows = table_rows
     env = records.environment()
     text = _markdown(
         verdict, table, models, trained, reports, diagnostics, n, timing, env, masking, ensemble
@@ -169,19 +211,11 @@ def run_demo(
                 k: {"verdict": r["verdict"], "checks": r["checks"]} for k, r in reports.items()
             },
             "diagnostics": diagnostics,
-            "wall_time_s": wall,
+            "wall_time_s": timing["wall_time_s"],
             "timing": timing,
             "environment": env,
         },
     )
-    return {
-        "verdict": verdict,
-        "table": table,
-        "masking": reports,
-        "ensembles": ensembles,
-        "wall_time_s": wall,
-        "timing": timing,
-    }
 
 
 def _measure(
@@ -405,8 +439,8 @@ def _verdict(models, reports, ensembles, floats, masking: MaskingConfig, eps) ->
 def _markdown(
     verdict, table, models, trained, reports, diagnostics, n, timing, env, masking, ensemble
 ) -> str:
-    """The text of ``report.md``. Kept as one function: it is the page's sections in the
-    order they are read, each a few lines, so splitting it would scatter one document."""
+    """The text of ``report.md``. Long because it is the page's sections in the order they
+    are read, each a few lines: splitting it would scatter one document."""
     names = list(models)
     checks = [v["name"] for v in reports[names[0]]["checks"]]
     lines = [

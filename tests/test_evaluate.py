@@ -330,3 +330,14 @@ def test_transfer_needs_a_surrogate_and_crafts_on_it():
     rec = evaluate.evaluate_attack(f, x, y, cfg, context=AttackContext(surrogate=g), progress=False)
     assert rec["attack"] == "Transfer from PGD L∞"
     assert rec["robust_accuracy"] < white["robust_accuracy"]
+
+
+def test_loose_calibration_keywords_are_deprecated_and_still_work():
+    f = _model()
+    x, y = _data(n=8)
+    cfg = registry.make("pgd", temperature="njs", **PGD)
+    with pytest.warns(DeprecationWarning, match=r"calib_images are deprecated; pass context="):
+        loose = evaluate.evaluate_attack(f, x, y, cfg, calib_images=x[:4], progress=False)
+    ctx = AttackContext(calib_images=x[:4])
+    new = evaluate.evaluate_attack(f, x, y, cfg, context=ctx, progress=False)
+    assert loose["examples"] == new["examples"]

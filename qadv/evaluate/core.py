@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -204,7 +205,21 @@ def _check_inputs(images, labels, indices, batch_size, logits_fn=None):
 
 def resolve_context(context, calib_images, input_std, images) -> AttackContext:
     """``context`` with its gaps filled: calibration images (default: the evaluated
-    images, in order) and the model's input std."""
+    images, in order) and the model's input std.
+
+    ``calib_images`` and ``input_std`` are the deprecated loose keywords of
+    :func:`evaluate_attack` and :func:`~qadv.evaluate.evaluate_ensemble`: they still
+    work, with a ``DeprecationWarning``; pass ``context=AttackContext(...)`` instead."""
+    loose = [
+        k for k, v in (("calib_images", calib_images), ("input_std", input_std)) if v is not None
+    ]
+    if loose:
+        warnings.warn(
+            f"{' and '.join(loose)} are deprecated; pass "
+            f"context=AttackContext({', '.join(f'{k}=...' for k in loose)})",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     context = context or AttackContext()
     calib = context.calib_images if context.calib_images is not None else calib_images
     return dataclasses.replace(
@@ -313,7 +328,8 @@ def evaluate_attack(
         indices: each example's index in the full evaluated set (default ``0..N-1``);
             pass it when evaluating a subset so that the keys stay the same.
         context: what the attack's ``prepare`` may need (NJS calibration images, the
-            model's input std, a surrogate model); ``calib_images``/``input_std`` fill it
+            model's input std, a surrogate model); ``calib_images``/``input_std``
+            (deprecated: put them in ``context``) fill it
             in; calibration defaults to ``images`` (the first test images, in order).
         out: JSON path. Partial progress goes to ``<out>.partial.npz``; a rerun with the
             same attack, data and seed resumes from it.

@@ -17,7 +17,7 @@ a few images. Two settings make that cheaper without changing what is tested:
   faster and run a little slower, which this suite of tiny inputs gains from. (Level 0
   is as fast but changes results in the last bit: a jitted PGD no longer equals the
   same steps run op by op, and a MILP counterexample on a decision boundary flips.)
-  Level 1 passes everything level 3 passes. The library and
+  The suite passed at level 3 before the switch and passes at level 1. The library and
   the CLI always compile at XLA's default level. Set ``QADV_TEST_XLA_OPT=default`` (or
   put ``--xla_backend_optimization_level`` in ``XLA_FLAGS``) to test at the default.
 """

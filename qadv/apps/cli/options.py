@@ -36,40 +36,32 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def fraction(name: str):
-    """Argument type: a finite number or a fraction such as ``8/255``."""
+def _argument_type(parse_value, **kw):
+    """An argparse type calling ``parse_value(text, **kw)``; its one-line ``ValueError``
+    becomes argparse's error."""
 
-    def parse(text: str) -> float:
+    def parse(text: str):
         try:
-            return parse_fraction(text, name=name)
+            return parse_value(text, **kw)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
+
+
+def fraction(name: str):
+    """Argument type: a finite number or a fraction such as ``8/255``."""
+    return _argument_type(parse_fraction, name=name)
 
 
 def positive_int(name: str):
     """Argument type: an integer >= 1."""
-
-    def parse(text: str) -> int:
-        try:
-            return parse_int(text, name=name, minimum=1)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    return parse
+    return _argument_type(parse_int, name=name, minimum=1)
 
 
 def integer(name: str):
     """Argument type: any integer (the range is checked by whoever takes it)."""
-
-    def parse(text: str) -> int:
-        try:
-            return parse_int(text, name=name)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    return parse
+    return _argument_type(parse_int, name=name)
 
 
 def split_list(text: str) -> list[str]:

@@ -25,6 +25,13 @@ CONFIGS = sorted(
     for p in (ROOT / "experiments" / d).glob("*.py")
 )
 IDS = [f"{p.parent.name}/{p.stem}" for p in CONFIGS]
+#: Configs that replaced the earlier shell scripts, and the size each runs at.
+SCRIPT_CONFIGS = {
+    "fmnist_cnn": "cpu",
+    "fmnist_protocol": "cpu",
+    "md_tanh_s": "cpu",
+    "cifar10_table2": "paper",
+}
 
 
 def _load(path: Path, size: str, tiny: bool = False) -> Experiment:
@@ -132,4 +139,48 @@ def test_every_config_runs_one_cell(path, size, tmp_path, shared_store):
             rec = _one_cell(path, size, tmp_path, shared_store)
     else:
         rec = _one_cell(path, size, tmp_path, shared_store)
+    _check_attacks(rec)
+
+
+@pytest.mark.parametrize("stem", sorted(SCRIPT_CONFIGS))
+def test_script_configs_build_and_shrink(stem):
+    path = ROOT / "experiments" / f"{stem}.py"
+    assert not path.with_suffix(".sh").exists()
+    assert f"qadv study --config experiments/{stem}.py" in load_doc(path)
+    exp = load_study_config(path, {})
+    assert isinstance(exp, Experiment) and exp.size == SCRIPT_CONFIGS[stem]
+    tiny = load_study_config(path, {"tiny": "1"})
+    assert all(p.study.eval.n == 4 for p in tiny.parts)
+    assert all(c.train.epochs == 1 for c in tiny.cells().values())
+    with pytest.raises(ValueError, match="invalid tiny 'maybe'"):
+        load_study_config(path, {"tiny": "maybe"})
+
+
+def test_protocol_config_attacks_from_the_float_network():
+    exp = load_study_config(ROOT / "experiments" / "fmnist_protocol.py", {"eps": "25/255"})
+    spec = exp.parts[0].study.eval
+    assert spec.surrogate == "ref" and spec.eps == (25 / 255,)
+    transfer = spec.attack_configs(spec.eps[0])["transfer"]
+    assert transfer.source.kind == "pgd" and transfer.source.steps == 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", sorted(SCRIPT_CONFIGS))
+def test_script_configs_run_one_cell(stem, tmp_path, shared_store):
+    path = ROOT / "experiments" / f"{stem}.py"
+    exp = load_study_config(path, {"tiny": "1"})
+    only = [next(iter(exp.cells()))]
+    if stem == "fmnist_protocol":
+        only = ["bnn_wq"]  # trains its surrogate, ref, too
+    if exp.size == "paper":
+        tfds = pytest.importorskip("tensorflow_datasets")
+        with tfds.testing.mock_data(num_examples=64):
+            rec = run_experiment(exp, tmp_path, store=shared_store, only=only, progress=False)
+    else:
+        rec = run_experiment(exp, tmp_path, store=shared_store, only=only, progress=False)
+    if stem == "fmnist_protocol":  # the surrogate is listed, not measured
+        part = rec["parts"]["protocol"]
+        assert part["missing"] == ["ref"]
+        assert [r[0] for r in part["rows"]] == ["ref (incomplete)", "bnn_wq"]
+        part.update(missing=[], rows=part["rows"][1:])
     _check_attacks(rec)

@@ -1,5 +1,6 @@
 """Studies (qadv.apps.study) and BatchNorm recalibration (qadv.models.calibrate)."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -387,6 +388,65 @@ def test_only_runs_the_named_cells(finished, data_dir, tmp_path, monkeypatch):
     assert res["complete"] == ["e1", "e2"] and res["missing"] == ["later"]
     text = (out / "study.md").read_text()
     assert "| later (incomplete) |" in text and "Not finished: later." in text
+
+
+def _transfer_study(surrogate: str) -> StudyConfig:
+    spec = _spec(
+        attacks=("pgd", "transfer"),
+        attack_opts={"pgd": {"steps": 2}, "transfer": {"source": "pgd", "steps": 2}},
+        ensemble=None,
+        surrogate=surrogate,
+    )
+    return dataclasses.replace(_study(), eval=spec)
+
+
+def test_transfer_attacks_run_on_the_surrogate_cell(finished, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)  # the trained runs are reused
+    monkeypatch.setattr(measure, "train", lambda *a, **k: pytest.fail("retrained"))
+    res = run_study(_transfer_study("e1"), out, data_dir=data_dir, progress=False)
+    assert res["complete"] == ["e1", "e2"]
+    recs = {c: json.loads((out / "cells" / f"{c}.json").read_text()) for c in ("e1", "e2")}
+    for rec in recs.values():
+        per = rec["attacks"]["8/255"]
+        result = json.loads((out / per["transfer"]["file"]).read_text())
+        assert result["attack"] == "Transfer from PGD L∞"
+        assert result["surrogate_fingerprint"] == recs["e1"]["model_fingerprint"]
+        assert "surrogate_fingerprint" not in json.loads((out / per["pgd"]["file"]).read_text())
+    # on e1 the surrogate is the target: the transfer is PGD itself, example by example
+    per = recs["e1"]["attacks"]["8/255"]
+    flags = {
+        a: json.loads((out / per[a]["file"]).read_text())["examples"]["robust"]
+        for a in ("pgd", "transfer")
+    }
+    assert flags["transfer"] == flags["pgd"]
+
+    # another surrogate: only the transfer attacks run again
+    calls = []
+    real = measure.evaluate_attack
+
+    def counting(logits_fn, images, labels, config, **kw):
+        calls.append(config.label)
+        return real(logits_fn, images, labels, config, **kw)
+
+    monkeypatch.setattr(measure, "evaluate_attack", counting)
+    run_study(_transfer_study("e2"), out, data_dir=data_dir, progress=False)
+    assert calls == ["Transfer from PGD L∞"] * 2
+    e1 = json.loads((out / "cells" / "e1.json").read_text())["attacks"]["8/255"]
+    result = json.loads((out / e1["transfer"]["file"]).read_text())
+    assert result["surrogate_fingerprint"] == recs["e2"]["model_fingerprint"]
+    calls.clear()
+    run_study(_transfer_study("e2"), out, data_dir=data_dir, progress=False)
+    assert calls == []
+
+
+def test_surrogate_errors_and_records_without_one():
+    with pytest.raises(ValueError, match="attack 'transfer' needs a surrogate network"):
+        _spec(attacks=("transfer",), attack_opts={}, ensemble=None)
+    with pytest.raises(ValueError, match="surrogate 'nope' is not a cell of the study"):
+        dataclasses.replace(_study(), eval=_spec(surrogate="nope"))
+    assert "surrogate" not in _spec().to_dict()  # earlier records keep their keys
+    assert _spec(surrogate="e1").to_dict()["surrogate"] == "e1"
 
 
 # ----------------------------------------------------------------------------- config files, CLI

@@ -6,8 +6,8 @@
 #   BIG=1 bash benchmarks/perf/run_all.sh      # adds ResNet-18 at batch 1024 (GPU/TPU)
 #
 # Run it on an otherwise idle machine: the records carry the 1-minute load average.
-# The Fashion-MNIST BNN-WQ CNN (runs/fmnist_cnn4_bnn_wq, 4 epochs, as in
-# experiments/fmnist_protocol.sh) is trained first if it is missing (needs the Debian
+# The Fashion-MNIST BNN-WQ CNN (runs/fmnist_cnn4_bnn_wq, 4 epochs, the network of
+# experiments/fmnist_protocol.py) is trained first if it is missing (needs the Debian
 # package dataset-fashion-mnist, or DATA_DIR=<folder with the IDX files>).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -7,7 +7,7 @@ the checkpoint store, trained once) and every table uses the same attack paramet
 Sizes (:data:`SIZES`), the same experiment at each:
 
 * ``paper``: the paper's dataset (CIFAR-10/100 through tfds), architecture and schedule
-  (100 epochs of Adam, as ``experiments/cifar10_table2.sh``), every test image; run it
+  (100 epochs of Adam, as ``experiments/cifar10_table2.py``), every test image; run it
   on an accelerator host (the attacks shard the batch over the local devices).
 * ``gpu``: Fashion-MNIST zero-padded to 32×32 (``fashion_mnist32``) with the paper's
   architectures and a schedule long enough for BNNs to become confident (20 epochs on

@@ -350,17 +350,18 @@ def run_experiment(
     lines = [f"# {exp.name} ({exp.size} size)", "", exp.description, ""]
     for part in exp.parts:
         study = part.study
-        if only is not None:
-            study = dataclasses.replace(
-                study, cells=tuple(c for c in study.cells if c.name in only)
-            )
-            if not study.cells:
-                continue
+        selected = [c.name for c in study.cells if only is None or c.name in only]
+        if not selected:
+            continue
+        keep = {*selected, study.eval.surrogate}  # a transfer attack's surrogate stays
+        study = dataclasses.replace(study, cells=tuple(c for c in study.cells if c.name in keep))
         part = dataclasses.replace(part, study=study)
         pdir = out / part.name
         lines += [f"## {part.name}", ""]
         if part.kind == "attacks":
-            summary = run_study(study, pdir, data_dir=data_dir, progress=progress, store=runs)
+            summary = run_study(
+                study, pdir, only=selected, data_dir=data_dir, progress=progress, store=runs
+            )
             plot = _sweep_plot(part, summary, pdir) if part.sweep else None
             record["parts"][part.name] = {
                 "kind": "attacks",

@@ -61,6 +61,9 @@ class EvalSpec:
         batch_size: attack batch size.
         seed: example ``i`` uses the key ``fold_in(key(seed), i)``.
         jacobian_examples: correctly classified images used for Jacobian singular values.
+        surrogate: name of a cell of the study whose network is the surrogate of every
+            transfer attack (``transfer`` with ``attack_opts={"transfer": {"source":
+            "pgd"}}``); it is trained first if needed. ``None``: no transfer attacks.
 
     Example:
         >>> spec = EvalSpec(n=8, eps=("8/255",), attacks=("pgd", "pgd++hns"), ensemble=None)
@@ -83,6 +86,7 @@ class EvalSpec:
     batch_size: int = 250
     seed: int = 0
     jacobian_examples: int = 100
+    surrogate: str | None = None
 
     def __post_init__(self):
         check_count("n", self.n)
@@ -113,6 +117,16 @@ class EvalSpec:
         for e in eps:  # build everything once: unknown names and options fail here
             self.attack_configs(e)
             self.ensemble_configs(e)
+        if self.surrogate is not None and not (
+            isinstance(self.surrogate, str) and _NAME.match(self.surrogate)
+        ):
+            raise ValueError(f"invalid surrogate {self.surrogate!r}; name a cell of the study")
+        transfers = [n for n, c in self.attack_configs(eps[0]).items() if c.kind == "transfer"]
+        if transfers and self.surrogate is None:
+            raise ValueError(
+                f"attack {transfers[0]!r} needs a surrogate network; set surrogate to the "
+                "name of a cell of the study"
+            )
 
     def attack_configs(self, eps: float) -> dict[str, Any]:
         """The attack configs at radius ``eps``, keyed by their name in :attr:`attacks`."""
@@ -142,8 +156,12 @@ class EvalSpec:
         return configs
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; inverse of :meth:`from_dict`."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """JSON-ready dict; inverse of :meth:`from_dict` (without ``surrogate`` when it is
+        ``None``, so the records of studies without one keep their keys)."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if d["surrogate"] is None:
+            del d["surrogate"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalSpec:
@@ -252,6 +270,15 @@ class StudyConfig:
             object.__setattr__(self, "eval", EvalSpec.from_dict(self.eval))
         if not isinstance(self.eval, EvalSpec):
             raise ValueError(f"eval must be an EvalSpec or a dict, got {type(self.eval).__name__}")
+        if self.eval.surrogate is not None and self.eval.surrogate not in names:
+            raise ValueError(
+                f"surrogate {self.eval.surrogate!r} is not a cell of the study; choose from: "
+                + ", ".join(names)
+            )
+
+    def surrogate_cell(self) -> Cell | None:
+        """The cell named by ``eval.surrogate`` (``None`` without one)."""
+        return next((c for c in self.cells if c.name == self.eval.surrogate), None)
 
     def select(self, only: Sequence[str] | None) -> tuple[Cell, ...]:
         """The cells named in ``only`` (all if ``None``); unknown names raise."""

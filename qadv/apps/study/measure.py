@@ -81,7 +81,9 @@ def _float_images(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x
 
 
-def _cached_result(path: Path, configs: list, seed: int, n: int, fingerprint: str) -> dict | None:
+def _cached_result(path: Path, configs: list, seed: int, n: int, expect: dict) -> dict | None:
+    """The result file at ``path`` if it was written for these configs, seed, ``n`` and
+    the fingerprints in ``expect`` (the model's, and a transfer attack's surrogate's)."""
     if not path.exists():
         return None
     try:
@@ -91,14 +93,17 @@ def _cached_result(path: Path, configs: list, seed: int, n: int, fingerprint: st
     same = (
         rec.get("seed") == seed
         and rec.get("n") == n
-        and rec.get("model_fingerprint") == fingerprint
+        and all(rec.get(k) == v for k, v in expect.items())
         and rec.get("study_configs") == [registry.to_dict(c) for c in configs]
     )
     return rec if same else None
 
 
-def _cell_spec(cell: Cell, spec: EvalSpec) -> dict:
-    return json.loads(json.dumps({"cell": cell.to_dict(), "eval": spec.to_dict()}))
+def _cell_spec(cell: Cell, spec: EvalSpec, surrogate: Cell | None = None) -> dict:
+    d = {"cell": cell.to_dict(), "eval": spec.to_dict()}
+    if surrogate is not None:
+        d["surrogate"] = surrogate.to_dict()
+    return json.loads(json.dumps(d))
 
 
 def _measure_cell(
@@ -110,10 +115,12 @@ def _measure_cell(
     progress: bool,
     log: Callable[[str], None],
     runs_dir: Path | None = None,
+    surrogate: Cell | None = None,
 ) -> dict:
-    """Train (or reuse), measure and record one cell; resumes from its record."""
+    """Train (or reuse), measure and record one cell; resumes from its record.
+    ``surrogate``: the cell whose network transfer attacks run on (trained if needed)."""
     rec_path = out_dir / "cells" / f"{cell.name}.json"
-    cell_spec = _cell_spec(cell, spec)
+    cell_spec = _cell_spec(cell, spec, surrogate)
     rec = _resumed_record(rec_path, cell_spec)
     if rec.get("complete"):
         return rec
@@ -121,7 +128,8 @@ def _measure_cell(
     def save() -> None:
         records.atomic_write_json(rec_path, rec)
 
-    run_dir = (out_dir / "runs" if runs_dir is None else runs_dir) / cell.run_name
+    runs = out_dir / "runs" if runs_dir is None else runs_dir
+    run_dir = runs / cell.run_name
     summary = _train_or_reuse(cell, run_dir, loader, progress=progress, log=log)
     loaded = load_checkpoint(run_dir)
     test = _TestImages.load(cell, spec, loader)
@@ -149,7 +157,13 @@ def _measure_cell(
     save()
     _measure_clean(rec, save, loaded.model, variables, test, spec)
     logits_fn = make_logits_fn(loaded.model, variables)
+    expect = {"model_fingerprint": fingerprint}
     context = AttackContext(calib_images=test.images, input_std=tuple(loaded.metadata["std"]))
+    if surrogate is not None:
+        sur_fn, expect["surrogate_fingerprint"] = _surrogate(
+            surrogate, spec, runs, loader, progress=progress, log=log
+        )
+        context = dataclasses.replace(context, surrogate=sur_fn)
     common = dict(
         batch_size=min(spec.batch_size, spec.n),
         seed=spec.seed,
@@ -159,7 +173,7 @@ def _measure_cell(
     rec.setdefault("attacks", {})
     for eps in spec.eps:
         jobs = _attack_jobs(spec, eps, logits_fn, test, common)
-        _measure_radius(rec, save, cell, spec, eps, jobs, out_dir, fingerprint, log)
+        _measure_radius(rec, save, cell, spec, eps, jobs, out_dir, expect, log)
     rec["eval_wall_time_s"]["attacks"] = sum(
         r.get("wall_time_s", 0.0) for per in rec["attacks"].values() for r in per.values()
     )
@@ -177,6 +191,19 @@ _TRAINING_KEYS = (
     "wall_time_s",
 )
 """The fields of a training summary kept in a cell's record."""
+
+
+def _surrogate(
+    cell: Cell, spec: EvalSpec, runs: Path, loader: _Data, *, progress: bool, log
+) -> tuple[Callable, str]:
+    """The logits function and fingerprint of the surrogate cell's network (trained and
+    recalibrated exactly as when it is measured itself)."""
+    run_dir = runs / cell.run_name
+    _train_or_reuse(cell, run_dir, loader, progress=progress, log=log)
+    loaded = load_checkpoint(run_dir)
+    test = _TestImages.load(cell, spec, loader)
+    variables, _ = _recalibrated(cell, spec, loaded, test, loader)
+    return make_logits_fn(loaded.model, variables), _model_fingerprint(variables)
 
 
 def _resumed_record(rec_path: Path, cell_spec: dict) -> dict[str, Any]:
@@ -298,22 +325,25 @@ def _attack_jobs(
 
 
 def _measure_radius(
-    rec: dict, save, cell: Cell, spec: EvalSpec, eps: float, jobs, out_dir: Path, fingerprint, log
+    rec: dict, save, cell: Cell, spec: EvalSpec, eps: float, jobs, out_dir: Path, expect, log
 ) -> None:
     """Runs (or reads back) every job at one radius and records it, then the per-example
-    worst case over all of them."""
+    worst case over all of them. ``expect``: the fingerprints a stored result must carry
+    (the model's; a transfer attack's also its surrogate's)."""
     key = eps_key(eps)
     done = rec["attacks"].setdefault(key, {})
-    result_dir = out_dir / "cells" / cell.name / fingerprint
+    result_dir = out_dir / "cells" / cell.name / expect["model_fingerprint"]
     flags = {}
     for name, configs, job in jobs:
         path = result_dir / _slug(key) / f"{_slug(name)}.json"
-        result = _cached_result(path, configs, spec.seed, spec.n, fingerprint)
+        transfer = any(c.kind == "transfer" for c in configs)
+        keys = {k: v for k, v in expect.items() if transfer or k == "model_fingerprint"}
+        result = _cached_result(path, configs, spec.seed, spec.n, keys)
         if result is None:
             log(f"{cell.name}: {name} at eps={key}")
             extra = {
                 "cell": cell.name,
-                "model_fingerprint": fingerprint,
+                **keys,
                 "study_configs": [registry.to_dict(c) for c in configs],
             }
             result = job(path, extra)

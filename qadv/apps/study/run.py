@@ -61,6 +61,7 @@ def run_study(
             progress=progress,
             log=log,
             runs_dir=None if store is None else Path(store),
+            surrogate=config.surrogate_cell(),
         )
     bar.close()
     cell_records = {}
@@ -71,6 +72,6 @@ def run_study(
                 rec = records.read_json(path)
             except (OSError, ValueError):
                 continue
-            if rec.get("spec") == _cell_spec(cell, config.eval):
+            if rec.get("spec") == _cell_spec(cell, config.eval, config.surrogate_cell()):
                 cell_records[cell.name] = rec
     return _write_report(config, cell_records, out_dir, time.time() - t0)

@@ -18,7 +18,7 @@ Sizes (qadv.apps.paper_models): ``paper`` all five architectures on CIFAR-10 and
 32×32 at ε = 0.1; ``cpu`` their stand-ins (3×1024 MLP and the small CNN; ``--only``
 ``bnn_wq_resnet18,ref_resnet18`` for the MLP pair alone: 27.5 min on 2 shared cores, the
 run in results/repro/gupta2021_table2_cpu; the full cpu config, with the CNN pair, was
-not timed).
+not timed). ``--set seed=1`` trains every network with another seed (run-to-run noise).
 """
 
 from qadv.apps import paper_models as pm
@@ -29,7 +29,7 @@ ATTACKS = ("fgsm", "fgsm++njs", "fgsm++hns", "pgd", "pgd++njs", "pgd++hns")
 L2_ATTACKS = ("pgd", "pgd++njs", "pgd++hns")
 
 
-def _nets(size: str, dataset: str):
+def _nets(size: str, dataset: str, seed: int = 0):
     archs = ("resnet18", "vgg16")
     if size == "paper":
         archs += ("resnet50", "densenet121", "mobilenetv2")
@@ -37,14 +37,15 @@ def _nets(size: str, dataset: str):
     rows = [(f"bnn_wq_{a}{sfx}", "bnn_wq", a, {}) for a in archs]
     if size != "paper":
         rows += [(f"ref_{a}", "ref", a, {}) for a in archs]
-    return pm.models(rows, size, paper_dataset=dataset)
+    return pm.models(rows, size, paper_dataset=dataset, seed=seed)
 
 
-def config(size: str = "cpu", tiny: bool = False) -> Experiment:
+def config(size: str = "cpu", tiny: bool = False, seed: int = 0) -> Experiment:
     pm.check_size(size)
+    seed = int(seed)
     parts = []
     for ds in ("cifar10", "cifar100") if size == "paper" else ("cifar10",):
-        cells = _nets(size, ds)
+        cells = _nets(size, ds, seed)
         tag = "" if size != "paper" else f"_{ds}"
         parts.append(
             Part(f"linf{tag}", StudyConfig(cells, pm.attack_spec(size, ATTACKS, paper_dataset=ds)))

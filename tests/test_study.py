@@ -330,6 +330,19 @@ def test_study_writes_records_table_and_plots(finished):
     assert all((out / "plots" / p).stat().st_size > 0 for p in result["plots"])
 
 
+def _count_attacks(monkeypatch) -> list[str]:
+    """The labels of the attacks the study runs from now on, in order."""
+    calls = []
+    real = measure.evaluate_attack
+
+    def counting(logits_fn, images, labels, config, **kw):
+        calls.append(config.label)
+        return real(logits_fn, images, labels, config, **kw)
+
+    monkeypatch.setattr(measure, "evaluate_attack", counting)
+    return calls
+
+
 def test_finished_study_resumes_without_recomputing(finished, data_dir, monkeypatch):
     out, result = finished
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "cells").glob("*.json")}
@@ -361,14 +374,7 @@ def test_killed_study_resumes_attack_by_attack(finished, data_dir, tmp_path, mon
     rec_path.write_text(json.dumps(rec))
     e2_before = (out / "cells" / "e2.json").stat().st_mtime_ns
 
-    calls = []
-    real = measure.evaluate_attack
-
-    def counting(logits_fn, images, labels, config, **kw):
-        calls.append(config.label)
-        return real(logits_fn, images, labels, config, **kw)
-
-    monkeypatch.setattr(measure, "evaluate_attack", counting)
+    calls = _count_attacks(monkeypatch)
     monkeypatch.setattr(measure, "train", lambda *a, **k: pytest.fail("retrained"))
     monkeypatch.setattr(measure, "diagnose", lambda *a, **k: pytest.fail("re-diagnosed"))
     again = run_study(_study(), out, data_dir=data_dir, progress=False)
@@ -422,14 +428,7 @@ def test_transfer_attacks_run_on_the_surrogate_cell(finished, data_dir, tmp_path
     assert flags["transfer"] == flags["pgd"]
 
     # another surrogate: only the transfer attacks run again
-    calls = []
-    real = measure.evaluate_attack
-
-    def counting(logits_fn, images, labels, config, **kw):
-        calls.append(config.label)
-        return real(logits_fn, images, labels, config, **kw)
-
-    monkeypatch.setattr(measure, "evaluate_attack", counting)
+    calls = _count_attacks(monkeypatch)
     run_study(_transfer_study("e2"), out, data_dir=data_dir, progress=False)
     assert calls == ["Transfer from PGD L∞"] * 2
     e1 = json.loads((out / "cells" / "e1.json").read_text())["attacks"]["8/255"]

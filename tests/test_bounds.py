@@ -371,13 +371,16 @@ def test_signal_report_writes_its_files(tmp_path):
         clever_pool_factor=2,
         bound_samples=6,
         min_norm_steps=5,
+        beta_sweep_examples=3,
         batch_size=8,
     )
     rec = signal_report(f, x, y, **kw)
-    for name in ("signal.json", "signal.md", "bounds_hist.png", "clever.png", "rho_ablation.png"):
+    files = ("signal.json", "signal.md", "bounds_hist.png", "clever.png", "rho_ablation.png")
+    for name in (*files, "beta_sweep_signal.png", "sections/beta_sweep.json"):
         assert (tmp_path / name).exists(), name
     md = (tmp_path / "signal.md").read_text()
     assert "Table 13" in md and "Table 12" in md and "CLEVER" in md and "Finlay" in md
+    assert "Figures 4-5" in md and rec["beta_sweep"]["examples"] == [0, 1, 2]
     assert set(rec["clever"]["summary"]) == {"original", "fixed(0.01)", "njs", "hns", "logits"}
     assert len(rec["per_example"]["bounds"]["l_bound"]) == 8
     assert rec["bounds"]["l_violations"] == len(rec["bounds"]["l_violation_indices"])

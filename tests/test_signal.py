@@ -200,3 +200,83 @@ def test_logit_gap_and_gradient_diagnostics(strict_dtypes):
     psi_zero = signal.error_signal_norm(saturated(x), lab) == 0
     assert bool(jnp.all(mask[psi_zero]))  # psi exactly 0 implies a zero input gradient
     assert signal.zero_gradient_fraction(f, x, y) == 0.0
+
+
+# ----------------------------------------------------------------------------- β sweep
+
+
+def _sweep_reference(make, x, y, beta):
+    """Per example, from the equations: ‖ψ‖, mean singular value of the softmax Jacobian
+    (numpy SVD of jax.jacobian), ‖Hessian‖_F (jax.hessian), ‖∇‖₂ and √#(∇ ≠ 0). The JSV
+    and the Hessian in float64 (float32 autodiff cancels in p (1 - p) near one-hot); the
+    error signal and the gradients in float32, as an attack computes them."""
+
+    def loss(f, z, yi, b):
+        return -jax.nn.log_softmax(b * f(z[None])[0])[yi]
+
+    f = make(jnp.float32)
+    rows = []
+    for xi, yi in zip(np.asarray(x), np.asarray(y), strict=True):
+        p = jax.nn.softmax(beta * f(jnp.asarray(xi)[None])[0])
+        psi = np.asarray(p, np.float64) - np.eye(D)[yi]
+        grad = np.asarray(jax.grad(loss, 1)(f, jnp.asarray(xi), yi, beta), np.float64)
+        with jax.enable_x64(True):
+            f64, x64, b64 = make(jnp.float64), jnp.asarray(xi, jnp.float64), jnp.float64(beta)
+            jac = jax.jacobian(lambda z: jax.nn.softmax(b64 * f64(z[None])[0]))(x64)
+            hess = np.asarray(jax.hessian(loss, 1)(f64, x64, yi, b64)).reshape(N, N)
+        sv = np.linalg.svd(np.asarray(jac).reshape(D, -1), compute_uv=False)
+        rows.append(
+            [
+                np.linalg.norm(psi),
+                sv.mean(),
+                np.linalg.norm(hess),
+                np.linalg.norm(grad),
+                np.sqrt(np.count_nonzero(grad)),
+            ]
+        )
+    return np.asarray(rows)
+
+
+def test_beta_sweep_matches_the_equations_example_by_example():
+    from qadv.evaluate.beta_sweep import QUANTITIES, beta_sweep, format_beta_sweep
+
+    def make(dtype):
+        return make_net(jax.nn.relu, seed=2, dtype=dtype)
+
+    f = make(jnp.float32)
+    x = np.asarray(_images(6, b=4))
+    y = np.asarray(jnp.argmax(f(jnp.asarray(x)), -1)).astype(np.int32)
+    y[2] = (y[2] + 1) % D  # misclassified: left out
+    betas = [0.01, 0.5, 3.0, 40.0]
+    s = beta_sweep(f, x, y, betas=betas, max_examples=10)
+    assert s["examples"] == [0, 1, 3] and s["betas"] == betas
+    for k, b in enumerate(betas):
+        ref = _sweep_reference(make, x[s["examples"]], y[s["examples"]], jnp.float32(b))
+        for j, q in enumerate(QUANTITIES):
+            got = np.asarray(s["per_example"][q])[:, k]
+            np.testing.assert_allclose(got, ref[:, j], rtol=2e-3, atol=1e-6, err_msg=f"{q} β={b}")
+    med = s["median"]["hessian_norm"]
+    assert med == pytest.approx(np.median(np.asarray(s["per_example"]["hessian_norm"]), 0).tolist())
+    assert beta_sweep(f, x, y, betas=betas, max_examples=2)["examples"] == [0, 1]
+    table = format_beta_sweep(s)
+    assert table.count("\n") == 5 and "‖ψ(β)‖₂" in table  # header, rule and 4 rows
+    with pytest.raises(ValueError, match="invalid betas"):
+        beta_sweep(f, x, y, betas=[0.1, -1.0])
+
+
+def test_beta_sweep_of_a_saturated_network_vanishes_at_large_beta(tmp_path):
+    from qadv.evaluate.beta_sweep import beta_sweep, plot_beta_sweep
+
+    f = make_net(jax.nn.relu, seed=2, scale=400.0)  # logit gaps in the hundreds
+    x = np.asarray(_images(6, b=4))
+    y = np.asarray(jnp.argmax(f(jnp.asarray(x)), -1)).astype(np.int32)
+    s = beta_sweep(f, x, y, betas=[1e-4, 1e-2, 1.0, 100.0])
+    grad = np.asarray(s["median"]["grad_norm"])
+    assert grad[-1] == 0.0 and grad[1] > 0.0  # zero once p rounds to one-hot
+    assert s["median"]["sign_grad_norm"][-1] == 0.0
+    assert np.argmax(s["median"]["hessian_norm"]) in (1, 2)  # an interior maximum
+    assert plot_beta_sweep(tmp_path, s) == ["beta_sweep_signal.png", "beta_sweep_gradients.png"]
+    assert all((tmp_path / p).stat().st_size > 0 for p in ("beta_sweep_signal.png",))
+    wrong = (y + 1) % D
+    empty = beta_sweep(f, x, wrong, betas=[1.0])
+    assert empty["examples"] == [] and plot_beta_sweep(tmp_path / "e", empty) == []

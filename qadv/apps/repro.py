@@ -204,7 +204,8 @@ def shrink(exp: Experiment) -> Experiment:
         study = dataclasses.replace(part.study, cells=cells, eval=_tiny_spec(part.study.eval))
         opts = dict(part.options)
         if part.kind == "signal":
-            opts.update(_TINY_SIGNAL)
+            sweep = opts.get("beta_sweep_examples")
+            opts.update(_TINY_SIGNAL, **({"beta_sweep_examples": 2} if sweep else {}))
         if part.kind == "verify":
             opts.update(n=2, time_limit=2.0)
         parts.append(dataclasses.replace(part, study=study, options=opts))

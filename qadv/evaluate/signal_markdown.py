@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from qadv import records
+from qadv.evaluate.beta_sweep import format_beta_sweep
 
 __all__ = ["format_signal_markdown", "signal_plots"]
 
@@ -112,6 +113,15 @@ def format_signal_markdown(record: Mapping[str, Any]) -> str:
             f"{bd['l_violation_indices'][:20]}; C-bound above it: {bd['c_violations']} "
             f"{bd['c_violation_indices'][:20]}. Such an example proves its empirical "
             "constant too small.",
+        ]
+    sweep = record.get("beta_sweep")
+    if sweep:
+        lines += [
+            "",
+            f"## Against the temperature β (paper Figures 4-5): medians over "
+            f"{len(sweep['examples'])} correctly classified images",
+            "",
+            format_beta_sweep(sweep),
         ]
     lines += ["", f"Plots: {', '.join(record.get('plots', []))}", ""]
     return "\n".join(lines)

@@ -33,6 +33,7 @@ from qadv import records
 from qadv.attacks import get_norm, registry
 from qadv.attacks.protocol import AttackContext
 from qadv.evaluate import bounds as bounds_lib
+from qadv.evaluate.beta_sweep import beta_sweep, plot_beta_sweep
 from qadv.evaluate.core import (
     cached_attack,
     check_data,
@@ -104,6 +105,8 @@ class SignalConfig:
         bound_samples: sample points per example of the bounds.
         min_norm_attack: ``fab`` or ``deepfool``, whose distances the bounds are set beside.
         min_norm_steps: its iterations.
+        beta_sweep_examples: correctly classified images of the β sweep (paper Figures
+            4-5, :func:`qadv.evaluate.beta_sweep.beta_sweep`; 0 skips it).
         batch_size: examples per compiled attack call.
         seed: attack and sampling randomness.
 
@@ -130,6 +133,7 @@ class SignalConfig:
     bound_samples: int = 100
     min_norm_attack: str = "fab"
     min_norm_steps: int = 100
+    beta_sweep_examples: int = 0
     batch_size: int = 250
     seed: int = 0
 
@@ -163,6 +167,7 @@ class SignalConfig:
             ("signal_examples", self.signal_examples),
             ("clever_examples", self.clever_examples),
             ("bound_examples", self.bound_examples),
+            ("beta_sweep_examples", self.beta_sweep_examples),
         ):
             if not ((v is None and name != "clever_examples") or (_is_int(v) and v >= 0)):
                 raise ValueError(f"invalid {name} {v!r}; choose an integer >= 0")
@@ -459,6 +464,20 @@ def _bounds_summary(b, dist, bsel, label: str, radius: float, cfg: SignalConfig)
     return rec
 
 
+def _sweep_section(run: _Inputs, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The β sweep of Figures 4-5 (:func:`beta_sweep`), cached; ``None`` when skipped."""
+    n = run.config.beta_sweep_examples
+    if not n:
+        return None
+    say("β sweep (Figures 4-5)")
+    return _section(
+        run.out,
+        "beta_sweep",
+        {**run.base, "n": n},
+        lambda: beta_sweep(run.logits_fn, run.images, run.labels, max_examples=n),
+    )
+
+
 def _settings(cfg: SignalConfig) -> dict[str, Any]:
     """The threat model and seed as the record shows them."""
     return {"norm": cfg.norm, "eps": cfg.eps, "steps": cfg.steps, "seed": cfg.seed}
@@ -496,7 +515,8 @@ def signal_report(
       paper (ART's L1 CLEVER, 50 batches of 10, radius 5, pool factor 10);
     - L-/C-bounds of the margin loss in ``norm`` beside ``min_norm_attack``'s distances
       (``fab`` or ``deepfool``), with the examples where a bound exceeds the distance
-      found. ``bound_radius`` defaults to ``4 * eps``.
+      found. ``bound_radius`` defaults to ``4 * eps``;
+    - the β sweep of Figures 4-5 when ``beta_sweep_examples > 0`` (``beta_sweep_*.png``).
 
     Args:
         loaded_or_logits_fn: a ``qadv.checkpoint.LoadedModel`` (its input std is used for
@@ -539,6 +559,7 @@ def signal_report(
     bounds, bounds_rec = _bounds_section(run, correct, key)
     if bounds is not None:
         per_example["bounds"] = bounds
+    sweep = _sweep_section(run, say)
 
     record = {
         "model": meta.get("out_dir", model_name),
@@ -550,6 +571,7 @@ def signal_report(
         "ablation": ablation,
         "clever": clever_rec,
         "bounds": bounds_rec,
+        "beta_sweep": sweep,
         "per_example": per_example,
         "wall_time_s": time.perf_counter() - t0,
         "environment": records.environment(),
@@ -557,6 +579,7 @@ def signal_report(
         "model_metadata": meta,
     }
     record["plots"] = signal_plots(out, record, per_example)
+    record["plots"] += plot_beta_sweep(out, sweep) if sweep else []
     records.atomic_write_json(out / "signal.json", record)
     (out / "signal.md").write_text(format_signal_markdown(record))
     return record

@@ -31,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--clever-examples", type=int, default=50, help="correctly classified images (0: skip)"
     )
+    p.add_argument(
+        "--beta-sweep-examples",
+        type=int,
+        default=0,
+        help="correctly classified images of the β sweep (paper Figs. 4-5; 0: skip)",
+    )
     p.add_argument("--min-norm-attack", default="fab", help="fab or deepfool")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int("batch size"), default=250)
@@ -52,6 +58,7 @@ def run(args) -> None:
         steps=args.steps,
         rhos=rhos,
         clever_examples=args.clever_examples,
+        beta_sweep_examples=args.beta_sweep_examples,
         min_norm_attack=args.min_norm_attack,
         batch_size=args.batch_size,
         seed=args.seed,

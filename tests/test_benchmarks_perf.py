@@ -137,3 +137,22 @@ def test_d1000_tiny(tmp_path):
     else:
         agree = case["top_k_against_all_classes"]["hns top-4"]
         assert 0.0 <= agree["same_beta_fraction"] <= 1.0
+
+
+def test_torch_missing_is_skipped(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    rec = _run("torch_pgd", tmp_path, "--batch", "4")
+    assert "pip install 'qadv[peers]'" in rec["skipped"]
+    assert "pip install 'qadv[peers]'" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_torch_pgd_tiny(tmp_path):
+    pytest.importorskip("torch")
+    rec = _run("torch_pgd", tmp_path, "--batch", "4", "--steps", "2", "--repeats", "1")
+    assert rec["max_logit_difference"] < 1e-3  # the same network in both frameworks
+    (case,) = rec["cases"]
+    for side in ("qadv", "pytorch"):
+        assert 0.0 <= case["attacks"][side]["robust_accuracy"] <= 1.0
+        assert case["attacks"][side]["linf"] <= case["eps"] + 1e-6
+    assert case["speed_qadv_over_pytorch"] > 0

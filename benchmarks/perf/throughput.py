@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", nargs="+", type=int, default=[128, 1024])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--calib", type=int, default=100, help="NJS calibration images")
+    p.add_argument(
+        "--compute-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the model's weights and activations (logits and attack stay float32)",
+    )
     args = p.parse_args(argv)
     rec = common.Record("throughput", argv)
 
@@ -84,6 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     for arch in args.arch:
         ckpt = args.checkpoint if arch == "cnn" else None
         bench = common.load_bench(arch, n=max(args.batch), checkpoint=ckpt)
+        if args.compute_dtype != "float32":
+            from qadv.models import with_compute_dtype
+
+            bench.logits_fn = with_compute_dtype(bench.logits_fn, args.compute_dtype)
+            bench.info = {**bench.info, "compute_dtype": args.compute_dtype}
         for batch in args.batch:
             common.log(f"{arch} ({bench.info['model']}) batch {batch} ...")
             cases.append(
@@ -115,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             "description": "attack throughput (images/s) of PGD, PGD++ NJS and PGD++ HNS; "
             "ratios are wall-time ratios (> 1: slower than PGD)",
             "repeats": args.repeats,
+            "compute_dtype": args.compute_dtype,
             "cases": cases,
             "compiles_second_call": sum(c["compiles_second_call"] for c in cases),
         },

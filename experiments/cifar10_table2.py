@@ -4,8 +4,10 @@ attack of Table 2 plain and with the NJS and HNS temperatures, and the
 ``plus-temperature`` ensemble (AutoAttack's ``standard`` with PGD++ and APGD++).
 
     qadv study --config experiments/cifar10_table2.py --out results/cifar10_table2
-    qadv study --config experiments/cifar10_table2.py --set archs=resnet18,vgg16 --set epochs=200 --out results/cifar10_table2
-    qadv study --config experiments/cifar10_table2.py --set binarynet=1 --out results/cifar10_table2_binarynet
+    qadv study --config experiments/cifar10_table2.py --set archs=resnet18,vgg16 \
+        --set epochs=200 --out results/cifar10_table2
+    qadv study --config experiments/cifar10_table2.py --set binarynet=1 \
+        --out results/cifar10_table2_binarynet
     qadv study --config experiments/cifar10_table2.py --set tiny=1 --out /tmp/smoke
 
 Needs CIFAR-10 prepared for tfds on a connected machine:

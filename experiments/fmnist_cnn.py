@@ -24,15 +24,11 @@ L2 = ("pgd", "pgd++njs", "pgd++hns")
 
 def _cnn(policy: str, epochs: int) -> TrainConfig:
     extra = {"wq_method": "bc"} if policy == "bnn_wq" else {}
-    return TrainConfig(
-        dataset="fashion_mnist", arch="cnn", policy=policy, epochs=epochs, **extra
-    )
+    return TrainConfig(dataset="fashion_mnist", arch="cnn", policy=policy, epochs=epochs, **extra)
 
 
 def config(n: int = 1000, epochs: int = 8, tiny: bool = False) -> Experiment:
-    cells = tuple(
-        Cell(p, _cnn(p, int(epochs)), group=p) for p in ("ref", "bnn_wq", "bnn_waq")
-    )
+    cells = tuple(Cell(p, _cnn(p, int(epochs)), group=p) for p in ("ref", "bnn_wq", "bnn_waq"))
     parts = []
     for norm, attacks in (("linf", LINF), ("l2", L2)):
         # Table 6 at paper size: the CIFAR-10 radii and steps in pixels of 255

@@ -5,7 +5,8 @@ APGD-DLR, Square, APGD-T, FAB-T and AutoAttack's ``standard`` ensemble, on the f
 (``bnn_waq``) small CNN.
 
     qadv study --config experiments/fmnist_protocol.py --out results/fmnist_protocol
-    qadv study --config experiments/fmnist_protocol.py --set n=1000 --set eps=25/255 --out runs/protocol_eps25
+    qadv study --config experiments/fmnist_protocol.py --set n=1000 --set eps=25/255 \
+        --out runs/protocol_eps25
 
 Setting: the small CNN, 4 epochs of Adam (lr 1e-3, cosine, batch 128) on the full
 Fashion-MNIST training set, seed 0; the first ``n`` = 200 test images at L∞ ε = 8/255;
@@ -37,15 +38,11 @@ ATTACKS = (
 
 def _cnn(policy: str, epochs: int) -> TrainConfig:
     extra = {"wq_method": "bc"} if policy == "bnn_wq" else {}
-    return TrainConfig(
-        dataset="fashion_mnist", arch="cnn", policy=policy, epochs=epochs, **extra
-    )
+    return TrainConfig(dataset="fashion_mnist", arch="cnn", policy=policy, epochs=epochs, **extra)
 
 
 def config(n: int = 200, eps: str = "8/255", epochs: int = 4, tiny: bool = False) -> Experiment:
-    cells = tuple(
-        Cell(p, _cnn(p, int(epochs)), group=p) for p in ("ref", "bnn_wq", "bnn_waq")
-    )
+    cells = tuple(Cell(p, _cnn(p, int(epochs)), group=p) for p in ("ref", "bnn_wq", "bnn_waq"))
     spec = EvalSpec(
         n=int(n),
         eps=(eps,),

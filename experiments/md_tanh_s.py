@@ -39,8 +39,7 @@ RUNS = (
 
 def config(n: int = 500, tiny: bool = False) -> Experiment:
     cells = tuple(
-        Cell(name, load_config_file(_CONFIGS / file, over), group=name)
-        for name, file, over in RUNS
+        Cell(name, load_config_file(_CONFIGS / file, over), group=name) for name, file, over in RUNS
     )
     spec = pm.attack_spec("cpu", ("pgd", "pgd++njs", "pgd++hns"))
     spec = spec.__class__(**{**spec.to_dict(), "n": int(n)})

@@ -222,7 +222,7 @@ def _sweep_reference(make, x, y, beta):
         grad = np.asarray(jax.grad(loss, 1)(f, jnp.asarray(xi), yi, beta), np.float64)
         with jax.enable_x64(True):
             f64, x64, b64 = make(jnp.float64), jnp.asarray(xi, jnp.float64), jnp.float64(beta)
-            jac = jax.jacobian(lambda z: jax.nn.softmax(b64 * f64(z[None])[0]))(x64)
+            jac = jax.jacobian(lambda z, f=f64, b=b64: jax.nn.softmax(b * f(z[None])[0]))(x64)
             hess = np.asarray(jax.hessian(loss, 1)(f64, x64, yi, b64)).reshape(N, N)
         sv = np.linalg.svd(np.asarray(jac).reshape(D, -1), compute_uv=False)
         rows.append(

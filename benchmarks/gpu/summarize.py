@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+from qadv import records
+
 GFLOP_PER_PGD20_IMAGE = 2 * 20 * 2 * 0.555
 
 
@@ -81,26 +83,36 @@ def markdown(s: dict) -> str:
     lines = ["# GPU run", ""]
     for k in ("cold", "warm"):
         d = s["demo"][k]
-        lines.append(f"- demo, {k} cache: " + ("not run" if d is None else f"{d['wall_s']} s (rc {d['rc']})"))
+        lines.append(
+            f"- demo, {k} cache: " + ("not run" if d is None else f"{d['wall_s']} s (rc {d['rc']})")
+        )
     p = s["peak"]
     lines.append(
         f"- measured matmul rate: float32 {f(p.get('float32_tflops'))}, bfloat16 "
         f"{f(p.get('bfloat16_tflops'))} TFLOP/s"
     )
-    lines += ["", "| dtype | batch | PGD images/s | NJS / PGD | HNS / PGD | TFLOP/s | of peak |",
-              "|---|---|---|---|---|---|---|"]
-    for r in s["throughput"]:
-        lines.append(
-            f"| {r['dtype']} | {r['batch']} | {f(r['pgd_images_per_s'], 4)} | {f(r['njs_over_pgd'])} "
-            f"| {f(r['hns_over_pgd'])} | {f(r['tflops'])} | {f(r['fraction_of_peak'])} |"
-        )
-    lines += ["", "| PyTorch bf16 | batch | qadv images/s | PyTorch images/s | qadv / PyTorch |",
-              "|---|---|---|---|---|"]
-    for r in s["torch"]:
-        lines.append(
-            f"| {r['bf16']} | {r['batch']} | {f(r['qadv_images_per_s'], 4)} "
-            f"| {f(r['pytorch_images_per_s'], 4)} | {f(r['qadv_over_pytorch'])} |"
-        )
+    tables = (
+        (
+            ["dtype", "batch", "PGD images/s", "NJS / PGD", "HNS / PGD", "TFLOP/s", "of peak"],
+            [
+                "dtype",
+                "batch",
+                "pgd_images_per_s",
+                "njs_over_pgd",
+                "hns_over_pgd",
+                "tflops",
+                "fraction_of_peak",
+            ],
+            s["throughput"],
+        ),
+        (
+            ["PyTorch bf16", "batch", "qadv images/s", "PyTorch images/s", "qadv / PyTorch"],
+            ["bf16", "batch", "qadv_images_per_s", "pytorch_images_per_s", "qadv_over_pytorch"],
+            s["torch"],
+        ),
+    )
+    for header, keys, rows in tables:
+        lines += ["", records.format_table(header, [[f(r[k], 4) for k in keys] for r in rows])]
     lines += ["", f"d = 1000 cases: {len(s['d1000'] or [])} (see d1000.json)", ""]
     return "\n".join(lines)
 

@@ -24,11 +24,8 @@ Run::
 
 from __future__ import annotations
 
-import time
-
 import common
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qadv import attacks
@@ -136,10 +133,18 @@ def run_case(bench, model, batch: int, args) -> dict:
             torch.cuda.synchronize()
         return out
 
-    timings = dict(zip(("qadv", "pytorch"), common.time_calls([qadv_call, torch_call], args.repeats)))
+    timings = dict(
+        zip(
+            ("qadv", "pytorch"),
+            common.time_calls([qadv_call, torch_call], args.repeats),
+            strict=True,
+        )
+    )
     rows = {}
     for name, t in timings.items():
-        adv = np.asarray(t.result if name == "qadv" else t.result.cpu().numpy().transpose(0, 2, 3, 1))
+        adv = np.asarray(
+            t.result if name == "qadv" else t.result.cpu().numpy().transpose(0, 2, 3, 1)
+        )
         acc = float(np.mean(common.predictions(bench.logits_fn, adv) == np.asarray(y)))
         dist = float(np.abs(adv - np.asarray(x)).max())
         rows[name] = {**t.as_dict(items=batch), "robust_accuracy": acc, "linf": dist}
@@ -174,7 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
         model = model.to(memory_format=torch.channels_last)
     x, _ = bench.batch(min(8, max(args.batch)))
     with torch.no_grad():
-        t_logits = model(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(args.device))
+        t_logits = model(
+            torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(args.device)
+        )
     j_logits = np.asarray(bench.logits_fn(x))
     diff = float(np.abs(t_logits.float().cpu().numpy() - j_logits).max())
     scale = float(np.abs(j_logits).max())
@@ -189,7 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
         common.log(f"resnet18 batch {b} ...")
         cases.append(run_case(bench, model, b, args))
     common.print_table(
-        ["batch", "qadv images/s", "PyTorch images/s", "qadv / PyTorch speed", "robust acc. qadv / PyTorch"],
+        [
+            "batch",
+            "qadv images/s",
+            "PyTorch images/s",
+            "qadv / PyTorch speed",
+            "robust acc. qadv / PyTorch",
+        ],
         [
             [
                 c["batch"],

@@ -117,7 +117,8 @@ def beta_sweep(
 
         for k, b in enumerate(grid):
             vals = at(jnp.asarray(b, dtype))
-            for q, v in zip(("psi_norm", "softmax_jsv_mean", "grad_norm", "sign_grad_norm"), vals):
+            names = ("psi_norm", "softmax_jsv_mean", "grad_norm", "sign_grad_norm")
+            for q, v in zip(names, vals, strict=True):
                 per[q][:, k] = np.asarray(v, np.float64)
     out: dict[str, Any] = {"betas": grid.tolist(), "examples": idx.tolist(), "per_example": {}}
     for name, fn in (("median", np.median), ("q25", None), ("q75", None)):

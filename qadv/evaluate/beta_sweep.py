@@ -175,5 +175,7 @@ def format_beta_sweep(sweep: Mapping[str, Any], rows: int = 13) -> str:
     betas = sweep["betas"]
     pick = sorted(set(np.linspace(0, len(betas) - 1, min(rows, len(betas))).round().astype(int)))
     header = ["β", *QUANTITIES.values()]
-    body = [[betas[k], *(sweep["median"][q][k] for q in QUANTITIES)] for k in pick]
+    body = [
+        [f"{v:.3g}" for v in (betas[k], *(sweep["median"][q][k] for q in QUANTITIES))] for k in pick
+    ]
     return records.format_table(header, body)

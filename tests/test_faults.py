@@ -213,8 +213,8 @@ def test_truncated_checkpoint_never_loads_other_weights(base, tmp_path):
         same += 1
     assert refused >= 1
     print(f"\ntruncated checkpoint files: {refused} refused, {same} harmless (same weights)")
-    # collect those coroutines now, under this test's filter: collected later, they
-    # fail whichever test is running then
+    # collect those coroutines now, under this test's filter; one finalised later, during
+    # another test, is ignored by name (pyproject.toml's filterwarnings)
     gc.collect()
 
 

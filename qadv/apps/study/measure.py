@@ -62,11 +62,13 @@ def _check_model(cell: Cell) -> None:
 
 
 class _Data:
-    """Test (and training) splits loaded once per dataset."""
+    """Test (and training) splits loaded once per dataset, and the surrogate network
+    loaded once per study run."""
 
     def __init__(self, data_dir):
         self.data_dir = data_dir
         self._cache: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self.surrogates: dict[str, tuple[Callable, str]] = {}
 
     def split(self, config: TrainConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
         key = (config.dataset, config.source, split)
@@ -197,13 +199,16 @@ def _surrogate(
     cell: Cell, spec: EvalSpec, runs: Path, loader: _Data, *, progress: bool, log
 ) -> tuple[Callable, str]:
     """The logits function and fingerprint of the surrogate cell's network (trained and
-    recalibrated exactly as when it is measured itself)."""
+    recalibrated exactly as when it is measured itself), built once per study run."""
     run_dir = runs / cell.run_name
-    _train_or_reuse(cell, run_dir, loader, progress=progress, log=log)
-    loaded = load_checkpoint(run_dir)
-    test = _TestImages.load(cell, spec, loader)
-    variables, _ = _recalibrated(cell, spec, loaded, test, loader)
-    return make_logits_fn(loaded.model, variables), _model_fingerprint(variables)
+    if cell.name not in loader.surrogates:
+        _train_or_reuse(cell, run_dir, loader, progress=progress, log=log)
+        loaded = load_checkpoint(run_dir)
+        test = _TestImages.load(cell, spec, loader)
+        variables, _ = _recalibrated(cell, spec, loaded, test, loader)
+        fn = make_logits_fn(loaded.model, variables)
+        loader.surrogates[cell.name] = (fn, _model_fingerprint(variables))
+    return loader.surrogates[cell.name]
 
 
 def _resumed_record(rec_path: Path, cell_spec: dict) -> dict[str, Any]:

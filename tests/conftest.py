@@ -6,7 +6,7 @@ promotion is applied to qadv's own numerics (attacks, signal, quantizers) throug
 internally, so it cannot be switched on globally.
 
 The suite is compile-bound: it builds thousands of small XLA programs and runs each on
-a few images. Three settings make that cheaper without changing what is tested:
+a few images. Four settings make that cheaper without changing what is tested:
 
 - compiled programs are kept in JAX's persistent compilation cache, in the user's cache
   folder (``$QADV_CACHE_DIR/tests``, else ``~/.cache/qadv/jax-tests``; set
@@ -22,7 +22,12 @@ a few images. Three settings make that cheaper without changing what is tested:
   (``--xla_cpu_use_fusion_emitters=false``): the same fusions, compiled faster (a
   trivial jitted op: about 23 ms instead of 32 ms; ``test_protocol.py`` plus
   ``test_attacks.py``: 101 instead of 134 user-seconds from an empty cache), with
-  every test passing as before.
+  every test passing as before;
+- and each program is compiled by LLVM as one module
+  (``--xla_cpu_parallel_codegen_split_count=1``) instead of being split into parts for
+  parallel code generation, which only adds work for programs this small when both
+  cores already run a test each: the same code, ``test_protocol.py`` plus
+  ``test_attacks.py`` in 82-91 instead of 101-102 user-seconds from an empty cache.
 
 The library and the CLI always compile with XLA's defaults. Set
 ``QADV_TEST_XLA_OPT=default`` (or put ``--xla_backend_optimization_level`` in
@@ -52,6 +57,8 @@ if (
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=1"
     if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
         os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
+    if "xla_cpu_parallel_codegen_split_count" not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] += " --xla_cpu_parallel_codegen_split_count=1"
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)
 import pytest  # noqa: E402

@@ -1,6 +1,7 @@
 """Signal-propagation diagnostics: Jacobians, the closed-form input Hessian norm, Prop. 1."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -205,8 +206,8 @@ def test_logit_gap_and_gradient_diagnostics(strict_dtypes):
 # ----------------------------------------------------------------------------- β sweep
 
 
-def _sweep_reference(make, x, y, beta):
-    """Per example, from the equations: ‖ψ‖, mean singular value of the softmax Jacobian
+def _sweep_reference(make, x, y, betas):
+    """Per β and example (an array ``(len(betas), len(x), 5)``), from the equations: ‖ψ‖, mean singular value of the softmax Jacobian
     (numpy SVD of jax.jacobian), ‖Hessian‖_F (jax.hessian), ‖∇‖₂ and √#(∇ ≠ 0). The JSV
     and the Hessian in float64 (float32 autodiff cancels in p (1 - p) near one-hot); the
     error signal and the gradients in float32, as an attack computes them."""
@@ -214,16 +215,24 @@ def _sweep_reference(make, x, y, beta):
     def loss(f, z, yi, b):
         return -jax.nn.log_softmax(b * f(z[None])[0])[yi]
 
+    # jitted once each (β and the example are traced): the same equations, compiled once
     f = make(jnp.float32)
+    probs = jax.jit(lambda z, b: jax.nn.softmax(b * f(z[None])[0]))
+    grad_fn = jax.jit(jax.grad(lambda z, yi, b: loss(f, z, yi, b)))
+    with jax.enable_x64(True):
+        f64 = make(jnp.float64)
+        jac_fn = jax.jit(jax.jacobian(lambda z, b: jax.nn.softmax(b * f64(z[None])[0])))
+        hess_fn = jax.jit(jax.hessian(lambda z, yi, b: loss(f64, z, yi, b)))
     rows = []
-    for xi, yi in zip(np.asarray(x), np.asarray(y), strict=True):
-        p = jax.nn.softmax(beta * f(jnp.asarray(xi)[None])[0])
+    examples = list(zip(np.asarray(x), np.asarray(y).tolist(), strict=True))
+    for beta, (xi, yi) in itertools.product(betas, examples):
+        p = probs(jnp.asarray(xi), jnp.float32(beta))
         psi = np.asarray(p, np.float64) - np.eye(D)[yi]
-        grad = np.asarray(jax.grad(loss, 1)(f, jnp.asarray(xi), yi, beta), np.float64)
+        grad = np.asarray(grad_fn(jnp.asarray(xi), yi, jnp.float32(beta)), np.float64)
         with jax.enable_x64(True):
-            f64, x64, b64 = make(jnp.float64), jnp.asarray(xi, jnp.float64), jnp.float64(beta)
-            jac = jax.jacobian(lambda z, f=f64, b=b64: jax.nn.softmax(b * f(z[None])[0]))(x64)
-            hess = np.asarray(jax.hessian(loss, 1)(f64, x64, yi, b64)).reshape(N, N)
+            x64, b64 = jnp.asarray(xi, jnp.float64), jnp.float64(beta)
+            jac = jac_fn(x64, b64)
+            hess = np.asarray(hess_fn(x64, yi, b64)).reshape(N, N)
         sv = np.linalg.svd(np.asarray(jac).reshape(D, -1), compute_uv=False)
         rows.append(
             [
@@ -234,7 +243,7 @@ def _sweep_reference(make, x, y, beta):
                 np.sqrt(np.count_nonzero(grad)),
             ]
         )
-    return np.asarray(rows)
+    return np.asarray(rows).reshape(len(betas), len(x), -1)
 
 
 def test_beta_sweep_matches_the_equations_example_by_example():
@@ -250,8 +259,8 @@ def test_beta_sweep_matches_the_equations_example_by_example():
     betas = [0.01, 0.5, 3.0, 40.0]
     s = beta_sweep(f, x, y, betas=betas, max_examples=10)
     assert s["examples"] == [0, 1, 3] and s["betas"] == betas
-    for k, b in enumerate(betas):
-        ref = _sweep_reference(make, x[s["examples"]], y[s["examples"]], jnp.float32(b))
+    refs = _sweep_reference(make, x[s["examples"]], y[s["examples"]], betas)
+    for k, (b, ref) in enumerate(zip(betas, refs, strict=True)):
         for j, q in enumerate(QUANTITIES):
             got = np.asarray(s["per_example"][q])[:, k]
             np.testing.assert_allclose(got, ref[:, j], rtol=2e-3, atol=1e-6, err_msg=f"{q} β={b}")

@@ -2,6 +2,7 @@
 computations at reduced precision on a CPU: the model in bfloat16 compute stands in for a
 GPU's TF32 or a TPU's bfloat16 passes, with tolerances derived from the precision."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -106,13 +107,15 @@ def test_hessian_norm_against_jax_hessian_at_the_compute_precision(dtype):
     x, y = _x(3), jnp.array([0, 1, 2])
     betas = jnp.array([0.5, 2.0])
     got = np.asarray(signal.hessian_norm(f, x, y, betas, exact=True), np.float64)
+
+    @jax.jit  # one example and one β at a time; compiled once
+    @functools.partial(jax.hessian, argnums=0)
+    def hess(z, yi, b):
+        return -jax.nn.log_softmax(b * f(z[None]))[0, yi]
+
     for i in range(len(x)):
         for k, b in enumerate(np.asarray(betas)):
-
-            def loss(z, i=i, b=b):
-                return -jax.nn.log_softmax(b * f(z[None]))[0, y[i]]
-
-            h = np.asarray(jax.hessian(loss)(x[i]), np.float64).reshape(N_IN, N_IN)
+            h = np.asarray(hess(x[i], y[i], jnp.float32(b)), np.float64).reshape(N_IN, N_IN)
             eps = precision.relative_epsilon("bfloat16") if dtype == "bfloat16" else 2.0**-23
             # second derivatives through two backward passes: a few dozen roundings
             np.testing.assert_allclose(got[i, k], np.linalg.norm(h), rtol=64 * eps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -156,3 +157,54 @@ def test_torch_pgd_tiny(tmp_path):
         assert 0.0 <= case["attacks"][side]["robust_accuracy"] <= 1.0
         assert case["attacks"][side]["linf"] <= case["eps"] + 1e-6
     assert case["speed_qadv_over_pytorch"] > 0
+
+
+def test_authors_fgsm_torch_missing_is_skipped(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    rec = _run("authors_fgsm", tmp_path, "--release", str(tmp_path), "--n", "1")
+    assert "pip install 'qadv[peers]'" in rec["skipped"]
+    assert "pip install 'qadv[peers]'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("release", [None, "not-a-checkout"])
+def test_authors_fgsm_without_release_is_skipped(tmp_path, monkeypatch, capsys, release):
+    import types
+
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))  # torch "installed"
+    args = ["--n", "1"]
+    if release is not None:
+        (tmp_path / release).mkdir()
+        args += ["--release", str(tmp_path / release)]
+    rec = _run("authors_fgsm", tmp_path, *args)
+    assert "--release" in rec["skipped"] and "attack-bnn" in rec["skipped"]
+    if release is not None:
+        assert "quant_adversarial/fgsm_attack.py" in rec["skipped"]
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and rec["skipped"] in out
+
+
+@pytest.mark.slow
+def test_authors_fgsm_tiny(tmp_path):
+    """Needs PyTorch and a work tree of kartikgupta-at-anu/attack-bnn in
+    ``$QADV_ATTACK_BNN_RELEASE``."""
+    pytest.importorskip("torch")
+    release = os.environ.get("QADV_ATTACK_BNN_RELEASE")
+    if not release:
+        pytest.skip("set QADV_ATTACK_BNN_RELEASE to a checkout of the authors' release")
+    rec = _run(
+        "authors_fgsm", tmp_path, "--release", release, "--n", "1", "--calib", "2",
+        "--repeats", "1",
+    )  # fmt: skip
+    assert "skipped" not in rec
+    assert rec["max_logit_difference"] < 1e-3  # the same network in both frameworks
+    assert rec["njs"]["release_sp_scalar"] == pytest.approx(
+        rec["njs"]["qadv_mean_singular_value"], rel=1e-3
+    )
+    assert set(rec["attacks"]) == {"fgsm", "fgsm++njs", "fgsm++hns"}
+    for name, sides in rec["attacks"].items():
+        for side in ("qadv", "release"):
+            assert sides[side]["per_example_s"] > 0
+            assert sides[side]["linf"] <= rec["eps"] + 1e-6
+        assert sides["qadv"]["compiles_second_call"] == 0
+        assert rec["release_over_qadv"][name] > 0
+    assert rec["patches"]

@@ -54,6 +54,7 @@ def test_foolbox_missing_is_skipped(tmp_path, monkeypatch, capsys):
     assert "pip install 'qadv[foolbox]'" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the default run smoke-tests the benchmark scripts with memory.py
 @pytest.mark.needs_devices(2)
 def test_scaling_tiny(tmp_path):
     rec = _run(

@@ -122,7 +122,11 @@ def _kill_and_resume(base, name, monkeypatch, delays) -> int:
     return landed
 
 
-@pytest.mark.parametrize("name", ["train", "attack", "evaluate"])
+# train: killing and resuming training is also checked in the default run by
+# test_train.py and test_robust_training.py (library level); the CLI kill is ``slow``
+@pytest.mark.parametrize(
+    "name", [pytest.param("train", marks=pytest.mark.slow), "attack", "evaluate"]
+)
 def test_one_kill_resumes_to_the_same_files(base, name, monkeypatch, record_property):
     delay = float(np.random.default_rng(list(name.encode())).uniform(0.0, 0.5))
     landed = _kill_and_resume(base, name, monkeypatch, [delay])

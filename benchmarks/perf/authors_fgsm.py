@@ -317,11 +317,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.set_defaults(repeats=2)
     args = p.parse_args(argv)
     rec = common.Record("authors_fgsm", argv)
-    try:
-        import torch
-    except ImportError:
-        print(MISSING)
-        return rec.save({"skipped": MISSING}, args.out)
+    torch, skipped = rec.import_peer("torch", MISSING, args.out)
+    if skipped is not None:
+        return skipped
     problem = release_problem(args.release)
     if problem is not None:
         print(problem)

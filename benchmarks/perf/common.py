@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import math
 import os
 import platform
@@ -154,6 +155,15 @@ class Record:
         records.atomic_write_json(out, record)
         log(f"wrote {out}")
         return record
+
+    def import_peer(self, module: str, missing: str, out: str | os.PathLike):
+        """``(module, None)`` for an optional peer library, or, where it is not installed,
+        ``(None, record)``: ``missing`` printed and saved to ``out`` as ``skipped``."""
+        try:
+            return importlib.import_module(module), None
+        except ImportError:
+            print(missing)
+            return None, self.save({"skipped": missing}, out)
 
 
 def parser(part: str, doc: str | None, *, checkpoint: bool = True) -> argparse.ArgumentParser:

@@ -83,11 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args(argv)
     rec = common.Record("foolbox_pgd", argv)
-    try:
-        import foolbox as fb
-    except ImportError:
-        print(MISSING)
-        return rec.save({"skipped": MISSING}, args.out)
+    fb, skipped = rec.import_peer("foolbox", MISSING, args.out)
+    if skipped is not None:
+        return skipped
 
     ckpt = args.checkpoint if args.arch == "cnn" else None
     bench = common.load_bench(args.arch, n=max(args.batch), checkpoint=ckpt)

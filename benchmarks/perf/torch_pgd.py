@@ -167,11 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute in both")
     args = p.parse_args(argv)
     rec = common.Record("torch_pgd", argv)
-    try:
-        import torch
-    except ImportError:
-        print(MISSING)
-        return rec.save({"skipped": MISSING}, args.out)
+    torch, skipped = rec.import_peer("torch", MISSING, args.out)
+    if skipped is not None:
+        return skipped
     torch.manual_seed(0)
     bench = common.load_bench("resnet18", n=max(args.batch))
     model = torch_resnet18(bench.logits_fn.args[0], classes=10).to(args.device)

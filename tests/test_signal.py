@@ -207,8 +207,9 @@ def test_logit_gap_and_gradient_diagnostics(strict_dtypes):
 
 
 def _sweep_reference(make, x, y, betas):
-    """Per β and example (an array ``(len(betas), len(x), 5)``), from the equations: ‖ψ‖, mean singular value of the softmax Jacobian
-    (numpy SVD of jax.jacobian), ‖Hessian‖_F (jax.hessian), ‖∇‖₂ and √#(∇ ≠ 0). The JSV
+    """Per β and example (an array ``(len(betas), len(x), 5)``), from the equations:
+    ‖ψ‖, mean singular value of the softmax Jacobian (numpy SVD of jax.jacobian),
+    ‖Hessian‖_F (jax.hessian), ‖∇‖₂ and √#(∇ ≠ 0). The JSV
     and the Hessian in float64 (float32 autodiff cancels in p (1 - p) near one-hot); the
     error signal and the gradients in float32, as an attack computes them."""
 

@@ -277,32 +277,6 @@ def release_provenance(root: Path) -> dict:
     return {"path": str(root), "commit": commit, "file_blobs": blobs}
 
 
-def time_rounds(fns: dict, n: int, repeats: int) -> dict[tuple[str, str], common.Timing]:
-    """Warm up each ``fns[k](i)`` on example 0, then ``repeats`` round-robin rounds, each
-    calling it on examples ``0..n-1``; ``Timing.times_s`` are whole rounds, ``result`` the
-    last round's outputs."""
-    out = {}
-    for k, fn in fns.items():
-        common.log(f"warm-up {k[0]} ({k[1]}) ...")
-        with common.count_compiles() as names:
-            t0 = time.perf_counter()
-            fn(0)
-            seconds = time.perf_counter() - t0
-        out[k] = common.Timing(seconds, [], len(names), 0, 0, None)
-    for r in range(repeats):
-        for k, fn in fns.items():
-            common.log(f"round {r + 1}/{repeats}: {k[0]} ({k[1]}), {n} examples ...")
-            with common.count_compiles() as names:
-                t0 = time.perf_counter()
-                results = [fn(i) for i in range(n)]
-                out[k].times_s.append(time.perf_counter() - t0)
-            out[k].compiles_later_calls += len(names)
-            if r == 0:
-                out[k].compiles_second_call = len(names)
-            out[k].result = results
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser("authors_fgsm", __doc__, checkpoint=False)
     p.add_argument("--release", default=None, help="work tree of kartikgupta-at-anu/attack-bnn")
@@ -344,12 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     targets = [
         torch.tensor([int(y_np[i])], dtype=torch.int64, device=device) for i in range(len(y_np))
     ]
-    with torch.no_grad():
-        t_logits = model(torch.cat(nchw[: min(8, args.n)])).cpu().numpy()
-    j_logits = np.asarray(f(jnp.asarray(x_np[: min(8, args.n)])))
-    diff = float(np.abs(t_logits - j_logits).max())
-    if diff > 1e-3 * max(float(np.abs(j_logits).max()), 1.0):
-        raise SystemExit(f"the PyTorch network differs from qadv's: max |Δlogit| {diff:.3g}")
+    diff = torch_pgd.logit_difference(model, f, jnp.asarray(x_np[: min(8, args.n)]), device)
 
     # NJS's scalar, once, outside the timed region: the release's jacobian_io (batch 1,
     # its loop stops after 101 images) and qadv's attacks.njs on the same images.
@@ -400,12 +369,22 @@ def main(argv: list[str] | None = None) -> dict:
         fns[(name, "qadv")] = qadv_fn(name)
         fns[(name, "release")] = release_fn(name)
     before = release.hns_jacobians["calls"]
-    timings = time_rounds(fns, args.n, args.repeats)
+    timings = dict(
+        zip(
+            fns,
+            common.time_calls(
+                [lambda fn=fn: [fn(i) for i in range(args.n)] for fn in fns.values()],
+                args.repeats,
+                warmups=[lambda fn=fn: fn(0) for fn in fns.values()],
+            ),
+            strict=True,
+        )
+    )
     # warm-up: 1 example; each round: n examples
     hns_calls = release.hns_jacobians["calls"] - before
     rows: dict = {name: {} for name in ATTACKS}
     for (name, side), t in timings.items():
-        adv = np.concatenate(t.result)
+        adv = np.concatenate(t.result)  # the last round's examples
         fooled = float(np.mean(common.predictions(f, adv) != y_np[: args.n]))
         rows[name][side] = {
             **t.as_dict(),

@@ -273,12 +273,19 @@ class Timing:
         return out
 
 
-def time_calls(fns: Sequence[Callable[[], Any]], repeats: int) -> list[Timing]:
+def time_calls(
+    fns: Sequence[Callable[[], Any]],
+    repeats: int,
+    *,
+    warmups: Sequence[Callable[[], Any]] | None = None,
+) -> list[Timing]:
     """Warm up (compile) each function once, then time ``repeats`` round-robin rounds.
 
     Every call is followed by ``jax.block_until_ready`` on its result. Round-robin
     rounds make a drift in machine load hit every function alike, so ratios between
-    them are fairer than back-to-back blocks.
+    them are fairer than back-to-back blocks. ``warmups[i]``, if given, is called instead
+    of ``fns[i]`` to warm up (e.g. one example of a round that attacks many); each
+    ``Timing.result`` is then what the last timed call of ``fns[i]`` returned.
 
     Example:
         >>> f = jax.jit(lambda v: v + 1.0)
@@ -289,21 +296,23 @@ def time_calls(fns: Sequence[Callable[[], Any]], repeats: int) -> list[Timing]:
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     out = []
-    for fn in fns:
+    for warm in fns if warmups is None else warmups:
         with count_compiles() as names:
             t0 = time.perf_counter()
-            result = jax.block_until_ready(fn())
+            result = jax.block_until_ready(warm())
             seconds = time.perf_counter() - t0
         out.append(Timing(seconds, [], len(names), 0, 0, result))
     for r in range(repeats):
         for fn, timing in zip(fns, out, strict=True):
             with count_compiles() as names:
                 t0 = time.perf_counter()
-                jax.block_until_ready(fn())
+                result = jax.block_until_ready(fn())
                 timing.times_s.append(time.perf_counter() - t0)
             timing.compiles_later_calls += len(names)
             if r == 0:
                 timing.compiles_second_call = len(names)
+            if warmups is not None:
+                timing.result = result
     return out
 
 

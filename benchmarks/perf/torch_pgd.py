@@ -158,6 +158,20 @@ def run_case(bench, model, batch: int, args) -> dict:
     }
 
 
+def logit_difference(model, logits_fn, x, device: str) -> float:
+    """The largest |Δlogit| between the PyTorch ``model`` and qadv's ``logits_fn`` on the
+    NHWC images ``x``; exits with one line if they are not the same network."""
+    import torch
+
+    with torch.no_grad():
+        t_logits = model(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(device))
+    j_logits = np.asarray(logits_fn(x))
+    diff = float(np.abs(t_logits.float().cpu().numpy() - j_logits).max())
+    if diff > 1e-3 * max(float(np.abs(j_logits).max()), 1.0):
+        raise SystemExit(f"the PyTorch network differs from qadv's: max |Δlogit| {diff:.3g}")
+    return diff
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser("torch_pgd", __doc__, checkpoint=False)
     p.add_argument("--batch", nargs="+", type=int, default=[32, 128])
@@ -176,15 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     x, _ = bench.batch(min(8, max(args.batch)))
-    with torch.no_grad():
-        t_logits = model(
-            torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(args.device)
-        )
-    j_logits = np.asarray(bench.logits_fn(x))
-    diff = float(np.abs(t_logits.float().cpu().numpy() - j_logits).max())
-    scale = float(np.abs(j_logits).max())
-    if diff > 1e-3 * max(scale, 1.0):
-        raise SystemExit(f"the PyTorch network differs from qadv's: max |Δlogit| {diff:.3g}")
+    diff = logit_difference(model, bench.logits_fn, x, args.device)
     cases = []
     if args.bf16:  # qadv: bfloat16 weights and activations, float32 logits and attack
         from qadv.models import with_compute_dtype

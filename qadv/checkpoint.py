@@ -11,15 +11,24 @@ Atomicity: orbax writes each step into ``<step>.orbax-checkpoint-tmp-*``, writes
 ``commit_success.txt`` into it and then renames it to ``<step>``. A process killed
 during a save therefore leaves only a temporary folder, which is ignored, and the
 previous step stays the latest usable one. Step folders without
-``commit_success.txt`` (not written by a finished orbax save) are ignored too. A
-finished step whose files were later damaged raises a one-line ``ValueError``.
+``commit_success.txt`` (not written by a finished orbax save) are ignored too.
+
+Integrity: once orbax has finished a step, :func:`save_checkpoint` writes
+``<step>/checksums.json``, the size and SHA-256 of every file in the step. A restore
+checks the files of the items it reads against it before orbax opens them, so a
+finished step whose files were later damaged (truncated, overwritten, removed) raises
+a one-line ``ValueError`` naming the file. Steps without ``checksums.json`` (a kill
+between orbax's commit and its write, or older qadv) are restored by orbax alone,
+which refuses most damage with the same ``ValueError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -58,6 +67,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 # layers sow) are diagnostics and never saved.
 VARIABLE_COLLECTIONS = ("params", "batch_stats")
 _COMMIT_FILE = "commit_success.txt"
+_CHECKSUM_FILE = "checksums.json"
 _ITEMS = ("variables", "train", "metadata")
 
 
@@ -186,6 +196,56 @@ def save_checkpoint(
             force=True,
         )
         manager.wait_until_finished()
+    _write_checksums(_step_dir(Path(manager.directory), int(step)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_checksums(step_dir: Path) -> None:
+    """Writes ``checksums.json`` (size and SHA-256 of each file) into a finished step."""
+    files = {
+        p.relative_to(step_dir).as_posix(): [p.stat().st_size, _sha256(p)]
+        for p in sorted(step_dir.rglob("*"))
+        if p.is_file() and p.name != _CHECKSUM_FILE
+    }
+    tmp = step_dir / f".{_CHECKSUM_FILE}.tmp"
+    tmp.write_text(json.dumps({"sha256": files}, indent=0))
+    os.replace(tmp, step_dir / _CHECKSUM_FILE)
+
+
+def _verify_checksums(step_dir: Path, items: tuple[str, ...]) -> None:
+    """Checks the saved files of ``items`` against ``checksums.json``, if the step has one.
+
+    Raises:
+        ValueError: a file is missing, or its size or contents differ from the save.
+    """
+    try:
+        saved = json.loads((step_dir / _CHECKSUM_FILE).read_text())["sha256"]
+    except FileNotFoundError:
+        return  # a step saved before checksums existed, or killed before they were written
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"corrupt or truncated checkpoint {step_dir} ({_CHECKSUM_FILE}: {_one_line(e)})"
+        ) from None
+    for rel, (size, digest) in saved.items():
+        if rel.split("/", 1)[0] not in items:
+            continue
+        path = step_dir / rel
+        if not path.is_file():
+            problem = "missing"
+        elif path.stat().st_size != size:
+            problem = f"{path.stat().st_size} bytes, saved {size}"
+        elif _sha256(path) != digest:
+            problem = "contents differ from the save"
+        else:
+            continue
+        raise ValueError(f"corrupt or truncated checkpoint {step_dir} ({rel}: {problem})")
 
 
 def _step_dir(ckpt_dir: Path, step: int) -> Path:
@@ -300,6 +360,9 @@ def restore_checkpoint(
     items = {"variables": ocp.args.StandardRestore(abstract_vars)}
     if abstract_train is not None:
         items["train"] = ocp.args.StandardRestore(abstract_train)
+    # damaged files are refused here rather than by orbax: a read that fails inside
+    # orbax leaves its other reads running against a closed event loop
+    _verify_checksums(step_dir, (*items, "metadata"))
     try:
         with _quiet_orbax():
             restored = manager.restore(step, args=ocp.args.Composite(**items))

@@ -117,9 +117,16 @@ def load_json_lines(path: Path):
 
 def assert_same_json_files(ref: Path, got: Path, pattern: str = "*.json*") -> int:
     """Every JSON/JSONL file under ``ref`` exists under ``got`` with the same content up to
-    :data:`VARYING`; no ``.partial.npz`` is left under ``got``. Returns the files compared."""
+    :data:`VARYING`; no ``.partial.npz`` is left under ``got``. Returns the files compared.
+
+    Checkpoint folders are skipped: their ``checksums.json`` hashes orbax's files, which
+    hold save times and random names (:func:`assert_same_checkpoint` compares them)."""
+    from qadv import checkpoint
+
     files = sorted(
-        p.relative_to(ref) for p in ref.rglob(pattern) if p.suffix in (".json", ".jsonl")
+        p.relative_to(ref)
+        for p in ref.rglob(pattern)
+        if p.suffix in (".json", ".jsonl") and checkpoint.CHECKPOINT_SUBDIR not in p.parts
     )
     assert files, f"no JSON files under {ref}"
     for rel in files:

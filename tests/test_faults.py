@@ -195,7 +195,9 @@ def test_truncated_idx_files_are_refused(tmp_path, capsys):
     print(f"\n{refused} truncated IDX files refused")
 
 
-# orbax leaves an unawaited read coroutine behind when a torn array file fails to load
+# checksums.json refuses torn files of the items a load reads before orbax opens them;
+# should one reach orbax, its failed read leaves an unawaited coroutine and callbacks
+# into a closed event loop behind
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_checkpoint_never_loads_other_weights(base, tmp_path):
     import jax

@@ -285,6 +285,43 @@ def test_corrupt_checkpoint_is_a_clear_error(full_run, tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_checksums_name_the_damaged_file(full_run, tmp_path):
+    """``checksums.json`` refuses damage that keeps a file's size, and names the file;
+    a load reads only the items it restores, and a step without checksums still loads."""
+    out = tmp_path / "copy"
+    shutil.copytree(full_run[0], out)
+    step_dir = out / "checkpoints" / str(full_run[1]["steps"])
+    saved = json.loads((step_dir / "checksums.json").read_text())["sha256"]
+    on_disk = {
+        p.relative_to(step_dir).as_posix()
+        for p in step_dir.rglob("*")
+        if p.is_file() and p.name != "checksums.json"
+    }
+    assert set(saved) == on_disk
+    ref = checkpoint.load_checkpoint(out)
+    # a damaged optimizer-state file does not stop a model load (it never reads it)
+    train_file = sorted(f for f in saved if f.startswith("train/"))[0]
+    (step_dir / train_file).write_bytes(b"")
+    checkpoint.load_checkpoint(out)
+    # the same size, other bytes
+    name = max((f for f in saved if f.startswith("variables/")), key=lambda f: saved[f][0])
+    data = bytearray((step_dir / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (step_dir / name).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{name}: contents differ from the save") as info:
+        checkpoint.load_checkpoint(out)
+    assert "\n" not in str(info.value)
+    (step_dir / name).unlink()
+    with pytest.raises(ValueError, match=f"{name}: missing"):
+        checkpoint.load_checkpoint(out)
+    # without checksums (older qadv, or a kill just after orbax's commit) orbax alone reads
+    shutil.rmtree(out)
+    shutil.copytree(full_run[0], out)
+    (step_dir / "checksums.json").unlink()
+    loaded = checkpoint.load_checkpoint(out)
+    jax.tree.map(np.testing.assert_array_equal, loaded.variables, ref.variables)
+
+
 def test_other_architecture_is_a_clear_error(full_run, data_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(full_run[0], out)

@@ -155,6 +155,9 @@ def _has_tfds() -> bool:
     return importlib.util.find_spec("tensorflow_datasets") is not None
 
 
+# tryfirst: pytest-xdist's own hook turns the xdist_group markers into node ids, so
+# they must be in place before it runs
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Skip doctests that need tensorflow_datasets where it is missing; put the heavy
     modules first (a stable sort, so each module keeps its order); and give every test

@@ -196,7 +196,8 @@ def save_checkpoint(
             force=True,
         )
         manager.wait_until_finished()
-    _write_checksums(_step_dir(Path(manager.directory), int(step)))
+    if jax.process_index() == 0:  # one writer; orbax's folders are on a shared file system
+        _write_checksums(_step_dir(Path(manager.directory), int(step)))
 
 
 def _sha256(path: Path) -> str:

@@ -10,8 +10,9 @@ Sources, in the order ``source="auto"`` tries them:
 * ``fashion_mnist`` / ``mnist``: the four IDX files (``.gz`` or raw)
   ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` in ``data_dir``; for
-  Fashion-MNIST also the Debian package directory
+  Fashion-MNIST without a ``data_dir``, the Debian package directory
   ``/usr/share/datasets/fashion-mnist`` (``apt-get install -y dataset-fashion-mnist``).
+  A ``data_dir`` that is given is the only IDX folder tried, never replaced by another.
 * every dataset: ``tfds.data_source`` (random access, numpy records; works
   without TensorFlow). qadv never downloads by default (``download=False``):
   prepare the dataset once on a connected machine, e.g.
@@ -259,7 +260,7 @@ def _no_source_error(name: str, split: str, data_dir, reasons: list[str]) -> Val
     if name == "fashion_mnist":
         ways.append(
             "install the Debian package (apt-get install -y dataset-fashion-mnist, "
-            f"files land in {DEBIAN_FASHION_MNIST_DIR})"
+            f"files land in {DEBIAN_FASHION_MNIST_DIR}, read when no data_dir is given)"
         )
     if name in ("fashion_mnist", "mnist"):
         ways.append(
@@ -295,7 +296,8 @@ def load_split(
         split: ``"train"`` or ``"test"`` (tfds sources also accept slices such
             as ``"train[:10%]"``).
         data_dir: folder with the IDX files (MNIST-like datasets) or a tfds
-            data directory.
+            data directory; ``None``: the Debian package's folder (Fashion-MNIST),
+            then tfds's default.
         source: ``"auto"`` (IDX files first, then tfds), ``"idx"`` or ``"tfds"``.
         download: let tfds download and prepare the dataset (needs network).
 
@@ -328,9 +330,12 @@ def load_split(
     reasons: list[str] = []
 
     if idx_capable and source in ("auto", "idx"):
-        folders = [Path(data_dir)] if data_dir is not None else []
-        if name == "fashion_mnist":
-            folders.append(DEBIAN_FASHION_MNIST_DIR)
+        # a folder the caller names is the only IDX folder tried: data from elsewhere
+        # would be scored as if it were theirs
+        if data_dir is not None:
+            folders = [Path(data_dir)]
+        else:
+            folders = [DEBIAN_FASHION_MNIST_DIR] if name == "fashion_mnist" else []
         for folder in folders:
             if _idx_paths(folder, base_split) is None:
                 reasons.append(f"no IDX files in {folder}")

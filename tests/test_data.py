@@ -65,6 +65,25 @@ def test_missing_source_names_every_way(tmp_path, monkeypatch):
     assert "tfds" in msg and "download=True" in msg
 
 
+def test_a_named_folder_is_never_replaced_by_the_installed_data(tmp_path, monkeypatch):
+    """``data_dir`` given and empty: refused, even where the Debian package's
+    Fashion-MNIST is installed; without ``data_dir`` that package is read."""
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    write_mnist_like(installed, n_train=6, n_test=3)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", installed)
+
+    def no_tfds(*args, **kwargs):
+        raise KeyError("dataset not generated")
+
+    monkeypatch.setattr(data, "_load_tfds_split", no_tfds)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no IDX files in .*empty"):
+        data.load_split("fashion_mnist", "test", data_dir=tmp_path / "empty")
+    x, y = data.load_split("fashion_mnist", "test")
+    assert x.shape == (3, 28, 28, 1) and y.shape == (3,)
+
+
 def test_unknown_names():
     with pytest.raises(ValueError, match="unknown dataset 'svhn'; choose one of: fashion_mnist"):
         data.load_split("svhn", "train")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from qadv.attacks import get_norm, registry
 
@@ -81,8 +82,8 @@ class MaskingConfig:
             registry.make_temperature(t)
         for name in ("tolerance", "zero_gradient_threshold", "fd_step"):
             v = getattr(self, name)
-            if not (isinstance(v, int | float) and v > 0):
-                raise ValueError(f"invalid {name} {v!r}; choose a number > 0")
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"invalid {name} {v!r}; choose a finite number > 0")
         if not 0 < self.fidelity_threshold < 1:
             raise ValueError(
                 f"invalid fidelity_threshold {self.fidelity_threshold!r}; "

@@ -1,9 +1,10 @@
 """Bad input at every door: each is refused with one line, never answered silently.
 
 The command line exits with status 2 and one line on stderr (no traceback); the library
-raises ``ValueError``/``TypeError`` with a one-line message. Every listed bad value
-of every command-line flag is tried; Hypothesis draws the library's bad values. The counts of inputs tried and refused are printed at the end of the module
-(``pytest -s`` or ``-rA``).
+raises ``ValueError``/``TypeError`` with a one-line message. Every listed bad value of
+every command-line flag is tried; Hypothesis draws the library's bad values. The counts
+of inputs tried and refused are printed at the end of the module (``pytest -s`` or
+``-rA``).
 
 Numerical hazards (huge or infinite logits, 2 or 1000 classes, batch 1): every gradient
 attack returns finite images inside the ε-ball and [0, 1]. Huge and infinite logits are

@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,6 +44,7 @@ from qadv.models import (
     with_compute_dtype,
 )
 from qadv.quant import QuantPolicy
+from qadv.records import atomic_write_json
 
 __all__ = [
     "CHECKPOINT_SUBDIR",
@@ -215,9 +215,7 @@ def _write_checksums(step_dir: Path) -> None:
         for p in sorted(step_dir.rglob("*"))
         if p.is_file() and p.name != _CHECKSUM_FILE
     }
-    tmp = step_dir / f".{_CHECKSUM_FILE}.tmp"
-    tmp.write_text(json.dumps({"sha256": files}, indent=0))
-    os.replace(tmp, step_dir / _CHECKSUM_FILE)
+    atomic_write_json(step_dir / _CHECKSUM_FILE, {"sha256": files})
 
 
 def _verify_checksums(step_dir: Path, items: tuple[str, ...]) -> None:
@@ -238,10 +236,11 @@ def _verify_checksums(step_dir: Path, items: tuple[str, ...]) -> None:
         if rel.split("/", 1)[0] not in items:
             continue
         path = step_dir / rel
-        if not path.is_file():
+        on_disk = path.stat().st_size if path.is_file() else None
+        if on_disk is None:
             problem = "missing"
-        elif path.stat().st_size != size:
-            problem = f"{path.stat().st_size} bytes, saved {size}"
+        elif on_disk != size:
+            problem = f"{on_disk} bytes, saved {size}"
         elif _sha256(path) != digest:
             problem = "contents differ from the save"
         else:

@@ -217,8 +217,9 @@ def check_scalar(name: str, v: Any, *, allow_zero: bool = True, maximum: float |
     """
     import jax.numpy as jnp
 
-    if isinstance(v, bool) or v is None:
-        raise ValueError(f"{name} must be a number, got {v!r}")
+    if isinstance(v, bool | str | bytes) or v is None:
+        hint = " (pass a number, e.g. 8 / 255)" if isinstance(v, str) else ""
+        raise ValueError(f"{name} must be a number, got {v!r}{hint}")
     arr = jnp.asarray(v) if not isinstance(v, int | float | np.number) else np.asarray(v)
     if arr.ndim != 0:
         raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")

@@ -560,3 +560,41 @@ def test_prop1_temperature_matches_proposition_1():
         assert np.all((1 - top)[correct] > rho * 0.99)
     with pytest.raises(ValueError, match=r"bad rho 1\.5"):
         attacks.registry.make("pgd", temperature="prop1", rho=1.5)
+
+
+HALF_PRECISION_CASES = [
+    pytest.param("float16", ("fab", "fab-t", "deepfool", "pgd"), id="float16"),
+    pytest.param("bfloat16", None, id="bfloat16-every-attack", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("dtype", "names"), HALF_PRECISION_CASES)
+def test_attacks_run_on_half_precision_images(dtype, names):
+    """Images in float16/bfloat16 (a float32 model promotes them): the attacks (``names``;
+    None: every registered one) and NJS run, return images of that dtype in the ball, and
+    score them on the model. (FAB and DeepFool iterate in float32 and hand back the
+    rounded point; the default run checks those and PGD++ NJS.)"""
+    from qadv.attacks import registry
+
+    w = jax.random.normal(jax.random.key(0), (16, 5))
+
+    def f(z):
+        return z.reshape(z.shape[0], -1) @ w
+
+    x = jax.random.uniform(jax.random.key(1), (3, 4, 4, 1)).astype(dtype)
+    y = jnp.argmax(f(x), axis=1)
+    surrogate = attacks.AttackContext(surrogate=f)
+    for name in names or registry.attack_names():
+        opts = {"queries": 10} if name == "square" else {"steps": 3}
+        if name == "transfer":
+            opts = {"source": "pgd", "steps": 3}
+        for temperature in (None, "njs") if name == "pgd" else (None,):
+            cfg = registry.make(name, eps=0.1, temperature=temperature, **opts)
+            res = attacks.attack(cfg, f, x, y, key=jax.random.key(0), context=surrogate)
+            assert res.x_adv.dtype == x.dtype, name
+            tol = float(jnp.finfo(dtype).eps)  # one rounding of the image dtype
+            x32, adv32 = np.asarray(x, np.float32), np.asarray(res.x_adv, np.float32)
+            assert cfg.geometry.in_ball(adv32, x32, 0.1, atol=tol).all(), name
+            hits = jnp.argmax(f(res.x_adv), axis=1) != y
+            assert bool((res.success == hits).all()), name
+    assert np.isfinite(float(attacks.njs(f, x).beta1))

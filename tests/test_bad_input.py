@@ -148,6 +148,7 @@ def _cases(f):
                 ("--steps", BAD_COUNTS),
                 ("--n", BAD_COUNTS),
                 ("--batch-size", BAD_COUNTS),
+                ("--seed", ["-1", "1.5", "abc"]),
                 ("--checkpoint", ckpts),
                 ("--data-dir", [str(f / "torn")]),
             ],
@@ -160,6 +161,7 @@ def _cases(f):
                 ("--norm", UNKNOWN),
                 ("--steps", BAD_COUNTS),
                 ("--queries", BAD_COUNTS),
+                ("--seed", ["-1", "1.5", "abc"]),
                 ("--checkpoint", ckpts),
             ],
         ),
@@ -177,6 +179,7 @@ def _cases(f):
                 ("--norm", UNKNOWN),
                 ("--eps", BAD_NUMBERS),
                 ("--min-norm-attack", UNKNOWN),
+                ("--seed", ["-1", "1.5", "abc"]),
                 ("--checkpoint", ckpts),
             ],
         ),
@@ -191,6 +194,7 @@ def _cases(f):
                 ("--time-limit", ["-1", "nan", "inf", "0", "abc"]),
                 ("--minimal", ["-1", "abc"]),
                 ("--attacks", ["warp", "pgd,warp"]),
+                ("--seed", ["-1", "1.5", "abc"]),
                 ("--checkpoint", ckpts),
             ],
         ),
@@ -203,6 +207,7 @@ def _cases(f):
                 ("--eps", BAD_NUMBERS),
                 ("--steps", BAD_COUNTS),
                 ("--max-steps", BAD_COUNTS),
+                ("--seed", ["-1", "1.5", "abc"]),
                 ("--checkpoint", ckpts),
             ],
         ),
@@ -272,6 +277,7 @@ BAD_BATCHES = {
     "label 1000": lambda x, y: (x, np.full_like(y, 1000)),
     "negative label": lambda x, y: (x, np.full_like(y, -1)),
     "float labels": lambda x, y: (x, y + np.float32(0.5)),
+    "empty batch": lambda x, y: (x[:0], y[:0]),
 }
 LABEL_RANGE = {"label = d", "label 1000", "negative label", "float labels"}
 
@@ -357,6 +363,70 @@ def test_registry_refuses_bad_names_and_options(name, option, data):
     if name == "fgsm" and option in ("step_size", "steps"):
         name = "pgd"  # see test_fgsm_refuses_step_options
     _library_refuses("registry.make", lambda: registry.make(name, **{option: value}))
+
+
+def test_direct_functions_refuse_unset_and_text_arguments():
+    """pgd/fgsm take eps, steps, norm... as given: None is not "the default" there (only
+    step_size=None is: Table 6's step), and text is not a number."""
+    x, y = _good()
+    key = jax.random.key(0)
+    ok = dict(eps=0.1, step_size=0.05, steps=2)
+    for name, value in [
+        *((k, None) for k in ("eps", "steps", "norm", "restarts", "loss")),
+        ("eps", "0.1"),
+        ("eps", "8/255"),
+        ("random_init", None),
+    ]:
+        _library_refuses(
+            "attacks.pgd", lambda o={**ok, name: value}: attacks.pgd(MODEL, x, y, key=key, **o)
+        )
+    _library_refuses("attacks.fgsm", lambda: attacks.fgsm(MODEL, x, y, key=key, eps=None))
+    # the step is still defaulted where it can be: NumPy step counts, traced radii
+    assert registry.make("pgd", eps=0.1, steps=np.int64(10)).step_size == 0.1 / 4
+    traced = jax.jit(lambda e: attacks.pgd(MODEL, x, y, key=key, eps=e, step_size=None, steps=2))
+    assert traced(0.1).shape == x.shape
+
+
+def test_protocol_refuses_bad_keys_configs_and_radii():
+    x, y = _good()
+    key = jax.random.key(0)
+    cfg = registry.make("pgd", eps=0.1, steps=1)
+    for keys in (jax.random.split(key, 3), jax.random.split(key, 5)):
+        _library_refuses("attacks.attack", lambda k=keys: attacks.attack(cfg, MODEL, x, y, key=k))
+        _library_refuses(
+            "attacks.pgd",
+            lambda k=keys: attacks.pgd(MODEL, x, y, key=k, eps=0.1, step_size=0.05, steps=1),
+        )
+    _library_refuses("attacks.attack", lambda: attacks.attack("pgd", MODEL, x, y, key=key))
+    # an L2 radius beyond the diameter of these 4-pixel images (2) means pixel units
+    big = registry.make("pgd", norm="l2", eps=3.0, steps=1)
+    _library_refuses("attacks.attack", lambda: attacks.attack(big, MODEL, x, y, key=key))
+
+
+def test_presets_refuse_options_no_member_has():
+    for name, option in (("standard", "stepz"), ("gradient", "queries")):
+        _library_refuses("registry.preset", lambda n=name, o=option: registry.preset(n, **{o: 5}))
+    assert len(registry.preset("standard", steps=5, queries=10)) == 4  # each applies somewhere
+
+
+def test_evaluation_refuses_bad_seeds_and_mixed_norms():
+    x, y = _good()
+    cfg = registry.make("pgd", eps=0.1, steps=1)
+    for seed in (-1, 1.5, None, "0", True):
+        _library_refuses(
+            "evaluate_attack",
+            lambda s=seed: evaluate.evaluate_attack(MODEL, x, y, cfg, seed=s, progress=False),
+        )
+        _library_refuses(
+            "evaluate_ensemble",
+            lambda s=seed: evaluate.evaluate_ensemble(MODEL, x, y, [cfg], seed=s, progress=False),
+        )
+        _library_refuses("MaskingConfig", lambda s=seed: evaluate.MaskingConfig(seed=s).validate())
+    l2 = registry.make("pgd", norm="l2", eps=0.5, steps=1)
+    _library_refuses(
+        "evaluate_ensemble",
+        lambda: evaluate.evaluate_ensemble(MODEL, x, y, [cfg, l2], progress=False),
+    )
 
 
 def test_fgsm_refuses_step_options():

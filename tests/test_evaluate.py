@@ -188,6 +188,25 @@ def test_accuracy_curve_ends_at_the_attack_result():
     assert curve[0] <= rec["clean_accuracy"]
 
 
+@pytest.mark.parametrize("random_init", [False, True])
+def test_accuracy_curve_follows_the_attacks_own_random_starts(random_init):
+    """The curve traces the run evaluate_attack scores (restart 0's keys), so their ends
+    agree on a model where the random start changes the outcome."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    w1, w2 = jax.random.normal(k1, (35, 12)) * 0.7, jax.random.normal(k2, (12, 5)) * 0.6
+
+    def f(x):
+        return jax.nn.relu(x.reshape(x.shape[0], -1) @ w1) @ w2
+
+    x = np.random.default_rng(0).random((64, 5, 7, 1), dtype=np.float32)
+    y = np.asarray(jnp.argmax(f(jnp.asarray(x)), -1))
+    cfg = registry.make("pgd", eps=0.08, steps=6, random_init=random_init)
+    curve = evaluate.accuracy_curve(f, x, y, cfg, batch_size=16)
+    rec = evaluate.evaluate_attack(f, x, y, cfg, batch_size=16, progress=False)
+    assert curve[-1] == rec["robust_accuracy"]
+    assert curve[-1] < curve[0]  # the attack breaks examples, so the comparison says something
+
+
 def test_ensemble_is_the_per_example_minimum_of_its_members(tmp_path):
     f = _model(scale=3.0)
     x, y = _data(n=30)

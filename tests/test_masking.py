@@ -160,7 +160,7 @@ def test_resume_reuses_attacks_and_facts(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed a finished attack")
 
-    monkeypatch.setattr(core, "evaluate_attack", boom)
+    monkeypatch.setattr(core, "_attack_batches", boom)
     r2 = masking_report(smooth, x, y, config=CFG, checks=checks, out_dir=tmp_path, progress=False)
     assert r2["robust_accuracy"] == r1["robust_accuracy"]
     # other data is not served from the cache

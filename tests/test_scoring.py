@@ -96,6 +96,85 @@ def test_ensemble_member_files_of_another_model_are_not_reused(tmp_path):
     assert rec["examples"]["robust"] == fresh["examples"]["robust"]
 
 
+def _linear(seed):
+    w = jax.random.normal(jax.random.key(seed), (int(np.prod(SHAPE)), D)) * 3
+    return lambda x: x.reshape(x.shape[0], -1) @ w
+
+
+def test_records_of_another_surrogate_or_calibration_are_not_reused(tmp_path):
+    """What prepare makes of the context (a transfer attack's surrogate, NJS's β from its
+    calibration images) keys a record as the model does."""
+    f, unrelated = _linear(0), _linear(7)
+    x, _ = _data()
+    y = np.asarray(jnp.argmax(f(jnp.asarray(x)), -1)).astype(np.int32)
+    cfg = registry.make("transfer", source="pgd", eps=EPS, steps=5)
+    good, bad = AttackContext(surrogate=f), AttackContext(surrogate=unrelated)
+    fresh = {
+        name: evaluate.evaluate_ensemble(f, x, y, [cfg], context=c, progress=False)
+        for name, c in (("good", good), ("bad", bad))
+    }
+    assert fresh["good"]["robust_accuracy"] < fresh["bad"]["robust_accuracy"]
+    out = tmp_path / "ens.json"
+    first = evaluate.evaluate_ensemble(f, x, y, [cfg], context=good, out=out, progress=False)
+    second = evaluate.evaluate_ensemble(f, x, y, [cfg], context=bad, out=out, progress=False)
+    assert first["examples"] == fresh["good"]["examples"]
+    assert second["examples"] == fresh["bad"]["examples"]
+    # the same context again is read back, not recomputed
+    path = tmp_path / "t.json"
+    rec = core.cached_attack(path, f, x, y, cfg, context=bad, progress=False)
+    again = core.cached_attack(path, f, x, y, cfg, context=bad, progress=False, extra={"p": 1})
+    assert "p" not in again and again["context_fingerprint"] == rec["context_fingerprint"]
+    # NJS: other calibration images give another β, and another record
+    g, (x, y) = _model(), _data()
+    njs = registry.make("pgd", temperature="njs", **PGD)
+    calib = [AttackContext(calib_images=x[:8]), AttackContext(calib_images=x[8:] * 0.5)]
+    recs = [core.cached_attack(path, g, x, y, njs, context=c, progress=False) for c in calib]
+    alone = evaluate.evaluate_attack(g, x, y, njs, context=calib[1], progress=False)
+    assert recs[0]["beta"] != recs[1]["beta"]
+    assert recs[1]["beta"] == alone["beta"]
+
+
+def test_resume_with_another_surrogate_starts_afresh(tmp_path, monkeypatch):
+    f, unrelated = _linear(0), _linear(7)
+    x, _ = _data()
+    y = np.asarray(jnp.argmax(f(jnp.asarray(x)), -1)).astype(np.int32)
+    cfg = registry.make("transfer", source="pgd", eps=EPS, steps=5)
+    good, bad = AttackContext(surrogate=f), AttackContext(surrogate=unrelated)
+    fresh = evaluate.evaluate_attack(f, x, y, cfg, context=bad, batch_size=8, progress=False)
+    real, calls = core.execute, []
+
+    def dies_after_two_batches(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(core, "execute", dies_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate_attack(f, x, y, cfg, context=good, batch_size=8, out=out, progress=False)
+    assert (tmp_path / "r.json.partial.npz").exists()
+    monkeypatch.setattr(core, "execute", real)
+    rec = evaluate.evaluate_attack(f, x, y, cfg, context=bad, batch_size=8, out=out, progress=False)
+    assert rec["examples"]["robust"] == fresh["examples"]["robust"]
+
+
+def test_uint8_images_are_read_as_pixels_everywhere():
+    """A uint8 array means pixels 0..255 (as the datasets store them), in the evaluation
+    as in clean_predictions."""
+    f = _model()
+    x, _ = _data()
+    x8 = np.round(x * 255).astype(np.uint8)
+    y = evaluate.clean_predictions(f, x8)
+    cfg = registry.make("pgd", **PGD)
+    rec8 = evaluate.evaluate_attack(f, x8, y, cfg, batch_size=8, progress=False)
+    rec = evaluate.evaluate_attack(f, x8 / np.float32(255), y, cfg, batch_size=8, progress=False)
+    assert rec8["clean_accuracy"] == 100.0
+    assert rec8["examples"] == rec["examples"]
+    ens = evaluate.evaluate_ensemble(f, x8, y, [cfg], batch_size=8, progress=False)
+    assert ens["examples"]["robust"] == rec["examples"]["robust"]
+
+
 def test_resume_on_another_model_starts_afresh(tmp_path, monkeypatch):
     f, g = _model(), _model(1e4)
     x, y = _data()

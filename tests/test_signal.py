@@ -84,6 +84,27 @@ def test_singular_values_match_numpy_svd(strict_dtypes):
         np.testing.assert_allclose(sv[i], np.linalg.svd(jac[i], compute_uv=False), rtol=1e-4)
 
 
+def test_singular_values_of_rank_deficient_jacobians_match_float64_svd():
+    """d = 100 classes of a 35-pixel input (rank 35), and ReLU units that are off: the
+    zero singular values come out zero, and the others as accurate as numpy's."""
+    w = jax.random.normal(jax.random.key(0), (35, 100))
+    x = jax.random.uniform(jax.random.key(1), (2, 5, 7, 1))
+
+    def f(z):
+        return jax.nn.relu(z.reshape(z.shape[0], -1) @ w - 1.0)
+
+    sv = np.asarray(signal.jacobian_singular_values(f, x))
+    assert sv.shape == (2, 100)
+    with jax.enable_x64(True):
+        jac = np.asarray(jax.jacobian(lambda z: f(z[None])[0])(x[1]), np.float64)
+    on = (np.asarray(f(x[1:]))[0] > 0).sum()
+    ref = np.zeros(100)
+    ref[: min(35, on)] = np.linalg.svd(jac.reshape(100, -1), compute_uv=False)[: min(35, on)]
+    assert 0 < on < 100
+    np.testing.assert_allclose(sv[1], ref, rtol=1e-5, atol=1e-5 * ref[0])
+    assert np.all(sv[:, 35:] == 0)
+
+
 _hessian_norm = jax.jit(signal.hessian_norm, static_argnums=0, static_argnames="exact")
 BETAS = jnp.array([0.05, 0.3, 1.0, 4.0], jnp.float32)
 

@@ -228,7 +228,7 @@ def _without_times(rows, header):
         (lambda: EvalSpec(attacks=("pgd++warm",)), "temperature"),
         (lambda: EvalSpec(attack_opts={"fab": {"steps": 3}}), "attack_opts names 'fab'"),
         (lambda: EvalSpec(attack_opts={"pgd": {"colour": 1}}), "attack 'pgd' has no option"),
-        (lambda: EvalSpec(ensemble_opts={"colour": 1}), "ensemble option 'colour' fits no"),
+        (lambda: EvalSpec(ensemble_opts={"colour": 1}), "unknown option 'colour' for the attacks"),
         (lambda: EvalSpec(ensemble="everything"), "everything"),
         (lambda: EvalSpec(eps=("8/0",)), "bad eps '8/0'"),
         (lambda: EvalSpec(n=0), "invalid n 0"),

@@ -282,8 +282,9 @@ def test_no_attack_beats_the_exact_value(policy):
     assert all(v.status != "unsolved" for v in verdicts)
     names = ["pgd", "pgd++njs", "pgd++hns", "square"]
     overrides = {"steps": 10, "queries": 200}
-    for name in names:
-        cfg = presets.ensemble_members([name], norm="linf", eps=eps, **overrides)[0]
+    for name, cfg in zip(
+        names, presets.ensemble_members(names, norm="linf", eps=eps, **overrides), strict=True
+    ):
         res = attack(cfg, f, jnp.asarray(xs), jnp.asarray(ys), key=jax.random.key(0))
         assert not np.any(np.asarray(res.success) & robust), name
     assert registry.make("pgd", eps=eps).eps == eps

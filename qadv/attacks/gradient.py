@@ -19,9 +19,10 @@ Semantics (see also ``qadv.attacks.norms`` and ``qadv.attacks.temperature``):
   strategy's rule on those logits; ``g = d loss(beta * f(z), y)/dz`` at ``z = x_t`` with
   ``beta`` held fixed inside that derivative; ``x_{t+1} = project(x_t + eta *
   normalize(g))``. Non-finite gradient entries are replaced by 0 (no move).
-- Random start: uniform in the L-inf box / the L2 ball, clipped to ``[0, 1]``; restart
-  ``r`` uses ``jax.random.fold_in(key, r)``, so restart 0 of ``restarts=R`` is the run of
-  ``restarts=1`` with the same key.
+- Random start: uniform in the L-inf box / the L2 ball, clipped to ``[0, 1]``. Example
+  ``i`` has the key ``k_i = fold_in(key, i)`` (or row ``i`` of a ``(B,)`` batch of keys),
+  and restart ``r`` draws its start from ``fold_in(k_i, r)`` (:func:`restart_keys`), so
+  restart 0 of ``restarts=R`` is the run of ``restarts=1`` with the same key.
 - Restarts: the per-example worst case is returned: a restart whose output is
   misclassified (``argmax f(x_adv) != y``) if any, else the one with the largest
   margin ``max_{i != y} f_i - f_y``; ties keep the earlier restart. (The margin never
@@ -49,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from qadv.attacks import registry
+from qadv.attacks.keys import restart_keys
 from qadv.attacks.norms import find_norm, get_norm
 from qadv.attacks.protocol import example_keys, execute, finish
 from qadv.attacks.temperature import BetaInfo, NoTemperature, fixed
@@ -59,6 +61,8 @@ from qadv.attacks.validation import (
     check_int,
     check_scalar,
     is_concrete,
+    is_count,
+    is_radius,
 )
 from qadv.losses import LOSS_NAMES, cw_margin, get_loss, temperature_scaled
 
@@ -74,6 +78,7 @@ __all__ = [
     "fgsm",
     "make_pgd",
     "pgd",
+    "restart_keys",
     "run_attack",
     "scaled_loss_grad",
     "start_and_run",
@@ -185,7 +190,8 @@ def make_pgd(
 
     ``init(key, x, y)`` takes one PRNG key (example ``i`` draws its random start from
     ``fold_in(key, i)``), a ``(B,)`` batch of per-example keys, or ``None`` without
-    ``random_init``.
+    ``random_init``. :func:`pgd` runs restart ``r`` from ``init(restart_keys(keys, r),
+    x, y)``, ``keys = example_keys(key, B)``: the same keys give the same run.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -305,16 +311,12 @@ def _pgd_core(
         loss=loss,
         random_init=random_init,
     )
-
-    def key_for(r):
-        return None if keys is None else jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
-
-    best = _single_run(attack, logits_fn, key_for(0), x, y, steps, 0)
+    best = _single_run(attack, logits_fn, restart_keys(keys, 0), x, y, steps, 0)
     if restarts == 1:
         return best
 
     def body(carry, r):
-        new = _single_run(attack, logits_fn, key_for(r), x, y, steps, r)
+        new = _single_run(attack, logits_fn, restart_keys(keys, r), x, y, steps, r)
         return _select(_better(new[1], carry[1]), new, carry), None
 
     return jax.lax.scan(body, best, jnp.arange(1, restarts, dtype=jnp.int32))[0]
@@ -343,11 +345,17 @@ def _run_direct(name, logits_fn, x, y, *, key, temperature, return_info, **optio
     if not isinstance(return_info, bool):
         raise ValueError(f"return_info must be a bool, got {return_info!r}")
     _check_temperature(temperature)
+    # None means "the default" in the registry; here only step_size has one (Table 6's)
+    unset = sorted(k for k, v in options.items() if v is None and k != "step_size")
+    if unset:
+        raise ValueError(f"{unset[0]} must be given, got None")
     config = registry.build(name, **options)
     config.validate(zero_radius=True)
     if config.random_init and key is None:
         raise ValueError("key is required when random_init=True (pass key=jax.random.key(...))")
     x, y, d = check_batch(logits_fn, x, y)
+    if is_concrete(config.eps):
+        config.geometry.check_eps(config.eps, x[0].size)
     config.validate_classes(d)
     if temperature is not None:
         temperature.validate(d, x.shape[0])
@@ -387,8 +395,9 @@ def pgd(
         x: ``(B, H, W, C)`` clean images in ``[0, 1]``.
         y: ``(B,)`` integer labels in ``[0, d)``.
         key: PRNG key for the random start (may be ``None`` if ``random_init=False``);
-            example ``i`` draws from ``fold_in(key, i)``, so its result does not depend
-            on the batch. A ``(B,)`` batch of per-example keys is accepted too.
+            example ``i`` has the key ``fold_in(key, i)``, so its result does not depend
+            on the batch (a ``(B,)`` batch of per-example keys replaces these), and its
+            restart ``r`` starts from ``fold_in(that key, r)``.
         eps: radius (L-inf: per pixel; L2: total norm over ``H*W*C``), in ``[0, 1]`` units.
         step_size: step length ``eta`` (``None``: the norm's default, see
             :class:`PGDConfig`).
@@ -502,16 +511,18 @@ class PGDConfig(registry.AttackConfig):
         if (
             self.step_size is None
             and geometry is not None
-            and isinstance(self.steps, int)
-            and is_concrete(self.eps)
+            and is_count(self.steps)
+            and is_radius(self.eps)
         ):
-            step = geometry.default_step(float(self.eps), self.steps)
-            object.__setattr__(self, "step_size", float(step))
+            # the paper's step for this radius; a traced radius gives a traced step
+            concrete = is_concrete(self.eps)
+            step = geometry.default_step(float(self.eps) if concrete else self.eps, int(self.steps))
+            object.__setattr__(self, "step_size", float(step) if concrete else step)
 
     def validate(self, *, zero_radius: bool = False) -> None:
         super().validate(zero_radius=zero_radius)
-        check_scalar("step_size", self.step_size, allow_zero=zero_radius)
         check_int("steps", self.steps, 1)
+        check_scalar("step_size", self.step_size, allow_zero=zero_radius)
         check_int("restarts", self.restarts, 1)
         check_choice("loss", self.loss, LOSS_NAMES)
         if not isinstance(self.random_init, bool):
@@ -579,5 +590,6 @@ class FGSMConfig(PGDConfig):
         if self.step_size is not None:
             check_scalar("step_size", self.step_size, allow_zero=False)
         object.__setattr__(self, "steps", 1)
-        step = float(self.eps) if is_concrete(self.eps) else self.eps
+        concrete = is_concrete(self.eps) and is_radius(self.eps)
+        step = float(self.eps) if concrete else self.eps
         object.__setattr__(self, "step_size", step)

@@ -35,13 +35,21 @@ def ensemble_members(
 
     ``member_defaults`` maps a name to options of that member (e.g. ``{"square":
     {"rescale_schedule": False}}``); ``overrides`` then apply to each member that has the
-    option (e.g. ``steps``), over those defaults.
+    option (e.g. ``steps``), over those defaults. An override that no member has is
+    refused (one line), not dropped.
 
     Example:
         >>> [c.label for c in ensemble_members(["pgd", "square"], norm="linf", eps=0.1)]
         ['PGD L∞', 'Square L∞']
     """
     member_defaults = member_defaults or {}
+    known = {o for n in names for o in registry.option_names(n.split("++")[0])}
+    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in known)
+    if unknown:  # an option no member has would be dropped without a word
+        raise ValueError(
+            f"unknown option {unknown[0]!r} for the attacks {', '.join(names)}; "
+            f"their options: {', '.join(sorted(known - {'norm', 'eps'}))}"
+        )
     out = []
     for name in names:
         temperature = None

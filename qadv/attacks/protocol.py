@@ -160,6 +160,25 @@ def finish_min_norm(
     return res._replace(found=x_found)
 
 
+def widened(x: jax.Array) -> jax.Array:
+    """``x`` in float32 if it is a narrower float (float16, bfloat16), else ``x``: attacks
+    that iterate on linearisations (FAB, DeepFool) do their arithmetic in float32 and
+    hand their point back with :func:`narrowed`."""
+    return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+
+
+def narrowed(logits_fn: LogitsFn, x, y, x_found, distance, *, norm) -> tuple[jax.Array, jax.Array]:
+    """``(x_found, distance)`` for images ``x`` of a narrower dtype than ``x_found``: the
+    point cast to ``x.dtype`` and its distance measured again (``inf`` where the cast
+    point is no longer adversarial). Unchanged when the dtypes agree."""
+    if x_found.dtype == x.dtype:
+        return x_found, distance
+    x_found = x_found.astype(x.dtype)
+    adv = jnp.argmax(logits_fn(x_found), axis=-1).astype(y.dtype) != y
+    dist = norm.distance(x_found.astype(jnp.float32), x.astype(jnp.float32))
+    return x_found, jnp.where(adv & jnp.isfinite(distance), dist, jnp.inf)
+
+
 def split_logits_fn(logits_fn: LogitsFn) -> tuple[Any, Any]:
     """``(static, dynamic)``: a ``jax.tree_util.Partial`` travels as a pytree (its bound
     weights are arguments, not compiled-in constants), any other callable as a static
@@ -251,9 +270,16 @@ def attack(
     a ``(B,)`` batch of keys. NJS calibrates on ``context.calib_images`` (default:
     ``x`` itself).
     """
-    from qadv.attacks.validation import check_batch
+    from qadv.attacks.validation import check_batch, is_concrete
 
+    if not hasattr(config, "validate_classes"):
+        raise ValueError(
+            f"config must be an attack config (registry.make(name, ...)), got {config!r}"
+        )
     x, y, d = check_batch(logits_fn, x, y)
+    config.validate()
+    if is_concrete(config.eps):
+        config.geometry.check_eps(config.eps, x[0].size)
     config.validate_classes(d)
     if context is None or context.calib_images is None:
         context = dataclasses.replace(context or AttackContext(), calib_images=x)

@@ -12,7 +12,15 @@ import numpy as np
 
 from qadv.validation import check_choice, check_int, check_scalar, is_concrete
 
-__all__ = ["check_batch", "check_choice", "check_int", "check_scalar", "is_concrete"]
+__all__ = [
+    "check_batch",
+    "check_choice",
+    "check_int",
+    "check_scalar",
+    "is_concrete",
+    "is_count",
+    "is_radius",
+]
 
 
 def check_batch(logits_fn, x, y, *, min_classes: int = 2) -> tuple[jax.Array, jax.Array, int]:
@@ -29,6 +37,8 @@ def check_batch(logits_fn, x, y, *, min_classes: int = 2) -> tuple[jax.Array, ja
         raise ValueError(f"y must be integer labels of shape (B,), got {y.dtype} {y.shape}")
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"batch sizes differ: x has {x.shape[0]} images, y has {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError("the batch is empty: x has 0 images")
     out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
         got = getattr(out, "shape", type(out).__name__)
@@ -47,3 +57,21 @@ def check_batch(logits_fn, x, y, *, min_classes: int = 2) -> tuple[jax.Array, ja
         if ya.size and (ya.min() < 0 or ya.max() >= d):
             raise ValueError(f"labels must lie in [0, {d}), got range [{ya.min()}, {ya.max()}]")
     return x, y.astype(jnp.int32), d
+
+
+def is_count(v) -> bool:
+    """Whether ``v`` can be a number of steps (checked with its message by ``validate``)."""
+    return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
+
+
+def is_radius(v) -> bool:
+    """Whether ``v`` can be a radius: a finite real scalar, or a traced one (``validate``
+    refuses the rest with a message naming it)."""
+    if isinstance(v, bool | str | bytes) or v is None or np.ndim(v) != 0:
+        return False
+    if not is_concrete(v):
+        return True
+    try:
+        return bool(np.isfinite(float(v)))
+    except (TypeError, ValueError):
+        return False

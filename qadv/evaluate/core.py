@@ -22,12 +22,10 @@ Protocol (DESIGN §2, AutoAttack):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
 import time
-import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,12 +44,26 @@ from qadv.attacks.protocol import (
     prepare,
     split_logits_fn,
 )
-from qadv.evaluate.fingerprint import data_fingerprint, model_fingerprint
+from qadv.evaluate.fingerprint import (
+    data_fingerprint,
+    model_fingerprint,
+    prepared_fingerprint,
+)
+from qadv.evaluate.inputs import (
+    as_images,
+    check_data,
+    check_inputs,
+    check_seed,
+    check_writable,
+    resolve_context,
+)
 
 __all__ = [
+    "as_images",
     "batch_placer",
     "cached_attack",
     "check_data",
+    "check_seed",
     "check_writable",
     "clean_predictions",
     "data_fingerprint",
@@ -118,9 +130,7 @@ def clean_predictions(
     out = []
     for start in range(0, len(images), batch_size):
         xb = np.asarray(images[start : start + batch_size])
-        if xb.dtype == np.uint8:
-            xb = xb.astype(np.float32) / np.float32(255.0)
-        xb, n = padded(xb, batch_size)
+        xb, n = padded(as_images(xb), batch_size)
         out.append(np.asarray(predict(logits_fn, jnp.asarray(xb)))[:n])
     return np.concatenate(out).astype(np.int32) if out else np.zeros((0,), np.int32)
 
@@ -153,80 +163,6 @@ def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
-
-
-def check_data(images, labels, logits_fn: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(float32 images (N, H, W, C) in [0, 1], int32 labels (N,))`` with N >= 1, or a
-    one-line ``ValueError`` naming what is wrong. Labels must be whole numbers >= 0; with
-    ``logits_fn`` also below its number of classes."""
-    images = np.asarray(images, np.float32)
-    raw = np.asarray(labels)
-    if raw.size and not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, bool)):
-        if not np.issubdtype(raw.dtype, np.floating) or not np.all(np.isfinite(raw)):
-            raise ValueError(f"labels must be integers, got dtype {raw.dtype}")
-        if np.any(raw != np.round(raw)):
-            raise ValueError(
-                f"labels must be whole numbers, got e.g. {raw[raw != np.round(raw)][0]!r}"
-            )
-    labels = raw.astype(np.int32)
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {labels.min()}")
-    if images.ndim != 4 or labels.shape != (len(images),):
-        raise ValueError(
-            f"images must be (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}"
-        )
-    if len(images) == 0:
-        raise ValueError("no images to evaluate")
-    if images.min() < 0 or images.max() > 1 or np.isnan(images).any():
-        raise ValueError(
-            f"images must lie in [0, 1], got range [{images.min():.4g}, {images.max():.4g}]"
-        )
-    if logits_fn is not None:
-        out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32))
-        d = int(out.shape[-1])
-        if labels.max() >= d:
-            raise ValueError(f"labels must lie in [0, {d}) for this model, got {labels.max()}")
-    return images, labels
-
-
-def _check_inputs(images, labels, indices, batch_size, logits_fn=None):
-    images, labels = check_data(images, labels, logits_fn)
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int | np.integer)
-        or batch_size < 1
-    ):
-        raise ValueError(f"bad batch size {batch_size!r}; it must be an integer >= 1")
-    indices = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
-    if indices.shape != (len(images),):
-        raise ValueError(f"indices must have shape ({len(images)},), got {indices.shape}")
-    return images, labels, indices
-
-
-def resolve_context(context, calib_images, input_std, images) -> AttackContext:
-    """``context`` with its gaps filled: calibration images (default: the evaluated
-    images, in order) and the model's input std.
-
-    ``calib_images`` and ``input_std`` are the deprecated loose keywords of
-    :func:`evaluate_attack` and :func:`~qadv.evaluate.evaluate_ensemble`: they still
-    work, with a ``DeprecationWarning``; pass ``context=AttackContext(...)`` instead."""
-    loose = [
-        k for k, v in (("calib_images", calib_images), ("input_std", input_std)) if v is not None
-    ]
-    if loose:
-        warnings.warn(
-            f"{' and '.join(loose)} are deprecated; pass "
-            f"context=AttackContext({', '.join(f'{k}=...' for k in loose)})",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-    context = context or AttackContext()
-    calib = context.calib_images if context.calib_images is not None else calib_images
-    return dataclasses.replace(
-        context,
-        calib_images=images if calib is None else calib,
-        input_std=context.input_std if context.input_std is not None else input_std,
-    )
 
 
 def _stats(a: np.ndarray) -> dict[str, float]:
@@ -294,11 +230,6 @@ def _verified_distance(geometry, x_cand, x, yb, pred, m) -> np.ndarray:
     return np.where((adv_pred != yb) & inside, measured, np.inf)
 
 
-def check_writable(path: str | Path) -> None:
-    """Refuse, before any work, a result file that cannot be written (one line)."""
-    records.check_output_path(path, folder=False)
-
-
 def evaluate_attack(
     logits_fn: Callable,
     images: np.ndarray,
@@ -320,7 +251,7 @@ def evaluate_attack(
 
     Args:
         logits_fn: pure function, images ``(B, H, W, C)`` in [0, 1] -> logits ``(B, d)``.
-        images: float32 ``(N, H, W, C)`` in [0, 1].
+        images: ``(N, H, W, C)``, float in [0, 1] or ``uint8`` (scaled by 1/255).
         labels: int ``(N,)``.
         config: an attack config (``qadv.attacks.registry.make(name, ...)``).
         batch_size: examples per compiled attack call (the last batch is padded).
@@ -350,9 +281,45 @@ def evaluate_attack(
         ``examples``: ``index``, ``clean_correct``, ``robust``, ``distance`` (norm of the
         smallest adversarial perturbation found, ``None`` if none), ``queries``.
     """
-    images, labels, indices = _check_inputs(images, labels, indices, batch_size, logits_fn)
+    return _evaluate(
+        logits_fn,
+        images,
+        labels,
+        config,
+        batch_size=batch_size,
+        seed=seed,
+        indices=indices,
+        context=resolve_context(context, calib_images, input_std, images),
+        out=out,
+        progress=progress,
+        extra=extra,
+        devices=devices,
+        reuse=False,
+    )
+
+
+def _evaluate(
+    logits_fn,
+    images,
+    labels,
+    config,
+    *,
+    batch_size,
+    seed,
+    indices,
+    context,
+    out,
+    progress,
+    extra,
+    devices,
+    reuse: bool,
+) -> dict[str, Any]:
+    """:func:`evaluate_attack` with ``context`` resolved; with ``reuse``, the finished
+    record at ``out`` is returned as it is when it was made by this same run (attack
+    config, seed, data, model and prepared context: :func:`_same_run`)."""
+    images, labels, indices = check_inputs(images, labels, indices, batch_size, logits_fn)
+    seed = check_seed(seed)
     n = len(images)
-    context = resolve_context(context, calib_images, input_std, images)
     geometry = config.geometry
     config.validate()
     config.geometry.check_eps(config.eps, images[0].size)
@@ -360,8 +327,21 @@ def evaluate_attack(
         check_writable(out)
     data = prepare(config, logits_fn, context)
     cfg_dict = registry.to_dict(config)
-    model_fp = model_fingerprint(logits_fn, images)
-    run_id = _run_id(cfg_dict, seed, images, labels, indices, model_fp)
+    keys = {
+        "config": cfg_dict,
+        "seed": seed,
+        "data_fingerprint": data_fingerprint(images, labels, indices),
+        "model_fingerprint": model_fingerprint(logits_fn, images),
+        "context_fingerprint": prepared_fingerprint(data, images),
+    }
+    if reuse and out is not None and Path(out).exists():
+        try:
+            rec = records.read_json(out)
+        except (OSError, ValueError):
+            rec = {}
+        if all(rec.get(k) == v for k, v in keys.items()):
+            return rec
+    run_id = _run_id(keys)
     partial_path = Path(str(out) + ".partial.npz") if out is not None else None
     state, aux = _resumed_state(partial_path, n, run_id)
 
@@ -384,9 +364,7 @@ def evaluate_attack(
     state["seconds"] = np.asarray(seconds0 + time.perf_counter() - t0)
 
     timing = clock.as_dict(time.perf_counter() - t0)
-    record = _record(
-        config, cfg_dict, seed, batch_size, model_fp, state, aux, indices, timing, extra
-    )
+    record = _record(config, keys, batch_size, state, aux, indices, timing, extra)
     if out is not None and parallel.is_main_process():
         records.atomic_write_json(out, record)
         if partial_path is not None:
@@ -394,12 +372,10 @@ def evaluate_attack(
     return record
 
 
-def _run_id(cfg_dict: dict, seed: int, images, labels, indices, model_fp: str) -> str:
-    """What a partial state must match to be resumed: attack config and seed, data, model."""
-    digest = hashlib.sha256(json.dumps([cfg_dict, seed], sort_keys=True, default=str).encode())
-    return (
-        digest.hexdigest()[:16] + ":" + data_fingerprint(images, labels, indices) + ":" + model_fp
-    )
+def _run_id(keys: dict) -> str:
+    """What a partial state must match to be resumed: attack config and seed, data, model
+    and the attack's prepared context."""
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _resumed_state(partial_path: Path | None, n: int, run_id: str) -> tuple[dict, dict]:
@@ -510,15 +486,14 @@ def _store(state: dict, aux: dict, cur: _Pending, dist: np.ndarray, run: _Run) -
     state["done"][sel] = True
 
 
-def _record(
-    config, cfg_dict, seed, batch_size, model_fp, state, aux, indices, timing, extra
-) -> dict[str, Any]:
-    """The scored record of a finished run (see :func:`evaluate_attack`'s Returns)."""
+def _record(config, keys, batch_size, state, aux, indices, timing, extra) -> dict[str, Any]:
+    """The scored record of a finished run (see :func:`evaluate_attack`'s Returns);
+    ``keys``: its config, seed and fingerprints (see :func:`_evaluate`)."""
     robust = state["robust"] & state["clean_correct"]
     record: dict[str, Any] = {
         "attack": config.label,
-        "config": cfg_dict,
-        "seed": seed,
+        "config": keys["config"],
+        "seed": keys["seed"],
         "n": len(indices),
         "clean_accuracy": 100.0 * float(state["clean_correct"].mean()),
         "robust_accuracy": 100.0 * float(robust.mean()),
@@ -529,7 +504,9 @@ def _record(
         "norm": config.norm,
         "eps": float(config.eps),
         "minimum_norm": bool(config.minimum_norm),
-        "model_fingerprint": model_fp,
+        "model_fingerprint": keys["model_fingerprint"],
+        "data_fingerprint": keys["data_fingerprint"],
+        "context_fingerprint": keys["context_fingerprint"],
         "wall_time_s": float(state["seconds"]),
         "timing": timing,
         "environment": records.environment(),
@@ -559,34 +536,37 @@ def cached_attack(
     *,
     seed: int = 0,
     indices: np.ndarray | None = None,
+    context: AttackContext | None = None,
+    calib_images: np.ndarray | None = None,
+    input_std: tuple[float, ...] | None = None,
     **kwargs,
 ) -> dict[str, Any]:
-    """:func:`evaluate_attack`, reusing the record at ``path`` when it is for the same
-    model, attack config, seed and data (images, labels, indices); otherwise evaluate
-    (resuming from ``<path>.partial.npz``) and save there. ``path=None`` always evaluates.
+    """:func:`evaluate_attack`, reusing the record at ``path`` when it was made by the same
+    run; otherwise evaluate (resuming from ``<path>.partial.npz``) and save there.
+    ``path=None`` always evaluates.
 
-    The record carries ``data_fingerprint`` and ``model_fingerprint``
-    (:func:`model_fingerprint`, which includes the precision policy), the hashes its
-    reuse is checked against: a record of another model is recomputed, never reused.
+    The same run means: the same attack config and seed, the same data (images, labels,
+    indices: ``data_fingerprint``), the same model (:func:`model_fingerprint`, which
+    includes the precision policy) and the same prepared context
+    (:func:`prepared_fingerprint`: a transfer attack's surrogate, NJS's calibration).
+    The record carries these hashes; a record that differs in any of them, or predates
+    them, is recomputed, never reused.
     """
-    images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
-    idx = np.arange(len(images)) if indices is None else np.asarray(indices)
-    fingerprint = data_fingerprint(images, labels, idx)
-    if path is not None and Path(path).exists():
-        try:
-            rec = records.read_json(path)
-        except (OSError, ValueError):
-            rec = {}
-        if (
-            rec.get("config") == registry.to_dict(config)
-            and rec.get("seed") == seed
-            and rec.get("data_fingerprint") == fingerprint
-            and rec.get("model_fingerprint") == model_fingerprint(logits_fn, images)
-        ):
-            return rec
-    extra = {**(kwargs.pop("extra", None) or {}), "data_fingerprint": fingerprint}
-    return evaluate_attack(
-        logits_fn, images, labels, config, seed=seed, indices=idx, out=path, extra=extra, **kwargs
+    return _evaluate(
+        logits_fn,
+        images,
+        labels,
+        config,
+        seed=seed,
+        indices=indices,
+        context=resolve_context(context, calib_images, input_std, images),
+        out=path,
+        batch_size=kwargs.pop("batch_size", 250),
+        progress=kwargs.pop("progress", True),
+        extra=kwargs.pop("extra", None),
+        devices=kwargs.pop("devices", None),
+        reuse=True,
+        **kwargs,
     )
 
 

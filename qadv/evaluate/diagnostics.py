@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from qadv import attacks, signal
+from qadv.attacks.keys import restart_keys
 from qadv.attacks.protocol import AttackContext
-from qadv.evaluate.core import padded
+from qadv.evaluate.core import check_data, padded
 
 __all__ = ["accuracy_curve", "diagnose"]
 
@@ -32,15 +33,17 @@ def accuracy_curve(
     ``config`` is a PGD/FGSM config (``registry.make("pgd", ...)``). Entry ``t`` is the
     accuracy at iterate ``t`` (0 = the random start), from one compiled ``lax.scan`` that
     records predictions at every step. As everywhere in qadv, a misclassified clean image
-    never counts as robust, and example ``i`` uses the key ``fold_in(key(seed), i)``.
+    never counts as robust, and example ``i`` uses the key ``fold_in(key(seed), i)``. The
+    curve follows the attack's first restart with that restart's random starts, so for a
+    single-restart config its last entry is the robust accuracy that
+    :func:`~qadv.evaluate.evaluate_attack` reports for the same config and seed.
 
     Returns:
         ``(config.steps + 1,)`` accuracies in percent.
     """
     if not isinstance(config, attacks.PGDConfig):
         raise ValueError(f"accuracy_curve needs a PGD or FGSM config, got {config.label!r}")
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels, np.int32)
+    images, labels = check_data(images, labels, logits_fn)
     n = len(images)
     batch_size = min(batch_size, n)
     context = context if context is not None else attacks.AttackContext(calib_images=images)
@@ -75,7 +78,7 @@ def accuracy_curve(
         xb, m = padded(images[start : start + batch_size], batch_size)
         yb, _ = padded(labels[start : start + batch_size], batch_size)
         ib, _ = padded(np.arange(start, start + m), batch_size)
-        keys = attacks.example_keys(base_key, jnp.asarray(ib))
+        keys = restart_keys(attacks.example_keys(base_key, jnp.asarray(ib)), 0)
         hits = np.asarray(trajectory(keys, jnp.asarray(xb), jnp.asarray(yb)))
         total += hits[:, :m].sum(axis=1)
     return 100.0 * total / n
@@ -96,8 +99,7 @@ def diagnose(
     and sign-gradient norms (over all examples), and Jacobian singular values over the
     first ``jacobian_examples`` correctly classified examples.
     """
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels, np.int32)
+    images, labels = check_data(images, labels, logits_fn)
     n = len(images)
     batch_size = min(batch_size, n)
 

@@ -25,13 +25,32 @@ from qadv import parallel, records
 from qadv.attacks import get_norm, registry
 from qadv.attacks.protocol import AttackContext
 from qadv.evaluate.core import (
-    _check_inputs,
     cached_attack,
+    check_inputs,
+    check_seed,
     clean_predictions,
     resolve_context,
 )
 
 __all__ = ["evaluate_ensemble", "robust_accuracy_at"]
+
+
+def _check_members(configs: list) -> None:
+    """At least one attack, each valid, all different, all of one norm (one record, one
+    threat model: its distances and :func:`robust_accuracy_at` are per norm)."""
+    if not configs:
+        raise ValueError("an ensemble needs at least one attack")
+    for c in configs:
+        c.validate()
+    norms = sorted({c.norm for c in configs})
+    if len(norms) > 1:
+        raise ValueError(
+            f"ensemble members must share one norm, got {', '.join(norms)}; "
+            "evaluate each norm as its own ensemble"
+        )
+    labels_seen = [c.label for c in configs]
+    if len(set(labels_seen)) != len(labels_seen):
+        raise ValueError(f"ensemble members must differ, got {labels_seen}")
 
 
 def _member_path(out: Path | None, k: int, config) -> Path | None:
@@ -62,7 +81,7 @@ def evaluate_ensemble(
 
     Args:
         logits_fn: the model, images ``(B, H, W, C)`` in [0, 1] -> logits ``(B, d)``.
-        images, labels: the evaluated set (float32 in [0, 1], int labels).
+        images, labels: the evaluated set (float in [0, 1] or ``uint8``, int labels).
         configs: attack configs, run in this order (e.g. ``registry.preset("standard")``).
         batch_size, seed, context, calib_images, input_std, progress, devices: as
             :func:`qadv.evaluate.evaluate_attack`; NJS calibrates on the first images of
@@ -76,15 +95,10 @@ def evaluate_ensemble(
         config, examples attacked and broken, robust accuracy after it, wall time) and
         ``examples`` (``robust``, ``broken_by`` (member label or ``None``), ``distance``).
     """
-    if not configs:
-        raise ValueError("an ensemble needs at least one attack")
-    images, labels, _ = _check_inputs(images, labels, None, batch_size, logits_fn)
+    images, labels, _ = check_inputs(images, labels, None, batch_size, logits_fn)
     n = len(images)
-    for c in configs:
-        c.validate()
-    labels_seen = [c.label for c in configs]
-    if len(set(labels_seen)) != len(labels_seen):
-        raise ValueError(f"ensemble members must differ, got {labels_seen}")
+    _check_members(configs)
+    check_seed(seed)
     out = Path(out) if out is not None else None
     t0 = time.perf_counter()
     context = resolve_context(context, calib_images, input_std, images)

@@ -1,8 +1,10 @@
 """Short hashes that pin a result to its data and to the model that made it.
 
-A cached or resumed record is reused only when both match: :func:`data_fingerprint` of
-the evaluated images, labels and indices, and :func:`model_fingerprint` of the model's
-logits on a fixed probe batch, its bound weights and the precision policy in force.
+A cached or resumed record is reused only when all three match: :func:`data_fingerprint`
+of the evaluated images, labels and indices, :func:`model_fingerprint` of the model's
+logits on a fixed probe batch, its bound weights and the precision policy in force, and
+:func:`prepared_fingerprint` of what the attack's ``prepare`` made of its context (a
+transfer attack's surrogate, NJS's calibrated temperature).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from qadv import precision
 from qadv.attacks.protocol import split_logits_fn
 
-__all__ = ["data_fingerprint", "model_fingerprint"]
+__all__ = ["data_fingerprint", "model_fingerprint", "prepared_fingerprint"]
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:
@@ -67,9 +69,46 @@ def model_fingerprint(logits_fn: Callable, images: np.ndarray) -> str:
     h.update(np.ascontiguousarray(logits).tobytes())
     if fn_dyn is not None:
         for leaf in jax.tree_util.tree_leaves(fn_dyn):
-            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-                continue  # several hosts: the logits speak for these weights
-            a = np.asarray(leaf)
-            h.update(str((a.dtype, a.shape)).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
+            _hash_array(h, leaf)  # (several hosts: the logits speak for sharded weights)
+    return h.hexdigest()[:16]
+
+
+def _hash_array(h, a) -> None:
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return  # several hosts: not readable here (every process holds the same inputs)
+    a = np.asarray(a)
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+
+
+def prepared_fingerprint(prepared, images: np.ndarray) -> str:
+    """Short hash of an attack's prepared data (what ``config.prepare(logits_fn, context)``
+    returned): its arrays (e.g. the temperature NJS calibrated on the context's images,
+    with the model's input std), each model in it by :func:`model_fingerprint` on
+    ``images`` (a transfer attack's surrogate), and its plain numbers and strings.
+
+    Everything an attack takes from its :class:`~qadv.attacks.AttackContext` reaches the
+    run through the prepared data, so two runs with equal config, data, model and
+    prepared fingerprint compute the same thing: a record or partial state made with
+    another surrogate or other calibration images is recomputed, never reused.
+
+    Args:
+        prepared: the prepared data, any pytree (models as ``jax.tree_util.Partial`` or
+            plain callables).
+        images: float32 ``(N, H, W, C)``, the evaluated set (a model in ``prepared`` is
+            probed on its first 8, as :func:`model_fingerprint` does).
+    """
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_leaves(
+        prepared, is_leaf=lambda v: isinstance(v, jax.tree_util.Partial)
+    )
+    for leaf in leaves:
+        if isinstance(leaf, jax.Array | np.ndarray | np.generic):
+            _hash_array(h, leaf)
+        elif isinstance(leaf, bool | int | float | complex | str | bytes) or leaf is None:
+            h.update(repr((type(leaf).__name__, leaf)).encode())
+        elif callable(leaf):
+            h.update(b"model:" + model_fingerprint(leaf, images).encode())
+        else:  # an object without a stable byte form: its type only
+            h.update(b"object:" + type(leaf).__qualname__.encode())
     return h.hexdigest()[:16]

@@ -37,6 +37,7 @@ from qadv.evaluate.beta_sweep import beta_sweep, plot_beta_sweep
 from qadv.evaluate.core import (
     cached_attack,
     check_data,
+    check_seed,
     clean_predictions,
     data_fingerprint,
     model_fingerprint,
@@ -145,10 +146,11 @@ class SignalConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field and what is allowed."""
-        get_norm(self.norm)  # one line naming the threat models otherwise
+        norm = get_norm(self.norm)  # one line naming the threat models otherwise
         eps = self.eps
         if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"bad eps {eps!r}; it must be a finite number > 0")
+        norm.check_eps(eps)  # pixel units (L2 once the image size is known)
         for name in _SEQUENCES:
             if not isinstance(getattr(self, name), tuple):
                 raise ValueError(
@@ -171,8 +173,7 @@ class SignalConfig:
         ):
             if not ((v is None and name != "clever_examples") or (_is_int(v) and v >= 0)):
                 raise ValueError(f"invalid {name} {v!r}; choose an integer >= 0")
-        if not _is_int(self.seed):
-            raise ValueError(f"invalid seed {self.seed!r}; choose an integer")
+        check_seed(self.seed)
         if self.clever_examples > 0:
             self._validate_clever()
         if self.bound_examples != 0:
@@ -280,6 +281,7 @@ def _inputs(
     out.mkdir(parents=True, exist_ok=True)
     logits_fn, meta, std = _unpack_model(loaded_or_logits_fn)
     images, labels = check_data(images, labels, logits_fn)
+    get_norm(cfg.norm).check_eps(cfg.eps, images[0].size)  # before any section runs
     context = _with_defaults(context, images, std)
     base = {
         "data": data_fingerprint(images, labels),

@@ -56,9 +56,10 @@ def minimal_perturbations(
         "summary": {...}, ...}``; ``lower``/``upper`` bracket the minimum to ``tol``
         unless ``unsolved`` (a check hit the time limit).
     """
-    from qadv.evaluate.core import check_data, clean_predictions
+    from qadv.evaluate.core import check_data, check_seed, clean_predictions
 
     images, labels = check_data(images, labels)
+    check_seed(seed)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"bad count {count!r}; use an integer >= 1")
     for a in min_norm_attacks:

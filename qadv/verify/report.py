@@ -100,9 +100,10 @@ def gap_to_truth(
         ``robust_accuracy`` / ``gap`` / ``violations`` / ``flip_rate``, ``exact_flip_rate``
         and the MILP time statistics.
     """
-    from qadv.evaluate.core import check_data, data_fingerprint, model_fingerprint
+    from qadv.evaluate.core import check_data, check_seed, data_fingerprint, model_fingerprint
 
     images, labels = check_data(images, labels)
+    check_seed(seed)
     eps_list = [float(e) for e in eps_list]
     for e in eps_list:
         if not (np.isfinite(e) and 0 < e <= 1):
@@ -158,7 +159,8 @@ def _attack_configs(attacks: Sequence[str], eps: float, overrides: Mapping[str, 
     """Each attack's L∞ config at ``eps`` (an unknown name or option raises here)."""
     from qadv.attacks import presets
 
-    return {a: presets.ensemble_members([a], norm="linf", eps=eps, **overrides)[0] for a in attacks}
+    members = presets.ensemble_members(list(attacks), norm="linf", eps=eps, **overrides)
+    return dict(zip(attacks, members, strict=True))
 
 
 def _exact_results(

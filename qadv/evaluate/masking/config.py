@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from qadv.attacks import get_norm, registry
+from qadv.evaluate.core import check_seed
 
 __all__ = ["MaskingConfig"]
 
@@ -70,6 +71,7 @@ class MaskingConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"invalid {name} {v!r}; choose an integer >= 1")
+        check_seed(self.seed)
         if self.max_steps < 2:
             raise ValueError(f"invalid max_steps {self.max_steps}; choose an integer >= 2")
         for name in ("eps_factors", "step_factors"):

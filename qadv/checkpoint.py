@@ -274,6 +274,10 @@ def _select_step(path: str | Path, step: int | None) -> tuple[Path, int]:
         raise ValueError(f"no finished checkpoint in {ckpt_dir}")
     if step is None:
         return ckpt_dir, steps[-1]
+    if isinstance(step, bool) or not isinstance(step, int | np.integer):
+        raise ValueError(
+            f"bad step {step!r}; it must be an integer, one of: " + ", ".join(map(str, steps))
+        )
     if step not in steps:
         raise ValueError(
             f"no finished checkpoint for step {step} in {ckpt_dir}; available: "

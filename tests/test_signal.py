@@ -153,6 +153,31 @@ def test_hessian_norm_exact_mode_on_tanh(strict_dtypes):
     assert float(jnp.max(jnp.abs(approx - exact) / exact)) > 1e-2
 
 
+def test_hessian_norm_at_large_beta_matches_float64_below_float32_tiny():
+    """At large beta the other classes' probabilities fall below float32's smallest normal
+    number (~1e-38) long before the norm does; their products are summed in logs, so
+    the norm keeps its digits down to ~1e-19 here (a product of float32 probabilities
+    gives 0 at beta = 60), on a linear model where H = beta^2 J^T S J exactly."""
+    w = np.array([[1.0, -0.5, 0.2], [0.3, 1.0, -1.0]], np.float32)
+    x = jnp.array([[[[0.9]], [[0.1]]]], jnp.float32)
+    betas = np.array([1.0, 20.0, 40.0, 60.0, 80.0])
+    got = np.asarray(signal.hessian_norm(lambda z: z.reshape(1, -1) @ w, x, jnp.array([0]), betas))[
+        0
+    ]
+    a, jac = np.asarray(x, np.float64).reshape(2) @ w.astype(np.float64), w.T.astype(np.float64)
+    want = []
+    for b in betas:
+        z = b * a
+        lp = z - np.logaddexp.reduce(z)
+        q = np.array([np.exp(np.logaddexp.reduce(np.delete(lp, k))) for k in range(3)])
+        p = np.exp(lp)
+        s = -np.outer(p, p)
+        np.fill_diagonal(s, p * q)
+        want.append(np.linalg.norm(b * b * jac.T @ s @ jac))
+    assert want[-1] < 1e-25  # far below float32's normal range in p_i p_j
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
 def test_hessian_norm_nearly_one_hot_is_finite_and_nonnegative(strict_dtypes):
     f = make_net(jax.nn.relu, seed=8)
     x, y = _images(9), jnp.array([0, 0, 0], jnp.int32)

@@ -48,22 +48,39 @@ def centred_gram(g: jax.Array, top: jax.Array) -> jax.Array:
     """
     gt = jnp.take_along_axis(g, top[:, None, None].astype(jnp.int32), axis=1)[:, 0, :]  # (B, d)
     gtt = jnp.take_along_axis(gt, top[:, None].astype(jnp.int32), axis=1)[:, 0]
-    return g - gt[:, None, :] - gt[:, :, None] + gtt[:, None, None]
+    gc = g - gt[:, None, :] - gt[:, :, None] + gtt[:, None, None]
+    # row and column t exactly zero (rounding leaves ~eps * G_tt in the column): at large
+    # beta a residue there, weighted by p_t p_j, would outweigh the true p_j p_k terms
+    on_t = jnp.arange(g.shape[-1])[None, :] == top[:, None].astype(jnp.int32)  # (B, d)
+    return jnp.where(on_t[:, :, None] | on_t[:, None, :], jnp.zeros_like(gc), gc)
 
 
-def _gauss_newton_trace(gc: jax.Array, p: jax.Array) -> jax.Array:
-    """``tr(S G S G) = sum_ij p_i p_j (V G' V^T)_ij^2`` ``(B, K)`` for centred ``G'``
-    ``(B, m, m)`` and distributions ``p`` ``(B, K, m)`` (``O(m^2)`` per ``beta``)."""
+def _gauss_newton_trace(gc: jax.Array, log_p: jax.Array) -> jax.Array:
+    """``log tr(S G S G) = log sum_ij p_i p_j (V G' V^T)_ij^2`` ``(B, K)`` for centred
+    ``G'`` ``(B, m, m)`` and log-distributions ``log_p`` ``(B, K, m)`` (``O(m^2)`` per
+    ``beta``; ``-inf`` where the trace is zero).
+
+    The weights ``p_i p_j`` are formed from log-probabilities, relative to the largest
+    term's scale: at large ``beta`` the probabilities of the other classes fall below
+    float32's smallest normal number (about ``1e-38``) long before the norm does, and as
+    products of probabilities they would flush to zero or lose their digits.
+    """
+    p = jnp.exp(log_p)
     a = jnp.einsum("bij,bkj->bki", gc, p, precision=_HIGHEST)  # G' p
     s = jnp.einsum("bki,bki->bk", p, a, precision=_HIGHEST)  # p^T G' p
     c = gc[:, None, :, :] - a[..., :, None] - a[..., None, :] + s[..., None, None]
-    w = p[..., :, None] * p[..., None, :]
-    return jnp.sum(w * c * c, axis=(-2, -1))
+    # the sum is dominated by p_j p_k G'_jk^2 of the classes j, k after the top one (its
+    # row of G' is zero), so the weights are taken relative to the square of the second
+    # largest probability; weights above e^60 (only the top class's, whose terms are
+    # O(p_j) smaller than the rest then) are capped to stay in float32's range
+    second = jax.lax.top_k(jax.lax.stop_gradient(log_p), 2)[0][..., 1]
+    shift = jnp.where(jnp.isfinite(second), 2.0 * second, 0.0)
+    rel = log_p[..., :, None] + log_p[..., None, :] - shift[..., None, None]
+    total = jnp.sum(jnp.exp(jnp.minimum(rel, 60.0)) * (c * c), axis=(-2, -1))
+    return jnp.where(total > 0, shift + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)
 
 
-def _log_norm(inner: jax.Array, betas: jax.Array, scale: jax.Array) -> jax.Array:
-    inner = jnp.maximum(inner, 0.0)
-    log_inner = jnp.where(inner > 0, jnp.log(jnp.where(inner > 0, inner, 1.0)), -jnp.inf)
+def _log_norm(log_inner: jax.Array, betas: jax.Array, scale: jax.Array) -> jax.Array:
     return 2.0 * jnp.log(betas) + jnp.log(scale)[:, None] + 0.5 * log_inner
 
 
@@ -84,9 +101,9 @@ def top_classes(logits: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(safe, int(k))[1].astype(jnp.int32)
 
 
-def _truncated_probs(logits: jax.Array, classes: jax.Array, betas: jax.Array) -> jax.Array:
-    """``softmax(beta a)`` restricted to ``classes`` plus the remaining mass as a last
-    column, ``(B, K, k + 1)``, each entry computed in log space (no ``1 - sum``)."""
+def _truncated_log_probs(logits: jax.Array, classes: jax.Array, betas: jax.Array) -> jax.Array:
+    """``log softmax(beta a)`` restricted to ``classes`` plus the log of the remaining mass
+    as a last column, ``(B, K, k + 1)`` (no ``1 - sum``)."""
     z = betas[:, :, None] * logits[:, None, :]  # (B, K, d)
     lse = jax.nn.logsumexp(z, axis=-1)  # (B, K)
     picked = jnp.take_along_axis(logits, classes, axis=1)  # (B, k)
@@ -95,8 +112,7 @@ def _truncated_probs(logits: jax.Array, classes: jax.Array, betas: jax.Array) ->
     rest = jnp.where(in_top, -jnp.inf, logits)
     lse_rest = jax.nn.logsumexp(betas[:, :, None] * rest[:, None, :], axis=-1)  # (B, K)
     log_p = betas[:, :, None] * picked[:, None, :] - lse[..., None]
-    log_p = jnp.concatenate([log_p, (lse_rest - lse)[..., None]], axis=-1)
-    return jnp.exp(log_p)
+    return jnp.concatenate([log_p, (lse_rest - lse)[..., None]], axis=-1)
 
 
 def log_hessian_norm_topk(
@@ -120,10 +136,10 @@ def log_hessian_norm_topk(
     Returns:
         ``(B, K)`` log-norms.
     """
-    p = _truncated_probs(logits, classes, betas)  # (B, K, k + 1)
+    log_p = _truncated_log_probs(logits, classes, betas)  # (B, K, k + 1)
     scale = _gram_scale(gc)
     gs = jnp.pad(gc / scale[:, None, None], ((0, 0), (0, 1), (0, 1)))  # rest row: zero
-    return _log_norm(_gauss_newton_trace(gs, p), betas, scale)
+    return _log_norm(_gauss_newton_trace(gs, log_p), betas, scale)
 
 
 def _as_beta_grid(betas: jax.Array, batch: int, dtype) -> jax.Array:
@@ -155,11 +171,13 @@ def log_hessian_norm_from_gram(
         ``beta^2`` from overflowing for the very large ``beta`` of the HNS grid.
     """
     p, q = _probs_and_complements(logits, betas)
+    log_p = jax.nn.log_softmax(betas[:, :, None] * logits[:, None, :], axis=-1)
     top = jnp.argmax(jnp.where(jnp.isnan(logits), -jnp.inf, logits), axis=-1)
     gc = centred_gram(g, top)
     scale = _gram_scale(gc)
-    inner = _gauss_newton_trace(gc / scale[:, None, None], p)  # ||H||^2 / (beta^4 scale^2)
+    log_inner = _gauss_newton_trace(gc / scale[:, None, None], log_p)  # ||H||^2/(b^4 s^2)
     if curvature is not None:
+        inner = jnp.exp(log_inner)
         qm, r = curvature
         d = logits.shape[-1]
         onehot = jax.nn.one_hot(labels, d, dtype=p.dtype)[:, None, :]
@@ -174,7 +192,9 @@ def log_hessian_norm_from_gram(
             + quad / (betas * betas * scale[:, None] * scale[:, None])
             + 2.0 * cross / (betas * scale[:, None] * scale[:, None])
         )
-    return _log_norm(inner, betas, scale)
+        inner = jnp.maximum(inner, 0.0)
+        log_inner = jnp.where(inner > 0, jnp.log(jnp.where(inner > 0, inner, 1.0)), -jnp.inf)
+    return _log_norm(log_inner, betas, scale)
 
 
 def curvature_terms(logits_fn: LogitsFn, x: jax.Array, jac: jax.Array):

@@ -222,7 +222,7 @@ def jacobian(
     Examples are processed ``chunk[0]`` at a time (one batched forward pass each) and
     classes ``chunk[1]`` at a time (reverse passes of that forward); with ``chunk=None``
     both come from :func:`jacobian_chunks` and the memory budget. Any chunking gives the
-    same Jacobian.
+    same Jacobian up to float rounding (sums in another order: the last bit).
 
     Args:
         logits_fn: maps images ``(B, H, W, C)`` to logits ``(B, d)``; examples independent.

@@ -4,6 +4,7 @@ and unwritable outputs are refused before any work."""
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import ClassVar
 
 import jax
@@ -96,6 +97,23 @@ def test_ensemble_member_files_of_another_model_are_not_reused(tmp_path):
     assert rec["examples"]["robust"] == fresh["examples"]["robust"]
 
 
+def _killed_after_two_batches(monkeypatch, run, out) -> None:
+    """``run()`` interrupted after its second attacked batch, leaving ``<out>.partial.npz``."""
+    real, calls = core.execute, []
+
+    def dies_after_two_batches(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "execute", dies_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert Path(str(out) + ".partial.npz").exists()
+    monkeypatch.setattr(core, "execute", real)
+
+
 def _linear(seed):
     w = jax.random.normal(jax.random.key(seed), (int(np.prod(SHAPE)), D)) * 3
     return lambda x: x.reshape(x.shape[0], -1) @ w
@@ -141,20 +159,14 @@ def test_resume_with_another_surrogate_starts_afresh(tmp_path, monkeypatch):
     cfg = registry.make("transfer", source="pgd", eps=EPS, steps=5)
     good, bad = AttackContext(surrogate=f), AttackContext(surrogate=unrelated)
     fresh = evaluate.evaluate_attack(f, x, y, cfg, context=bad, batch_size=8, progress=False)
-    real, calls = core.execute, []
-
-    def dies_after_two_batches(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
     out = tmp_path / "r.json"
-    monkeypatch.setattr(core, "execute", dies_after_two_batches)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate.evaluate_attack(f, x, y, cfg, context=good, batch_size=8, out=out, progress=False)
-    assert (tmp_path / "r.json.partial.npz").exists()
-    monkeypatch.setattr(core, "execute", real)
+    _killed_after_two_batches(
+        monkeypatch,
+        lambda: evaluate.evaluate_attack(
+            f, x, y, cfg, context=good, batch_size=8, out=out, progress=False
+        ),
+        out,
+    )
     rec = evaluate.evaluate_attack(f, x, y, cfg, context=bad, batch_size=8, out=out, progress=False)
     assert rec["examples"]["robust"] == fresh["examples"]["robust"]
 
@@ -180,20 +192,13 @@ def test_resume_on_another_model_starts_afresh(tmp_path, monkeypatch):
     x, y = _data()
     cfg = registry.make("pgd", **PGD)
     fresh_g = evaluate.evaluate_attack(g, x, y, cfg, batch_size=8, progress=False)
-    real, calls = core.execute, []
-
-    def dies_after_two_batches(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core, "execute", dies_after_two_batches)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate.evaluate_attack(f, x, y, cfg, batch_size=8, progress=False, out=tmp_path / "r")
-    assert (tmp_path / "r.partial.npz").exists()
-    monkeypatch.setattr(core, "execute", real)
-    rec = evaluate.evaluate_attack(g, x, y, cfg, batch_size=8, progress=False, out=tmp_path / "r")
+    out = tmp_path / "r"
+    _killed_after_two_batches(
+        monkeypatch,
+        lambda: evaluate.evaluate_attack(f, x, y, cfg, batch_size=8, progress=False, out=out),
+        out,
+    )
+    rec = evaluate.evaluate_attack(g, x, y, cfg, batch_size=8, progress=False, out=out)
     assert rec["examples"]["robust"] == fresh_g["examples"]["robust"]
 
 

@@ -17,7 +17,8 @@ Protocol (DESIGN §2, AutoAttack):
   the same way before their distances are kept;
 - partial results are saved after every batch; a rerun with the same model, attack,
   data, seed and precision resumes where it stopped. A record or partial state of
-  another model (:func:`model_fingerprint`) is never reused.
+  another model (:func:`model_fingerprint`) or of another prepared context (a transfer
+  attack's surrogate, NJS's calibration: :func:`prepared_fingerprint`) is never reused.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ __all__ = [
     "model_fingerprint",
     "padded",
     "predict",
+    "prepared_fingerprint",
     "progress_bar",
 ]
 
@@ -315,8 +317,9 @@ def _evaluate(
     reuse: bool,
 ) -> dict[str, Any]:
     """:func:`evaluate_attack` with ``context`` resolved; with ``reuse``, the finished
-    record at ``out`` is returned as it is when it was made by this same run (attack
-    config, seed, data, model and prepared context: :func:`_same_run`)."""
+    record at ``out`` is returned as it is when it was made by this same run: the same
+    attack config and seed, data, model and prepared context (``keys`` below, which also
+    key the partial state)."""
     images, labels, indices = check_inputs(images, labels, indices, batch_size, logits_fn)
     seed = check_seed(seed)
     n = len(images)

@@ -24,6 +24,7 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 __all__ = [
     "LOSS_NAMES",
     "LossFn",
+    "at_least_float32",
     "cross_entropy",
     "cw_margin",
     "dlr",
@@ -109,6 +110,12 @@ def get_loss(name: str) -> LossFn:
     return _LOSSES[name]
 
 
+def at_least_float32(a: jax.Array) -> jax.Array:
+    """``a`` in float32 if it is a narrower float (float16, bfloat16), else unchanged (no
+    dtype promotion, so it also holds under strict promotion and with float64)."""
+    return a.astype(jnp.float32) if jnp.finfo(a.dtype).bits < 32 else a
+
+
 def temperature_scaled(loss_fn: LossFn, beta: jax.Array | float) -> LossFn:
     """Return ``loss_fn`` evaluated on temperature-scaled logits ``beta * logits``.
 
@@ -124,6 +131,8 @@ def temperature_scaled(loss_fn: LossFn, beta: jax.Array | float) -> LossFn:
     """
 
     def scaled(logits: jax.Array, labels: jax.Array) -> jax.Array:
+        # at least float32: a float16 beta of 1e5 is inf, and the loss is float32 anyway
+        logits = at_least_float32(logits)
         b = jnp.asarray(beta, logits.dtype)
         if b.ndim == 1:
             b = b[:, None]

@@ -429,6 +429,20 @@ def test_evaluation_refuses_bad_seeds_and_mixed_norms():
     )
 
 
+def test_curves_diagnostics_and_masking_caps_refuse_bad_values():
+    x, y = _good()
+    cfg = registry.make("pgd", eps=0.1, steps=1)
+    for b in (-1, 0, 1.5):
+        _library_refuses(
+            "accuracy_curve", lambda b=b: evaluate.accuracy_curve(MODEL, x, y, cfg, batch_size=b)
+        )
+        _library_refuses("diagnose", lambda b=b: evaluate.diagnose(MODEL, x, y, batch_size=b))
+    for cap in (2.0, float("inf"), float("nan")):
+        _library_refuses(
+            "MaskingConfig", lambda c=cap: evaluate.MaskingConfig(eps=0.1, eps_cap=c).validate()
+        )
+
+
 def test_fgsm_refuses_step_options():
     _library_refuses("registry.make", lambda: registry.make("fgsm", step_size=-1.0))
 

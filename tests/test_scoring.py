@@ -185,6 +185,11 @@ def test_uint8_images_are_read_as_pixels_everywhere():
     assert rec8["examples"] == rec["examples"]
     ens = evaluate.evaluate_ensemble(f, x8, y, [cfg], batch_size=8, progress=False)
     assert ens["examples"]["robust"] == rec["examples"]["robust"]
+    from qadv.evaluate.bounds import lipschitz_bounds
+
+    k = jax.random.key(0)
+    b8, bf = (lipschitz_bounds(f, a, y, key=k, radius=0.1, n_samples=4) for a in (x8, x8 / 255))
+    np.testing.assert_allclose(b8["slack"], bf["slack"], rtol=1e-6)
 
 
 def test_resume_on_another_model_starts_afresh(tmp_path, monkeypatch):

@@ -336,3 +336,51 @@ def test_beta_sweep_of_a_saturated_network_vanishes_at_large_beta(tmp_path):
     wrong = (y + 1) % D
     empty = beta_sweep(f, x, wrong, betas=[1.0])
     assert empty["examples"] == [] and plot_beta_sweep(tmp_path / "e", empty) == []
+
+
+def test_exact_hessian_norm_at_zero_jacobian_and_tiny_or_zero_beta():
+    """Exact mode divided its curvature terms by beta^2 and the Gram scale: a zero
+    Jacobian gave 0 (truth 2.83), a tiny one inf, beta = 1e-20 inf, beta = 0 nan."""
+
+    def f(z):
+        s = jnp.sum(z.reshape(z.shape[0], -1) ** 2, 1)
+        return jnp.stack([s, jnp.zeros_like(s)], 1)
+
+    y = jnp.array([1])
+    cases = [(0.0, 2.0, 2.0 * np.sqrt(2.0)), (1e-12, 2.0, 2.0 * np.sqrt(2.0)), (0.3, 0.0, 0.0)]
+    for value, beta, want in cases:
+        x = jnp.full((1, 2, 1, 1), value, jnp.float32)
+        got = float(signal.hessian_norm(f, x, y, jnp.array([beta]), exact=True)[0, 0])
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    # beta -> 0: ||H|| ~ beta * ||sum_k psi_k d2 a_k|| (= beta * sqrt(2) here, psi = (.5, -.5))
+    tiny = signal.hessian_norm(f, jnp.full((1, 2, 1, 1), 0.3), y, jnp.array([1e-20]), exact=True)
+    np.testing.assert_allclose(float(tiny[0, 0]), 1e-20 * np.sqrt(2.0), rtol=1e-3)
+
+
+def test_half_precision_logits_are_scaled_in_float32():
+    """A float16 beta of 1e5 is inf: the temperature and the norms work in float32."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+
+    def f32(z):
+        return jnp.tanh(z.reshape(z.shape[0], -1)) @ w
+
+    x, y, betas = jnp.full((2, 2, 2, 1), 0.3), jnp.array([0, 1]), jnp.array([1.0, 1e5])
+    half = signal.hessian_norm(lambda z: f32(z).astype(jnp.float16), x, y, betas)
+    np.testing.assert_allclose(half, signal.hessian_norm(f32, x, y, betas), rtol=1e-3)
+    logits16 = f32(x).astype(jnp.float16)
+    assert bool(jnp.all(jnp.isfinite(signal.error_signal_norm(logits16, y, 1e5))))
+
+
+def test_prop1_integer_gaps_and_jacobian_edge_batches():
+    np.testing.assert_allclose(
+        signal.prop1_beta(jnp.array([2]), 0.01, 10), signal.prop1_beta(jnp.array([2.0]), 0.01, 10)
+    )
+
+    def f(z):
+        return jnp.tanh(z.reshape(z.shape[0], 6) @ jnp.ones((6, 4)))
+
+    assert signal.jacobian(f, jnp.zeros((0, 3, 2, 1))).shape == (0, 4, 3, 2, 1)
+    ones = jnp.ones((2, 3, 2, 1))
+    np.testing.assert_array_equal(
+        signal.jacobian(f, ones, chunk=np.int64(1)), signal.jacobian(f, ones, chunk=1)
+    )

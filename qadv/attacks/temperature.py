@@ -52,6 +52,7 @@ import numpy as np
 
 from qadv import signal
 from qadv.attacks import registry
+from qadv.losses import at_least_float32
 
 __all__ = [
     "HNS",
@@ -197,7 +198,7 @@ def _mean_singular_value(logits_fn, x, std, weights):
     """Mean of all ``d`` Jacobian singular values over the batch (optionally ``J * std``),
     each example weighted by ``weights`` (``(M,)``; ``None``: all equal)."""
     jac = signal.jacobian(logits_fn, x)
-    jac = jac.astype(jnp.promote_types(jac.dtype, jnp.float32))  # no half-precision eigh
+    jac = at_least_float32(jac)  # no half-precision eigh
     if std is not None:
         jac = jac * std.astype(jac.dtype).reshape((1,) * (jac.ndim - 1) + (std.shape[0],))
     ev = jnp.linalg.eigvalsh(signal.gram(jac))

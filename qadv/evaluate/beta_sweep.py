@@ -41,6 +41,7 @@ import numpy as np
 
 from qadv import records, signal
 from qadv.evaluate.core import clean_predictions
+from qadv.evaluate.inputs import as_images
 
 __all__ = ["DEFAULT_BETAS", "QUANTITIES", "beta_sweep", "format_beta_sweep", "plot_beta_sweep"]
 
@@ -92,7 +93,7 @@ def beta_sweep(
         raise ValueError(f"invalid betas {betas!r}; choose a sequence of finite numbers > 0")
     if max_examples < 1:
         raise ValueError(f"invalid max_examples {max_examples!r}; choose an integer >= 1")
-    images = np.asarray(images)
+    images = as_images(images)
     labels = np.asarray(labels)
     pred = clean_predictions(logits_fn, images, batch_size=min(batch_size, len(images)))
     idx = np.flatnonzero(pred == labels)[:max_examples]

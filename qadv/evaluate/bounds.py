@@ -70,6 +70,7 @@ from qadv.attacks.norms import ALL_NORMS, get_norm
 from qadv.attacks.protocol import split_logits_fn
 from qadv.evaluate.clever import CLEVER_OUTPUTS, clever, reverse_weibull_location
 from qadv.evaluate.core import padded
+from qadv.evaluate.inputs import as_images
 from qadv.evaluate.sampling import (
     BALL_NORMS,
     DUAL_NORMS,
@@ -221,7 +222,7 @@ def lipschitz_bounds(
     check_positive("radius", radius)
     check_positive("n_samples", n_samples, integer=True)
     check_positive("example_batch", example_batch, integer=True)
-    images = np.asarray(images, np.float32)
+    images = as_images(images)
     labels = np.asarray(labels, np.int32)
     if images.ndim < 2 or labels.shape != (len(images),):
         raise ValueError(

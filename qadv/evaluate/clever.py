@@ -28,6 +28,7 @@ from qadv.attacks.keys import example_keys
 from qadv.attacks.norms import ALL_NORMS, get_norm
 from qadv.attacks.protocol import split_logits_fn
 from qadv.evaluate.core import padded
+from qadv.evaluate.inputs import as_images
 from qadv.evaluate.sampling import (
     LogitsFn,
     check_norm,
@@ -234,7 +235,7 @@ def clever(
     outputs = _checked_outputs(
         norm, radius, nb_batches, batch_size, pool_factor, example_batch, outputs
     )
-    images = np.asarray(images, np.float32)
+    images = as_images(images)
     n = len(images)
     heads, beta_arr = _heads(betas, outputs, n)
     indices = np.arange(n) if indices is None else np.asarray(indices, np.int64)

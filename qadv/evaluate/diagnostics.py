@@ -13,7 +13,8 @@ import numpy as np
 from qadv import attacks, signal
 from qadv.attacks.keys import restart_keys
 from qadv.attacks.protocol import AttackContext
-from qadv.evaluate.core import check_data, padded
+from qadv.evaluate.core import padded
+from qadv.evaluate.inputs import check_batch_size, check_data
 
 __all__ = ["accuracy_curve", "diagnose"]
 
@@ -45,7 +46,7 @@ def accuracy_curve(
         raise ValueError(f"accuracy_curve needs a PGD or FGSM config, got {config.label!r}")
     images, labels = check_data(images, labels, logits_fn)
     n = len(images)
-    batch_size = min(batch_size, n)
+    batch_size = min(check_batch_size(batch_size), n)
     context = context if context is not None else attacks.AttackContext(calib_images=images)
     strategy = attacks.prepare(config, logits_fn, context)
     atk = attacks.make_pgd(
@@ -101,7 +102,7 @@ def diagnose(
     """
     images, labels = check_data(images, labels, logits_fn)
     n = len(images)
-    batch_size = min(batch_size, n)
+    batch_size = min(check_batch_size(batch_size), n)
 
     @jax.jit
     def stats(x, y):

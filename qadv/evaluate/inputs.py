@@ -18,6 +18,7 @@ from qadv.attacks.protocol import AttackContext
 
 __all__ = [
     "as_images",
+    "check_batch_size",
     "check_data",
     "check_inputs",
     "check_seed",
@@ -70,14 +71,20 @@ def check_data(images, labels, logits_fn: Callable | None = None) -> tuple[np.nd
     return images, labels
 
 
-def check_inputs(images, labels, indices, batch_size, logits_fn=None):
-    images, labels = check_data(images, labels, logits_fn)
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` if it is an integer >= 1, else a one-line ``ValueError``."""
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int | np.integer)
         or batch_size < 1
     ):
         raise ValueError(f"bad batch size {batch_size!r}; it must be an integer >= 1")
+    return int(batch_size)
+
+
+def check_inputs(images, labels, indices, batch_size, logits_fn=None):
+    images, labels = check_data(images, labels, logits_fn)
+    check_batch_size(batch_size)
     indices = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
     if indices.shape != (len(images),):
         raise ValueError(f"indices must have shape ({len(images)},), got {indices.shape}")

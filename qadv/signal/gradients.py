@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qadv.losses import get_loss, temperature_scaled
+from qadv.losses import at_least_float32, get_loss, temperature_scaled
 from qadv.signal.jacobians import LogitsFn
 
 
@@ -35,6 +35,7 @@ def error_signal_norm(logits: jax.Array, y: jax.Array, beta: jax.Array | float =
         >>> error_signal_norm(jnp.array([[200.0, 0.0]]), jnp.array([0])).tolist()
         [0.0]
     """
+    logits = at_least_float32(logits)  # a float16 beta of 1e5 is inf
     b = jnp.asarray(beta, logits.dtype)
     b = b[:, None] if b.ndim == 1 else b
     p = jax.nn.softmax(b * logits, axis=-1)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from qadv.losses import at_least_float32
 from qadv.signal.jacobians import _HIGHEST, LogitsFn, gram, jacobian
 
 
@@ -177,7 +178,6 @@ def log_hessian_norm_from_gram(
     scale = _gram_scale(gc)
     log_inner = _gauss_newton_trace(gc / scale[:, None, None], log_p)  # ||H||^2/(b^4 s^2)
     if curvature is not None:
-        inner = jnp.exp(log_inner)
         qm, r = curvature
         d = logits.shape[-1]
         onehot = jax.nn.one_hot(labels, d, dtype=p.dtype)[:, None, :]
@@ -187,13 +187,13 @@ def log_hessian_norm_from_gram(
         )
         quad = jnp.einsum("bki,bij,bkj->bk", psi, qm, psi, precision=_HIGHEST)
         cross = jnp.einsum("bkc,bkij,bcij->bk", psi, s, r, precision=_HIGHEST)
-        inner = (
-            inner
-            + quad / (betas * betas * scale[:, None] * scale[:, None])
-            + 2.0 * cross / (betas * scale[:, None] * scale[:, None])
-        )
-        inner = jnp.maximum(inner, 0.0)
-        log_inner = jnp.where(inner > 0, jnp.log(jnp.where(inner > 0, inner, 1.0)), -jnp.inf)
+        # ||H||^2 = beta^2 (beta^2 GN + quad + 2 beta cross), GN the Gauss-Newton trace:
+        # nothing is divided by beta^2 or the Gram scale, which may be 0 or underflow
+        log_beta = jnp.log(betas)
+        gn = jnp.exp(2.0 * log_beta + 2.0 * jnp.log(scale)[:, None] + log_inner)
+        rest = jnp.maximum(gn + quad + 2.0 * betas * cross, 0.0)
+        log_rest = jnp.where(rest > 0, jnp.log(jnp.where(rest > 0, rest, 1.0)), -jnp.inf)
+        return log_beta + 0.5 * log_rest
     return _log_norm(log_inner, betas, scale)
 
 
@@ -263,6 +263,7 @@ def hessian_norm(
         True
     """
     logits = logits_fn(x)
+    logits = at_least_float32(logits)  # a float16 beta of 1e5 is inf
     jac = jacobian(logits_fn, x)
     betas = _as_beta_grid(betas, x.shape[0], logits.dtype)
     curv = curvature_terms(logits_fn, x, jac) if exact else None

@@ -109,7 +109,7 @@ def jacobian_chunks(
         + int(np.prod(x.shape[1:])) * jnp.dtype(x.dtype).itemsize
     )
     pairs = max(1, resolve_memory_budget(memory_budget) // per_pair)
-    examples = int(min(b, pairs))
+    examples = int(max(1, min(b, pairs)))  # (an empty batch still gets a chunk of 1)
     return examples, class_chunk(examples, num_rows, pairs // examples)
 
 
@@ -193,11 +193,11 @@ def jacobian_rows(
 def _resolve_chunks(logits_fn, x, num_rows, chunk, budget) -> tuple[int, int]:
     if chunk is None:
         return jacobian_chunks(logits_fn, x, num_rows, memory_budget=budget)
-    ex, cl = (chunk, num_rows) if isinstance(chunk, int) else chunk
+    ex, cl = (chunk, num_rows) if isinstance(chunk, int | np.integer) else chunk
     for v in (ex, cl):
         if isinstance(v, bool) or int(v) != v or v < 1:
             raise ValueError(f"Jacobian chunk sizes must be integers >= 1, got {chunk}")
-    return int(min(ex, x.shape[0])), int(min(cl, num_rows))
+    return int(max(1, min(ex, x.shape[0]))), int(min(cl, num_rows))
 
 
 def map_examples(fn, xs, examples: int):

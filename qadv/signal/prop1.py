@@ -60,4 +60,6 @@ def prop1_beta(gap: jax.Array, rho: float, d: int) -> jax.Array:
         3.3962
     """
     gap = jnp.asarray(gap)
+    if not jnp.issubdtype(gap.dtype, jnp.floating):  # an integer gap: no integer constant
+        gap = gap.astype(jnp.float32)
     return jnp.asarray(prop1_log_constant(rho, d), gap.dtype) / gap

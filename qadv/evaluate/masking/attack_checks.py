@@ -122,9 +122,8 @@ def _iterations(probe: Probe) -> CheckOutcome:
 
 def _eps_curves(probe: Probe) -> dict[str, Any]:
     c = probe.config
-    cap = c.eps_cap
-    if cap is None:
-        cap = get_norm(c.norm).diameter(int(np.prod(probe.images.shape[1:])))
+    diameter = get_norm(c.norm).diameter(int(np.prod(probe.images.shape[1:])))
+    cap = diameter if c.eps_cap is None else min(c.eps_cap, diameter)  # no ball past the box
     variants = {"PGD": {}}
     variants.update({f"PGD++ ({t.upper()})": {"temperature": t} for t in c.temperatures})
     if c.margin_loss:

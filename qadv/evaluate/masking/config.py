@@ -78,8 +78,11 @@ class MaskingConfig:
             v = tuple(getattr(self, name))
             if not v or any(not isinstance(f, int | float) or f <= 0 for f in v):
                 raise ValueError(f"invalid {name} {v!r}; choose positive multiples of eps")
-        if self.eps_cap is not None and not self.eps_cap >= self.eps:
-            raise ValueError(f"invalid eps_cap {self.eps_cap!r}; choose a value >= eps")
+        if self.eps_cap is not None:
+            cap = self.eps_cap
+            if not (isinstance(cap, int | float) and math.isfinite(cap) and cap >= self.eps):
+                raise ValueError(f"invalid eps_cap {cap!r}; choose a finite value >= eps")
+            norm.check_eps(cap)  # beyond the box (L2: checked against the image size later)
         for t in self.temperatures:
             registry.make_temperature(t)
         for name in ("tolerance", "zero_gradient_threshold", "fd_step"):

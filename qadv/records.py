@@ -329,9 +329,13 @@ def results_table(folder: str | os.PathLike, *, wall_time: bool = False) -> str:
 
     Rows are checkpoints, columns attacks (in the paper's order where known, then
     alphabetical; ensembles last), cells robust accuracy in percent (or, with
-    ``wall_time``, seconds); ``n`` and a ``clean`` column come first.
+    ``wall_time``, seconds); ``n`` and a ``clean`` column come first. A checkpoint
+    evaluated on other images (another ``n`` or clean accuracy) gets a row of its own, and
+    an attack run at several radii a column per radius (``PGD L∞ ε=0.1``). Two results
+    that would fill the same cell with different numbers are refused (one line naming
+    both files), never one of them dropped.
     """
-    records = []
+    found = []
     for path in sorted(Path(folder).glob("*.json")):
         try:
             rec = read_json(path)
@@ -340,8 +344,8 @@ def results_table(folder: str | os.PathLike, *, wall_time: bool = False) -> str:
         if "adversarial_accuracy" in rec and ("config" in rec or "ensemble" in rec):
             if "ensemble" in rec:
                 rec = {**rec, "attack": f"ensemble: {rec['ensemble']}"}
-            records.append(rec)
-    if not records:
+            found.append((path, rec))
+    if not found:
         raise ValueError(f"no attack results (*.json with adversarial_accuracy) in {folder}")
     order = [
         "FGSM L∞", "FGSM++ (NJS) L∞", "FGSM++ (HNS) L∞",
@@ -350,17 +354,35 @@ def results_table(folder: str | os.PathLike, *, wall_time: bool = False) -> str:
         "APGD-CE L∞", "APGD-DLR L∞", "APGD-T L∞", "Square L∞", "FAB-T L∞", "DeepFool L∞",
     ]  # fmt: skip
 
-    def rank(a: str):
-        return (a.startswith("ensemble"), order.index(a) if a in order else len(order), a)
+    def rank(column: tuple[str, str]):
+        a = column[0]
+        return (a.startswith("ensemble"), order.index(a) if a in order else len(order), column)
 
-    labels = sorted({r["attack"] for r in records}, key=rank)
-    rows: dict[str, dict[str, Any]] = {}
-    for r in records:
+    radii: dict[str, set[str]] = {}
+    for _, r in found:
+        radii.setdefault(r["attack"], set()).add(json.dumps(r.get("eps")))
+    rows: dict[tuple, dict[Any, Any]] = {}
+    for path, r in found:
         name = str(r.get("checkpoint", "?"))
-        row = rows.setdefault(name, {"clean": r["clean_accuracy"], "n": r["n"]})
-        row[r["attack"]] = r["wall_time_s"] if wall_time else r["adversarial_accuracy"]
+        row = rows.setdefault((name, r["n"], r["clean_accuracy"]), {})
+        col = (r["attack"], json.dumps(r.get("eps")))
+        value = r["wall_time_s"] if wall_time else r["adversarial_accuracy"]
+        if col in row and row[col][1] != value:
+            raise ValueError(
+                f"{row[col][0].name} and {path.name} both hold {r['attack']} on {name} "
+                f"(n={r['n']}) with different results; put them in separate folders"
+            )
+        row[col] = (path, value)
+    columns = sorted({c for row in rows.values() for c in row}, key=rank)
+
+    def header(c: tuple[str, str]) -> str:
+        eps = json.loads(c[1])
+        several = len(radii[c[0]]) > 1 and isinstance(eps, int | float)
+        return f"{c[0]} ε={eps:.4g}" if several else c[0]
+
+    labels = [header(c) for c in columns]
     body = [
-        [name, row["n"], row["clean"], *(row.get(a, "–") for a in labels)]
-        for name, row in rows.items()
+        [name, n, clean, *(row[c][1] if c in row else "–" for c in columns)]
+        for (name, n, clean), row in rows.items()
     ]
     return format_table(["checkpoint", "n", "clean", *labels], body)

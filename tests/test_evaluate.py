@@ -360,3 +360,26 @@ def test_loose_calibration_keywords_are_deprecated_and_still_work():
     ctx = AttackContext(calib_images=x[:4])
     new = evaluate.evaluate_attack(f, x, y, cfg, context=ctx, progress=False)
     assert loose["examples"] == new["examples"]
+
+
+def test_results_table_keeps_radii_and_image_sets_apart(tmp_path):
+    """One folder, one checkpoint: PGD at two radii gets two columns, another n its own
+    row, and two different results for one cell are refused, not one of them dropped."""
+    from qadv import records
+
+    f = _model(scale=3.0)
+    x, y = _data(n=12)
+    runs = {"a": (0.3, 12), "b": (0.001, 12), "c": (0.001, 5)}
+    for name, (eps, n) in runs.items():
+        cfg = registry.make("pgd", eps=eps, steps=2)
+        rec = evaluate.evaluate_attack(
+            f, x[:n], y[:n], cfg, progress=False, extra={"checkpoint": "m"}
+        )
+        records.atomic_write_json(tmp_path / f"{name}.json", rec)
+    table = records.results_table(tmp_path)
+    assert "PGD L∞ ε=0.3" in table and "PGD L∞ ε=0.001" in table
+    assert len([line for line in table.splitlines() if line.startswith("| m ")]) == 2
+    clash = dict(records.read_json(tmp_path / "b.json"), adversarial_accuracy=-1.0)
+    records.atomic_write_json(tmp_path / "d.json", clash)
+    with pytest.raises(ValueError, match=r"b\.json and d\.json both hold PGD L∞"):
+        records.results_table(tmp_path)

@@ -385,3 +385,15 @@ def test_importing_qadv_train_warns():
         module = importlib.import_module("qadv.train")
     sys.modules.pop("qadv.train", None)
     assert module.TrainConfig is training.TrainConfig and module.train is training.train
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_its_metrics(tmp_path, data_dir):
+    """metrics.jsonl lines without a finished checkpoint are redone, not kept beside the
+    new ones (which doubled epoch 1 and its train time in the summary)."""
+    config = _config(epochs=1)
+    training.train(config, tmp_path, data_dir=data_dir, progress=False)
+    shutil.rmtree(tmp_path / "checkpoints")  # as if killed after the line, before the save
+    summary = training.train(config, tmp_path, data_dir=data_dir, progress=False)
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1]
+    assert summary["train_time_s"] == pytest.approx(lines[0]["wall_time_s"])

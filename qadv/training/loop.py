@@ -232,6 +232,9 @@ class _Run:
 
     def resume(self) -> None:
         if self.stored_meta is None:
+            # a fresh start: lines of a run killed before its first checkpoint are redone
+            if self.main:
+                _truncate_metrics(self.metrics_path, -1)
             return
         step = int(self.stored_meta["step"])
         abstract_vars, abstract_extra = jax.eval_shape(self._split, self.state)

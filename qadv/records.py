@@ -324,16 +324,57 @@ def plot_curves(
     plt.close(fig)
 
 
+def _flat_settings(rec: dict) -> dict[str, str]:
+    """A result's settings as ``{dotted name: value}``: its attack config (an ensemble's
+    radius), and its seed."""
+    out = {"seed": json.dumps(rec.get("seed"))}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, w in v.items():
+                walk(f"{prefix}{k}.", w)
+        else:
+            out[prefix[:-1]] = json.dumps(v, sort_keys=True)
+
+    walk("", rec.get("config", {"eps": rec.get("eps")}))
+    return out
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _setting_columns(found: list[dict]) -> list[str]:
+    """Each result's column name: its attack label, plus the settings in which it
+    differs from the other results of that label (``PGD L∞ (steps=50)``)."""
+    settings = [_flat_settings(r) for r in found]
+    differing: dict[str, list[str]] = {}
+    for label in {r["attack"] for r in found}:
+        group = [s for s, r in zip(settings, found, strict=True) if r["attack"] == label]
+        keys = sorted({k for s in group for k in s})
+        differing[label] = [k for k in keys if len({s.get(k) for s in group}) > 1]
+    names = []
+    for s, r in zip(settings, found, strict=True):
+        keys = differing[r["attack"]]
+        extra = ", ".join(
+            f"{k.split('.')[-1]}={_short(json.loads(s.get(k, 'null')))}" for k in keys
+        )
+        names.append(f"{r['attack']} ({extra})" if extra else r["attack"])
+    return names
+
+
 def results_table(folder: str | os.PathLike, *, wall_time: bool = False) -> str:
     """A Table-2/Table-5-style Markdown table of every result JSON in ``folder``.
 
     Rows are checkpoints, columns attacks (in the paper's order where known, then
     alphabetical; ensembles last), cells robust accuracy in percent (or, with
     ``wall_time``, seconds); ``n`` and a ``clean`` column come first. A checkpoint
-    evaluated on other images (another ``n`` or clean accuracy) gets a row of its own, and
-    an attack run at several radii a column per radius (``PGD L∞ ε=0.1``). Two results
-    that would fill the same cell with different numbers are refused (one line naming
-    both files), never one of them dropped.
+    evaluated on other images (another ``n`` or clean accuracy) gets a row of its own (a
+    result without a checkpoint is named by its model fingerprint, else its file), and
+    runs of one attack that differ in their settings get a column each, named by what
+    differs (``PGD L∞ (eps=0.1)``, ``PGD L∞ (steps=50)``). Two results that would fill
+    the same cell with different numbers are refused (one line naming both files), never
+    one of them dropped.
     """
     found = []
     for path in sorted(Path(folder).glob("*.json")):
@@ -354,35 +395,26 @@ def results_table(folder: str | os.PathLike, *, wall_time: bool = False) -> str:
         "APGD-CE L∞", "APGD-DLR L∞", "APGD-T L∞", "Square L∞", "FAB-T L∞", "DeepFool L∞",
     ]  # fmt: skip
 
-    def rank(column: tuple[str, str]):
-        a = column[0]
-        return (a.startswith("ensemble"), order.index(a) if a in order else len(order), column)
+    def rank(column: str):
+        a = column.split(" (")[0] if column not in order else column
+        return (column.startswith("ensemble"), order.index(a) if a in order else len(order), column)
 
-    radii: dict[str, set[str]] = {}
-    for _, r in found:
-        radii.setdefault(r["attack"], set()).add(json.dumps(r.get("eps")))
-    rows: dict[tuple, dict[Any, Any]] = {}
-    for path, r in found:
-        name = str(r.get("checkpoint", "?"))
+    columns = _setting_columns([r for _, r in found])
+    rows: dict[tuple, dict[str, tuple]] = {}
+    for (path, r), col in zip(found, columns, strict=True):
+        fp = r.get("model_fingerprint")
+        name = str(r.get("checkpoint") or (f"model {fp[:8]}" if fp else path.stem))
         row = rows.setdefault((name, r["n"], r["clean_accuracy"]), {})
-        col = (r["attack"], json.dumps(r.get("eps")))
         value = r["wall_time_s"] if wall_time else r["adversarial_accuracy"]
         if col in row and row[col][1] != value:
             raise ValueError(
-                f"{row[col][0].name} and {path.name} both hold {r['attack']} on {name} "
+                f"{row[col][0].name} and {path.name} both hold {col} on {name} "
                 f"(n={r['n']}) with different results; put them in separate folders"
             )
         row[col] = (path, value)
-    columns = sorted({c for row in rows.values() for c in row}, key=rank)
-
-    def header(c: tuple[str, str]) -> str:
-        eps = json.loads(c[1])
-        several = len(radii[c[0]]) > 1 and isinstance(eps, int | float)
-        return f"{c[0]} ε={eps:.4g}" if several else c[0]
-
-    labels = [header(c) for c in columns]
+    labels = sorted(set(columns), key=rank)
     body = [
-        [name, n, clean, *(row[c][1] if c in row else "–" for c in columns)]
+        [name, n, clean, *(row[c][1] if c in row else "–" for c in labels)]
         for (name, n, clean), row in rows.items()
     ]
     return format_table(["checkpoint", "n", "clean", *labels], body)

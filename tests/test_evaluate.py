@@ -363,8 +363,9 @@ def test_loose_calibration_keywords_are_deprecated_and_still_work():
 
 
 def test_results_table_keeps_radii_and_image_sets_apart(tmp_path):
-    """One folder, one checkpoint: PGD at two radii gets two columns, another n its own
-    row, and two different results for one cell are refused, not one of them dropped."""
+    """One folder, one checkpoint: PGD at two radii gets two columns named by the radius,
+    another n its own row, and two different results for one cell are refused, not one
+    of them dropped."""
     from qadv import records
 
     f = _model(scale=3.0)
@@ -377,7 +378,7 @@ def test_results_table_keeps_radii_and_image_sets_apart(tmp_path):
         )
         records.atomic_write_json(tmp_path / f"{name}.json", rec)
     table = records.results_table(tmp_path)
-    assert "PGD L∞ ε=0.3" in table and "PGD L∞ ε=0.001" in table
+    assert "PGD L∞ (eps=0.3, " in table and "PGD L∞ (eps=0.001, " in table  # and its step
     assert len([line for line in table.splitlines() if line.startswith("| m ")]) == 2
     clash = dict(records.read_json(tmp_path / "b.json"), adversarial_accuracy=-1.0)
     records.atomic_write_json(tmp_path / "d.json", clash)

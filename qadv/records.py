@@ -396,7 +396,7 @@ def results_table(folder: str | os.PathLike, *, wall_time: bool = False) -> str:
     ]  # fmt: skip
 
     def rank(column: str):
-        a = column.split(" (")[0] if column not in order else column
+        a = column if column in order else column.rsplit(" (", 1)[0]  # without settings
         return (column.startswith("ensemble"), order.index(a) if a in order else len(order), column)
 
     columns = _setting_columns([r for _, r in found])

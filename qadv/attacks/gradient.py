@@ -354,8 +354,7 @@ def _run_direct(name, logits_fn, x, y, *, key, temperature, return_info, **optio
     if config.random_init and key is None:
         raise ValueError("key is required when random_init=True (pass key=jax.random.key(...))")
     x, y, d = check_batch(logits_fn, x, y)
-    if is_concrete(config.eps):
-        config.geometry.check_eps(config.eps, x[0].size)
+    config.validate_image_size(x[0].size)
     config.validate_classes(d)
     if temperature is not None:
         temperature.validate(d, x.shape[0])

@@ -270,7 +270,7 @@ def attack(
     a ``(B,)`` batch of keys. NJS calibrates on ``context.calib_images`` (default:
     ``x`` itself).
     """
-    from qadv.attacks.validation import check_batch, is_concrete
+    from qadv.attacks.validation import check_batch
 
     if not hasattr(config, "validate_classes"):
         raise ValueError(
@@ -278,8 +278,7 @@ def attack(
         )
     x, y, d = check_batch(logits_fn, x, y)
     config.validate()
-    if is_concrete(config.eps):
-        config.geometry.check_eps(config.eps, x[0].size)
+    config.validate_image_size(x[0].size)
     config.validate_classes(d)
     if context is None or context.calib_images is None:
         context = dataclasses.replace(context or AttackContext(), calib_images=x)

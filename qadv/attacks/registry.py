@@ -84,6 +84,12 @@ class AttackConfig:
         once the model's output is known)."""
         return None
 
+    def validate_image_size(self, size: int) -> None:
+        """Raise a one-line ``ValueError`` if ``eps`` exceeds the ball of the ``[0, 1]`` box
+        of images of ``size`` values (pixel units; a traced radius is not checked)."""
+        if is_concrete(self.eps):
+            self.geometry.check_eps(self.eps, int(size))
+
     @property
     def label(self) -> str:
         return f"{self.kind.upper()} {self.geometry.label}"

@@ -325,7 +325,7 @@ def _evaluate(
     n = len(images)
     geometry = config.geometry
     config.validate()
-    config.geometry.check_eps(config.eps, images[0].size)
+    config.validate_image_size(images[0].size)
     if out is not None:
         check_writable(out)
     data = prepare(config, logits_fn, context)

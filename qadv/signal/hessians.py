@@ -78,7 +78,12 @@ def _gauss_newton_trace(gc: jax.Array, log_p: jax.Array) -> jax.Array:
     shift = jnp.where(jnp.isfinite(second), 2.0 * second, 0.0)
     rel = log_p[..., :, None] + log_p[..., None, :] - shift[..., None, None]
     total = jnp.sum(jnp.exp(jnp.minimum(rel, 60.0)) * (c * c), axis=(-2, -1))
-    return jnp.where(total > 0, shift + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)
+    return shift + _log0(total)
+
+
+def _log0(v: jax.Array) -> jax.Array:
+    """``log v`` for ``v >= 0``: ``-inf`` at 0, with a NaN-free derivative there."""
+    return jnp.where(v > 0, jnp.log(jnp.where(v > 0, v, 1.0)), -jnp.inf)
 
 
 def _log_norm(log_inner: jax.Array, betas: jax.Array, scale: jax.Array) -> jax.Array:
@@ -171,13 +176,13 @@ def log_hessian_norm_from_gram(
         ``(B, K)`` log-norms (``-inf`` where the norm is exactly zero). Working in logs keeps
         ``beta^2`` from overflowing for the very large ``beta`` of the HNS grid.
     """
-    p, q = _probs_and_complements(logits, betas)
     log_p = jax.nn.log_softmax(betas[:, :, None] * logits[:, None, :], axis=-1)
     top = jnp.argmax(jnp.where(jnp.isnan(logits), -jnp.inf, logits), axis=-1)
     gc = centred_gram(g, top)
     scale = _gram_scale(gc)
     log_inner = _gauss_newton_trace(gc / scale[:, None, None], log_p)  # ||H||^2/(b^4 s^2)
     if curvature is not None:
+        p, q = _probs_and_complements(logits, betas)
         qm, r = curvature
         d = logits.shape[-1]
         onehot = jax.nn.one_hot(labels, d, dtype=p.dtype)[:, None, :]
@@ -191,9 +196,7 @@ def log_hessian_norm_from_gram(
         # nothing is divided by beta^2 or the Gram scale, which may be 0 or underflow
         log_beta = jnp.log(betas)
         gn = jnp.exp(2.0 * log_beta + 2.0 * jnp.log(scale)[:, None] + log_inner)
-        rest = jnp.maximum(gn + quad + 2.0 * betas * cross, 0.0)
-        log_rest = jnp.where(rest > 0, jnp.log(jnp.where(rest > 0, rest, 1.0)), -jnp.inf)
-        return log_beta + 0.5 * log_rest
+        return log_beta + 0.5 * _log0(jnp.maximum(gn + quad + 2.0 * betas * cross, 0.0))
     return _log_norm(log_inner, betas, scale)
 
 

@@ -82,7 +82,7 @@ class MaskingConfig:
             cap = self.eps_cap
             if not (isinstance(cap, int | float) and math.isfinite(cap) and cap >= self.eps):
                 raise ValueError(f"invalid eps_cap {cap!r}; choose a finite value >= eps")
-            norm.check_eps(cap)  # beyond the box (L2: checked against the image size later)
+            norm.check_eps(cap)  # beyond the box (L2: the eps curve stops at the box)
         for t in self.temperatures:
             registry.make_temperature(t)
         for name in ("tolerance", "zero_gradient_threshold", "fd_step"):

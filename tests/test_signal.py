@@ -1,5 +1,6 @@
 """Signal-propagation diagnostics: Jacobians, the closed-form input Hessian norm, Prop. 1."""
 
+import decimal
 import functools
 import itertools
 
@@ -318,6 +319,46 @@ def test_beta_sweep_matches_the_equations_example_by_example():
     assert table.count("\n") == 5 and "‖ψ(β)‖₂" in table  # header, rule and 4 rows
     with pytest.raises(ValueError, match="invalid betas"):
         beta_sweep(f, x, y, betas=[0.1, -1.0])
+
+
+def _softmax_jsv_mean_decimal(logits, jac, beta):
+    """Mean singular value of ``β (diag(p) − p pᵀ) J`` with ``p`` and the product in 400
+    significant digits (``decimal``): float64 cancels ``p_t (1 − p_t)`` once the other
+    probabilities are below 1e-16, and 60 digits once they are below 1e-60. The product,
+    divided by the second largest probability, is O(1) and goes to numpy's SVD in
+    float64."""
+    with decimal.localcontext(decimal.Context(prec=400)):  # every operator below
+        z = [decimal.Decimal(float(beta)) * decimal.Decimal(float(a)) for a in logits]
+        e = [(v - max(z)).exp() for v in z]
+        p = [v / sum(e) for v in e]
+        s = sorted(p)[-2]
+        j = [[decimal.Decimal(float(v)) for v in row] for row in np.asarray(jac, np.float64)]
+        m = np.zeros(np.shape(jac))
+        for i in range(len(p)):
+            for c in range(len(j[0])):
+                pj = sum(p[k] * j[k][c] for k in range(len(p)))
+                m[i, c] = float((p[i] * j[i][c] - p[i] * pj) / s)
+    return float(beta) * float(s) * np.linalg.svd(m, compute_uv=False).mean()
+
+
+def test_beta_sweep_softmax_jsv_stays_accurate_where_probabilities_underflow():
+    """At large β the non-top probabilities fall to 1e-40 … 1e-250: their products
+    underflow float32 (and the top row cancels in float64), yet the mean singular value
+    is representable in float64 and must match the 400-digit reference."""
+    from qadv.evaluate.beta_sweep import beta_sweep
+
+    f = make_net(jax.nn.relu, seed=2)
+    x = np.asarray(_images(6, b=4))
+    y = np.asarray(jnp.argmax(f(jnp.asarray(x)), -1)).astype(np.int32)
+    betas = [1.0, 100.0, 300.0]
+    s = beta_sweep(f, x, y, betas=betas)
+    logits = np.asarray(f(jnp.asarray(x)))
+    jac = np.asarray(jax.vmap(jax.jacobian(lambda z: f(z[None])[0]))(jnp.asarray(x)))
+    for k, b in enumerate(betas):
+        ref = [_softmax_jsv_mean_decimal(logits[i], jac[i].reshape(D, -1), b) for i in range(4)]
+        got = np.asarray(s["per_example"]["softmax_jsv_mean"])[:, k]
+        assert np.all(np.asarray(ref) > 0) and (b < 300 or np.max(ref) < 1e-38), ref
+        np.testing.assert_allclose(got, ref, rtol=2e-3, atol=0, err_msg=f"β={b}")
 
 
 def test_beta_sweep_of_a_saturated_network_vanishes_at_large_beta(tmp_path):

@@ -58,17 +58,34 @@ QUANTITIES: dict[str, str] = {
 DEFAULT_BETAS: tuple[float, ...] = tuple(float(b) for b in np.logspace(-4, 2, 31))
 
 
-def _softmax_jsv_mean(gc: jax.Array, logits: jax.Array, beta: jax.Array) -> jax.Array:
-    """Mean singular value of ``β S J`` from the centred Gram matrix ``gc`` (top class):
-    ``S = diag(p) V`` with ``V = I - 1 pᵀ`` and ``V J = V J'``, so the squared singular
-    values are the eigenvalues of ``β² diag(p) V G' Vᵀ diag(p)``, accurate where ``p``
-    is nearly one-hot (no ``p (1 - p)`` cancellation)."""
-    p = jax.nn.softmax(beta * logits, axis=-1)
-    a = jnp.einsum("bij,bj->bi", gc, p)  # G' p
-    c = gc - a[:, :, None] - a[:, None, :] + jnp.einsum("bi,bi->b", p, a)[:, None, None]
-    m = beta**2 * p[:, :, None] * p[:, None, :] * c
+def _softmax_jsv_mean(gc: jax.Array, logits: jax.Array, beta: jax.Array):
+    """Mean singular value of ``β S J`` from the centred Gram matrix ``gc`` (top class
+    ``t``), as ``(log scale, mean relative to it)`` ``(B,)`` each: their product is the mean.
+
+    ``S = diag(p) V`` with ``V = I - 1 pᵀ`` and ``V J = J' - 1 pᵀJ'`` (``J'`` the rows
+    minus row ``t``), so ``β S J = β s diag(w) R`` with ``s`` the second largest
+    probability, ``w_j = p_j / s`` (``w_t = p_t``), ``R_j = J'_j - s q̃ᵀJ'`` and
+    ``R_t = -q̃ᵀJ'`` (``q̃ = p / s`` with entry ``t`` zero). Every entry of ``R Rᵀ``
+    comes from ``G'`` and ``q̃`` without products of small probabilities, which underflow
+    float32 long before the singular values do (``p_j ≈ 1e-20`` at β = 20 already).
+    """
+    log_p = jax.nn.log_softmax(beta * logits, axis=-1)
+    top = logits.argmax(-1)
+    on_t = jnp.arange(logits.shape[-1])[None, :] == top[:, None]
+    log_s = jax.lax.top_k(log_p, 2)[0][:, 1]
+    q = jnp.where(on_t, 0.0, jnp.exp(jnp.minimum(log_p - log_s[:, None], 0.0)))
+    w = jnp.where(on_t, jnp.exp(log_p), q)
+    s = jnp.exp(log_s)[:, None]
+    a = jnp.einsum("bij,bj->bi", gc, q)  # G' q̃
+    sig = jnp.einsum("bi,bi->b", q, a)[:, None]  # q̃ᵀ G' q̃
+    rr = gc - s[:, :, None] * (a[:, :, None] + a[:, None, :]) + (s * s * sig)[:, :, None]
+    row_t = -a + s * sig  # R_t R_jᵀ
+    rr = jnp.where(on_t[:, :, None], row_t[:, None, :], rr)
+    rr = jnp.where(on_t[:, None, :], row_t[:, :, None], rr)
+    rr = jnp.where(on_t[:, :, None] & on_t[:, None, :], sig[:, :, None], rr)
+    m = w[:, :, None] * w[:, None, :] * rr
     eig = jnp.linalg.eigvalsh(0.5 * (m + jnp.swapaxes(m, 1, 2)))
-    return jnp.sqrt(jnp.clip(eig, 0.0)).mean(-1)
+    return jnp.log(beta) + log_s, jnp.sqrt(jnp.clip(eig, 0.0)).mean(-1)
 
 
 def beta_sweep(
@@ -120,6 +137,8 @@ def beta_sweep(
             vals = at(jnp.asarray(b, dtype))
             names = ("psi_norm", "softmax_jsv_mean", "grad_norm", "sign_grad_norm")
             for q, v in zip(names, vals, strict=True):
+                if q == "softmax_jsv_mean":  # (log scale, relative mean): exp in float64
+                    v = np.exp(np.asarray(v[0], np.float64)) * np.asarray(v[1], np.float64)
                 per[q][:, k] = np.asarray(v, np.float64)
     out: dict[str, Any] = {"betas": grid.tolist(), "examples": idx.tolist(), "per_example": {}}
     for name, fn in (("median", np.median), ("q25", None), ("q75", None)):

@@ -154,6 +154,78 @@ def test_two_logits_fns_of_one_model_share_the_compiled_attack():
     assert protocol._execute._cache_size() == size
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_half_precision_images_stay_in_the_ball(dtype, norm):
+    """Steps taken in bfloat16/float16 round: the point returned is still in the ball
+    (rounded towards the clean image), and its success and distance are its own."""
+    x = _data(B)[0].astype(dtype)
+    y = jnp.argmax(model(x.astype(jnp.float32)), -1).astype(jnp.int32)
+    keys = example_keys(jax.random.key(0), B)
+    fn = lambda z: model(z.astype(jnp.float32))  # noqa: E731
+    for name in REPRESENTATIVES + ("fgsm", "square"):
+        cfg = _config(name, norm)
+        res = _run(cfg, x, y, keys, fn=fn)
+        assert res.x_adv.dtype == dtype, name
+        dist = cfg.geometry.distance(res.x_adv.astype(jnp.float32), x.astype(jnp.float32))
+        assert np.all(np.asarray(dist) <= np.float32(cfg.eps) * (1 + 1e-6)), (name, dist)
+        assert np.all((np.asarray(res.x_adv) >= 0) & (np.asarray(res.x_adv) <= 1)), name
+        again = np.asarray(jnp.argmax(fn(res.x_adv), -1)) != np.asarray(y)
+        np.testing.assert_array_equal(np.asarray(res.success), again, err_msg=name)
+
+
+class _Linear:
+    """A model object whose weights a user replaces between calls."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], -1) @ self.w
+
+
+_W = jnp.zeros((int(np.prod(SHAPE)), 3))
+
+
+def _reads_global(x):
+    return x.reshape(x.shape[0], -1) @ _W
+
+
+def test_a_model_whose_weights_change_is_attacked_with_its_new_weights():
+    """The same function object, reading new weights (an attribute set on its object, a
+    rebound global, a NumPy array changed in place), is attacked with those weights and
+    fingerprinted by them; with its weights unchanged the compiled attack is reused."""
+    from qadv.attacks import protocol
+    from qadv.evaluate.fingerprint import model_fingerprint
+
+    global _W
+    n = int(np.prod(SHAPE))
+    w1 = jax.random.normal(jax.random.key(1), (n, 3))
+    x, _ = _data(4)
+    y = jnp.argmax(x.reshape(4, -1) @ w1, -1).astype(jnp.int32)
+    cfg, k = registry.make("fgsm", eps=0.05), jax.random.key(0)
+    wnp = np.asarray(w1).copy()
+    models = {
+        "attribute": (_Linear(w1), lambda m, w: setattr(m, "w", w)),
+        "global": (_reads_global, lambda m, w: globals().__setitem__("_W", w)),
+        "numpy in place": (_Linear(wnp), lambda m, w: m.w.__setitem__(..., np.asarray(w))),
+    }
+    for name, (m, set_w) in models.items():
+        set_w(m, w1)
+        first = attacks.attack(cfg, m, x, y, key=k).x_adv
+        fp = model_fingerprint(m, np.asarray(x))
+        size = protocol._execute._cache_size()
+        assert np.array_equal(attacks.attack(cfg, m, x, y, key=k).x_adv, first), name
+        assert protocol._execute._cache_size() == size, name  # same weights: reused
+        set_w(m, -w1)
+        again = attacks.attack(cfg, m, x, y, key=k).x_adv  # the gradient's sign flips
+        fresh = attacks.attack(cfg, lambda z, w=-w1: z.reshape(4, -1) @ w, x, y, key=k).x_adv
+        np.testing.assert_array_equal(again, fresh, err_msg=name)
+        assert not np.array_equal(again, first), name
+        assert model_fingerprint(m, np.asarray(x)) != fp, name
+    _W = jnp.zeros((n, 3))
+
+
 @settings(max_examples=3, deadline=None)
 @given(
     x=hnp.arrays(np.float32, (B, *SHAPE), elements=st.floats(0, 1, width=32)),

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 
 from qadv.attacks import registry
 from qadv.attacks.keys import restart_keys
-from qadv.attacks.norms import find_norm, get_norm
+from qadv.attacks.norms import find_norm, get_norm, wide_dtype
 from qadv.attacks.protocol import example_keys, execute, finish
 from qadv.attacks.temperature import BetaInfo, NoTemperature, fixed
 from qadv.attacks.unroll import CPU_UNROLL, CPU_UNROLL_CONV_STEPS, cpu_unroll
@@ -238,9 +238,12 @@ def make_pgd(
         _, g, _, binfo = loss_grad_from_linearisation(
             logits, vjp_fn, strategy, state.tstate, base_loss, y
         )
-        eta = jnp.asarray(step_size, x.dtype)
-        e = jnp.asarray(eps, x.dtype)
-        x_new = geometry.project(x_adv + eta * geometry.normalize(g), x, e)
+        # the step in at least float32; the projection rounds the point back to the
+        # images' dtype towards x, so half-precision images stay in the ball
+        wide = wide_dtype(x.dtype)
+        eta = jnp.asarray(step_size, wide)
+        x_step = x_adv.astype(wide) + eta * geometry.normalize(g.astype(wide))
+        x_new = geometry.project(x_step, x, jnp.asarray(eps, wide))
         beta = BetaInfo(binfo.beta.astype(x.dtype), binfo.fallback, binfo.default)
         return PGDState(x, y, x_new, state.tstate, beta, state.fallback | binfo.fallback)
 

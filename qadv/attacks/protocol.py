@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from qadv.attacks.keys import example_keys
+from qadv.attacks.norms import wide_dtype
+from qadv.attacks.static_fn import split_logits_fn
 from qadv.losses import cw_margin
 
 __all__ = [
@@ -179,15 +181,6 @@ def narrowed(logits_fn: LogitsFn, x, y, x_found, distance, *, norm) -> tuple[jax
     return x_found, jnp.where(adv & jnp.isfinite(distance), dist, jnp.inf)
 
 
-def split_logits_fn(logits_fn: LogitsFn) -> tuple[Any, Any]:
-    """``(static, dynamic)``: a ``jax.tree_util.Partial`` travels as a pytree (its bound
-    weights are arguments, not compiled-in constants), any other callable as a static
-    argument (pass the same object to reuse the compiled attack)."""
-    if isinstance(logits_fn, jax.tree_util.Partial):
-        return None, logits_fn
-    return logits_fn, None
-
-
 TRACED_FIELDS: tuple[str, ...] = ("eps", "step_size")
 """Config fields passed to the compiled run as traced scalars, not compiled in: a sweep
 over radii or step sizes reuses one compiled attack per shape."""
@@ -220,7 +213,29 @@ def _replace_fields(config, values: Mapping[str, Any]):
 @functools.partial(jax.jit, static_argnames=("config", "fn_static"))
 def _execute(config, scalars, data, fn_static, fn_dyn, x, y, keys) -> AttackResult:
     logits_fn = fn_static if fn_static is not None else fn_dyn
-    return _replace_fields(config, scalars).run(data, logits_fn, x, y, keys)
+    config = _replace_fields(config, scalars)
+    res = config.run(data, logits_fn, x, y, keys)
+    if jnp.finfo(x.dtype).bits < 32 and hasattr(config, "geometry") and hasattr(config, "eps"):
+        res = _into_ball(config, logits_fn, x, y, res)
+    return res
+
+
+def _into_ball(config, logits_fn: LogitsFn, x, y, res: AttackResult) -> AttackResult:
+    """``res`` with ``x_adv`` projected onto the ball once more, rounded towards ``x``
+    (:meth:`Norm.project`), for images narrower than float32: steps taken in their dtype
+    can round past the radius. Rows that move are scored again."""
+    x_in = config.geometry.project(res.x_adv, x, config.eps)
+    moved = jnp.any((x_in != res.x_adv).reshape(x.shape[0], -1), axis=1)
+    logits = logits_fn(x_in)
+    success = jnp.argmax(logits, axis=-1).astype(y.dtype) != y
+    dist = config.geometry.distance(x_in.astype(jnp.float32), x.astype(jnp.float32))
+    distance = jnp.where(success, dist.astype(res.distance.dtype), jnp.inf)
+    return res._replace(
+        x_adv=x_in,
+        success=jnp.where(moved, success, res.success),
+        margin=jnp.where(moved, cw_margin(logits, y).astype(res.margin.dtype), res.margin),
+        distance=jnp.where(moved, distance, res.distance),
+    )
 
 
 def execute(config, data, logits_fn: LogitsFn, x, y, keys) -> AttackResult:
@@ -243,7 +258,8 @@ def execute(config, data, logits_fn: LogitsFn, x, y, keys) -> AttackResult:
     fn_static, fn_dyn = split_logits_fn(logits_fn)
     scalars = _traced_scalars(config)
     static = _replace_fields(config, {name: 0.0 for name in scalars})
-    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    # the radius and step in at least float32: a bfloat16 0.1 is 0.1001
+    dtype = wide_dtype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
     traced = {name: jnp.asarray(v, dtype) for name, v in scalars.items()}
     y = jnp.asarray(y).astype(jnp.int32)
     return _execute(static, traced, data, fn_static, fn_dyn, x, y, keys)

@@ -52,6 +52,7 @@ import numpy as np
 
 from qadv import signal
 from qadv.attacks import registry
+from qadv.attacks.static_fn import split_logits_fn
 from qadv.losses import at_least_float32
 
 __all__ = [
@@ -193,11 +194,11 @@ jax.tree_util.register_dataclass(
 )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _mean_singular_value(logits_fn, x, std, weights):
+@functools.partial(jax.jit, static_argnames="fn_static")
+def _mean_singular_value(fn_static, fn_dyn, x, std, weights):
     """Mean of all ``d`` Jacobian singular values over the batch (optionally ``J * std``),
     each example weighted by ``weights`` (``(M,)``; ``None``: all equal)."""
-    jac = signal.jacobian(logits_fn, x)
+    jac = signal.jacobian(fn_static if fn_static is not None else fn_dyn, x)
     jac = at_least_float32(jac)  # no half-precision eigh
     if std is not None:
         jac = jac * std.astype(jac.dtype).reshape((1,) * (jac.ndim - 1) + (std.shape[0],))
@@ -244,7 +245,7 @@ def njs(logits_fn, x_calib: jax.Array, *, rho: float = 0.01, input_std=None, wei
             raise ValueError(
                 f"njs weights must have shape ({x_calib.shape[0]},), got {weights.shape}"
             )
-    mean_sv = _mean_singular_value(logits_fn, x_calib, std, weights)
+    mean_sv = _mean_singular_value(*split_logits_fn(logits_fn), x_calib, std, weights)
     if _is_concrete(mean_sv):
         m = float(mean_sv)
         if not (np.isfinite(m) and m > 0):

@@ -62,6 +62,7 @@ from qadv.attacks import registry
 from qadv.attacks.gradient import scaled_loss_grad
 from qadv.attacks.protocol import finish
 from qadv.attacks.temperature import NoTemperature, fixed
+from qadv.attacks.unroll import bounded_while
 from qadv.attacks.validation import check_choice, check_int
 from qadv.losses import cross_entropy, cw_margin, dlr
 
@@ -374,8 +375,8 @@ def _apgd(cfg, strategy, logits_fn, x, y, keys) -> tuple[_Outcome, jax.Array]:
         best = jax.tree_util.tree_map(lambda a, c: _where(take, a, c), new, best)
         return j + 1, best, runs + open_.astype(jnp.int32)
 
-    _, best, runs = jax.lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), start, jnp.zeros((b,), jnp.int32))
+    _, best, runs = bounded_while(
+        cond, body, (jnp.zeros((), jnp.int32), start, jnp.zeros((b,), jnp.int32)), n_runs
     )
     return best, runs
 

@@ -47,7 +47,7 @@ from qadv.attacks.fab import (
     _predicts_other,
     _safe_div,
 )
-from qadv.attacks.protocol import finish_min_norm, narrowed, widened
+from qadv.attacks.protocol import finish_min_norm, logits_in, narrowed, widened
 from qadv.attacks.validation import check_int, check_scalar
 
 __all__ = ["DeepFoolConfig"]
@@ -126,7 +126,8 @@ class DeepFoolConfig(registry.AttackConfig):
         return f"DeepFool {self.geometry.label}"
 
     def run(self, data, logits_fn, x, y, keys):
-        x_found, dist, iterations = _deepfool_core(self, logits_fn, widened(x), y)
+        xw = widened(x)
+        x_found, dist, iterations = _deepfool_core(self, logits_in(logits_fn, xw.dtype), xw, y)
         x_found, dist = narrowed(logits_fn, x, y, x_found, dist, norm=self.geometry)
         return finish_min_norm(
             logits_fn,

@@ -98,7 +98,7 @@ import jax.numpy as jnp
 
 from qadv.attacks import registry
 from qadv.attacks.norms import Norm, get_norm, per_example
-from qadv.attacks.protocol import finish_min_norm, narrowed, widened
+from qadv.attacks.protocol import finish_min_norm, logits_in, narrowed, widened
 from qadv.attacks.validation import check_int, check_scalar
 
 __all__ = ["DeepFoolConfig", "FABConfig", "fab_targets", "project_to_hyperplane"]  # noqa: F822
@@ -447,7 +447,9 @@ class FABConfig(registry.AttackConfig):
         return f"FAB{'-T' if self.targeted else ''} {self.geometry.label}"
 
     def run(self, data, logits_fn, x, y, keys):
-        best, best_dist, target, queries = _fab_core(self, logits_fn, widened(x), y, keys)
+        xw = widened(x)
+        fn = logits_in(logits_fn, xw.dtype)
+        best, best_dist, target, queries = _fab_core(self, fn, xw, y, keys)
         best, best_dist = narrowed(logits_fn, x, y, best, best_dist, norm=self.geometry)
         return finish_min_norm(
             logits_fn,

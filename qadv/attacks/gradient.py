@@ -8,10 +8,12 @@ functions over it: they build the config, validate it (the config's own checks, 
 Python, before any compilation) and run it with the runtime temperature strategy they
 were given as its prepared data. The random start, the temperature rule (NJS's per-step
 ``beta2``, HNS's grid search), the loop and the restart selection all compile together.
-``logits_fn`` is a static argument: pass the *same* function object to reuse the
-compiled attack (a ``jax.tree_util.Partial`` is passed as a pytree instead, so its bound
-arrays, e.g. model variables, may change without recompiling); ``eps`` and ``step_size``
-are traced, so a sweep over them compiles once.
+``logits_fn`` is a static argument, keyed by the function object and the arrays it reads
+(:class:`qadv.attacks.static_fn.StaticFn`): the same function with the same weights
+reuses the compiled attack, new weights compile anew (a ``jax.tree_util.Partial`` is
+passed as a pytree instead, so its bound arrays, e.g. model variables, may change
+without recompiling); ``eps`` and ``step_size`` are traced, so a sweep over them
+compiles once.
 
 Semantics (see also ``qadv.attacks.norms`` and ``qadv.attacks.temperature``):
 
@@ -64,7 +66,7 @@ from qadv.attacks.validation import (
     is_count,
     is_radius,
 )
-from qadv.losses import LOSS_NAMES, cw_margin, get_loss, temperature_scaled
+from qadv.losses import LOSS_NAMES, at_least_float32, cw_margin, get_loss, temperature_scaled
 
 __all__ = [
     "CPU_UNROLL",
@@ -204,6 +206,10 @@ def make_pgd(
     geometry = get_norm(norm)
     base_loss = get_loss(loss) if isinstance(loss, str) else loss
     strategy = fixed(1.0) if temperature is None else temperature
+    model_fn = logits_fn
+
+    def logits_fn(z):  # half-precision logits in float32: β grids, softmax and losses
+        return at_least_float32(model_fn(z))
 
     def start_point(key, x):
         if not random_init:

@@ -169,6 +169,13 @@ def widened(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
 
 
+def logits_in(logits_fn: LogitsFn, dtype) -> LogitsFn:
+    """``logits_fn`` whose logits are cast to ``dtype``: the iteration carries of FAB and
+    DeepFool keep one dtype whatever the model returns (float64 logits of float32
+    images, say)."""
+    return lambda z: logits_fn(z).astype(dtype)
+
+
 def narrowed(logits_fn: LogitsFn, x, y, x_found, distance, *, norm) -> tuple[jax.Array, jax.Array]:
     """``(x_found, distance)`` for images ``x`` of a narrower dtype than ``x_found``: the
     point cast to ``x.dtype`` and its distance measured again (``inf`` where the cast

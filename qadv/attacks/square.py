@@ -70,6 +70,7 @@ import numpy as np
 from qadv.attacks import registry
 from qadv.attacks.norms import L2, LINF, Norm, get_norm
 from qadv.attacks.protocol import finish
+from qadv.attacks.unroll import bounded_while
 from qadv.attacks.validation import check_choice, check_int, check_scalar
 from qadv.losses import cross_entropy, cw_margin
 
@@ -428,7 +429,7 @@ def _restart(logits_fn, loss_fn, x, y, keys, alive, *, norm, eps, sides) -> Squa
             st.queries + active.astype(jnp.int32),
         )
 
-    return jax.lax.while_loop(cond, body, state)
+    return bounded_while(cond, body, state, sides.shape[0])
 
 
 def square_attack(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 from jax.extend import core as jax_core
 
-__all__ = ["CPU_UNROLL", "CPU_UNROLL_CONV_STEPS", "cpu_unroll"]
+__all__ = ["CPU_UNROLL", "CPU_UNROLL_CONV_STEPS", "bounded_while", "cpu_unroll"]
 
 
 CPU_UNROLL = 4
@@ -44,3 +44,23 @@ def cpu_unroll(step, state, steps: int) -> int:
     if steps <= CPU_UNROLL_CONV_STEPS and _has_convolution(jax.make_jaxpr(step)(state).jaxpr):
         return steps
     return min(CPU_UNROLL, steps)
+
+
+def bounded_while(cond, body, init, max_steps: int):
+    """``lax.while_loop(cond, body, init)`` for a loop known to stop within ``max_steps``
+    iterations, as a ``lax.scan`` of ``max_steps`` whose iterations after the stop leave
+    the carry alone (``lax.cond``): the same result, and reverse-mode differentiable
+    (a ``while_loop`` is not), so the attacks that stop early when every example is
+    broken (APGD's restarts, Square's queries) can be differentiated through.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> f = lambda a: bounded_while(lambda c: c < 10.0, lambda c: c * a, 1.0, 8)
+        >>> float(f(3.0)), float(jax.grad(f)(3.0))  # 1 -> 3 -> 9 -> 27: 3 steps, d/da a^3
+        (27.0, 27.0)
+    """
+
+    def step(carry, _):
+        return jax.lax.cond(cond(carry), body, lambda c: c, carry), None
+
+    return jax.lax.scan(step, init, None, length=int(max_steps))[0]

@@ -43,6 +43,8 @@ def check_batch(logits_fn, x, y, *, min_classes: int = 2) -> tuple[jax.Array, ja
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(f"logits_fn must map (B, ...) images to (B, d) logits, got {got}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"logits_fn must return floating-point logits, got dtype {out.dtype}")
     d = int(out.shape[1])
     if d < min_classes:
         raise ValueError(f"need at least {min_classes} classes, logits_fn returns d={d}")

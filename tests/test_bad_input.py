@@ -116,6 +116,7 @@ def _cases(f):
                 ("--weight-decay", ["-1", "nan", "inf"]),
                 ("--adv", UNKNOWN),
                 ("--adv-eps", BAD_NUMBERS),
+                ("--robust-eps", [*BAD_NUMBERS, "3"]),  # 3: pixel units, refused up front
                 ("--optimizer", UNKNOWN),
                 ("--schedule", UNKNOWN),
                 ("--igr", UNKNOWN),
@@ -249,6 +250,13 @@ def test_cli_refuses_bad_input_with_one_line(files, capsys, command):
     for flag, values in flags:
         for value in values:
             _cli_refuses([*base, value] if not flag else [*base, flag, value], capsys)
+
+
+def test_an_option_before_the_command_is_named(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--nope"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized option '--nope' before the command" in err
 
 
 # ----------------------------------------------------------------------------- library

@@ -8,12 +8,9 @@ functions over it: they build the config, validate it (the config's own checks, 
 Python, before any compilation) and run it with the runtime temperature strategy they
 were given as its prepared data. The random start, the temperature rule (NJS's per-step
 ``beta2``, HNS's grid search), the loop and the restart selection all compile together.
-``logits_fn`` is a static argument, keyed by the function object and the arrays it reads
-(:class:`qadv.attacks.static_fn.StaticFn`): the same function with the same weights
-reuses the compiled attack, new weights compile anew (a ``jax.tree_util.Partial`` is
-passed as a pytree instead, so its bound arrays, e.g. model variables, may change
-without recompiling); ``eps`` and ``step_size`` are traced, so a sweep over them
-compiles once.
+``logits_fn`` is static, keyed by the arrays it reads (:mod:`qadv.attacks.static_fn`: new
+weights compile anew; a ``jax.tree_util.Partial``'s bound arrays are arguments instead);
+``eps`` and ``step_size`` are traced, so a sweep over them compiles once.
 
 Semantics (see also ``qadv.attacks.norms`` and ``qadv.attacks.temperature``):
 
@@ -244,8 +241,7 @@ def make_pgd(
         _, g, _, binfo = loss_grad_from_linearisation(
             logits, vjp_fn, strategy, state.tstate, base_loss, y
         )
-        # the step in at least float32; the projection rounds the point back to the
-        # images' dtype towards x, so half-precision images stay in the ball
+        # the step in >= float32, rounded back towards x by the projection (half precision)
         wide = wide_dtype(x.dtype)
         eta = jnp.asarray(step_size, wide)
         x_step = x_adv.astype(wide) + eta * geometry.normalize(g.astype(wide))

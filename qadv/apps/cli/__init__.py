@@ -105,7 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     """Runs ``qadv`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status
     (0, 2 for a user error reported in one line, 130 when interrupted). A bad command line
     exits through argparse with status 2."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        parser.error(
+            f"unrecognized option {argv[0]!r} before the command; options follow a COMMAND "
+            f"({', '.join(COMMANDS)})"
+        )
+    args = parser.parse_args(argv)
     try:
         _prepare(args)
         COMMANDS[args.command].run(args)

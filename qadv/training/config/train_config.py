@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from qadv.attacks.norms import get_norm
 from qadv.quant import policy_class, policy_kinds
 from qadv.training.config.adversary import AdversaryConfig, RegularizerConfig
 from qadv.training.config.aliases import ALIASES, GROUPS, route
@@ -100,6 +101,12 @@ class TrainConfig:
                 f"adversary norm {self.adversary.norm!r} and regulariser norm "
                 f"{self.regularizer.norm!r} differ; use one threat model"
             )
+        if self.eval.robust_eps is not None:  # the robust evaluation's threat model
+            norm = self.adversary.norm if self.adversary.enabled else self.regularizer.norm
+            try:
+                get_norm(norm).check_eps(self.eval.robust_eps)
+            except ValueError as e:
+                raise ValueError(f"invalid robust_{e}") from None
 
     # ------------------------------------------------------------------ access
 

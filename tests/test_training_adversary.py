@@ -80,6 +80,20 @@ def test_a_default_temperature_serialises_as_its_name():
     assert stored["adversary"]["temperature"] == {"kind": "prop1", "rho": 0.05}
 
 
+def test_fastat_takes_the_cyclic_schedule_unless_one_is_chosen():
+    """FastAT is one FGSM step with a cyclic learning rate (Wong et al. 2020); a schedule
+    the user names, and a stored config's, stays."""
+    assert TrainConfig(adv="fastat").optim.schedule == "cyclic"
+    assert TrainConfig(adversary={"name": "fastat"}, optim={"lr": 0.1}).optim.schedule == "cyclic"
+    assert TrainConfig(adv="fastat", schedule="cosine").optim.schedule == "cosine"
+    assert TrainConfig(adversary={"name": "fastat"}, optim={"schedule": "step"}).optim.schedule == (
+        "step"
+    )
+    assert TrainConfig(adv="pgd").optim.schedule == TrainConfig().optim.schedule == "cosine"
+    c = TrainConfig(adv="fastat")
+    assert TrainConfig.from_dict(c.to_dict()) == c
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [

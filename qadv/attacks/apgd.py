@@ -9,7 +9,10 @@ One run of ``steps`` iterations, per example (``B`` examples, images ``(B, H, W,
   (``a = 1`` at the first step), ``P`` the projection onto the ball and ``[0, 1]``;
 - at each checkpoint ``w_j = ceil(p_j N)`` (:func:`checkpoints`), halve ``eta`` and go
   back to the best point found so far (and its gradient) if either
-  (1) at most ``checkpoint_rho`` of the steps since the last checkpoint increased the loss, or
+  (1) at most ``checkpoint_rho`` of the steps since the last checkpoint increased the loss
+  (the reference code's ``<=``; the paper writes "fewer than": the two differ only when
+  exactly 75 % of a window increased it, which at N = 100 means 12 of the 16 steps
+  before step 57; qadv keeps the reference's rule so its numbers are AutoAttack's), or
   (2) ``eta`` was not halved at the last checkpoint and the best loss has not increased
   since;
 - track the point of highest loss and the first misclassified point; a run returns the

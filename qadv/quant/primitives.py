@@ -216,6 +216,9 @@ def pact_activation(x: jax.Array, alpha: jax.Array, *, bits: int) -> jax.Array:
     alpha = jnp.asarray(alpha, dtype=x.dtype)
     # jnp.where (not min/max) so that the derivative at the clip points is 1, not 1/2.
     y = jnp.where(x < 0, jnp.zeros_like(x), jnp.where(x > alpha, alpha, x))
+    # at x == alpha both indicator derivatives are 1: add alpha - sg(alpha) (value 0)
+    tie = jnp.where(x == alpha, alpha - jax.lax.stop_gradient(alpha), jnp.zeros_like(x))
+    y = y + tie
     n = jnp.asarray(2**bits - 1, dtype=x.dtype)
     scale = jax.lax.stop_gradient(alpha) / n
     q = jnp.round(y / scale) * scale

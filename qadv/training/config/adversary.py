@@ -50,7 +50,8 @@ class AdversaryConfig(Group):
     Attributes:
         name: ``none``, ``pgd`` (Madry et al.: ``steps`` steps of ``step_size``),
             ``fastat`` (Wong et al. 2020: one FGSM step of ``1.25 eps`` from a random
-            start; pair it with ``optim.schedule="cyclic"``), or any other registered
+            start, with ``optim.schedule="cyclic"`` unless a schedule is given), or any
+            other registered
             gradient attack (one with a temperature: ``fgsm``, ``apgd-ce``, ...; its own
             defaults apply where ``steps``/``step_size`` are ``None``).
         eps: radius in ``[0, 1]`` pixel units (default 8/255; Fashion-MNIST papers use 0.1).

@@ -74,6 +74,9 @@ class TrainConfig:
                 if groups[g]:
                     obj = dataclasses.replace(obj, **groups[g])
             object.__setattr__(self, g, obj)
+        if self.adversary.name == "fastat" and not _sets_schedule(groups, given):
+            # FastAT is one FGSM step *with* a cyclic learning rate (Wong et al. 2020)
+            object.__setattr__(self, "optim", dataclasses.replace(self.optim, schedule="cyclic"))
         self._check_combination()
 
     def _check_combination(self) -> None:
@@ -169,3 +172,12 @@ class TrainConfig:
         if not isinstance(d, Mapping):
             raise ValueError(f"invalid train config {d!r}; expected a mapping")
         return cls(**dict(d))
+
+
+def _sets_schedule(groups: Mapping[str, dict], given: Mapping[str, Any]) -> bool:
+    """Whether the learning-rate schedule was chosen: a flat ``schedule``, an ``optim``
+    dict naming it, or an ``optim`` group config (which carries its own)."""
+    if "schedule" in groups["optim"]:
+        return True
+    optim = given.get("optim")
+    return optim is not None and (not isinstance(optim, Mapping) or "schedule" in optim)

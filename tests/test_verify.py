@@ -531,3 +531,69 @@ def test_minimal_perturbations_bracket_the_attacks_and_resume(tmp_path, monkeypa
     assert {"minimal.json", "minimal.md", "minimal.jsonl"} <= {p.name for p in tmp_path.iterdir()}
     monkeypatch.setattr(milp_mod, "minimal_linf", lambda *a, **k: pytest.fail("not resumed"))
     assert minimal_perturbations(loaded, xs, ys, **kw)["examples"] == rec["examples"]
+
+
+# BNN-WAQ (3 inputs, 6 sign units, ±1 classifier: integer logits) whose only way out of
+# class 2 in the ball is the exact tie logit_1 == logit_2 (argmax: class 1). One slack for
+# the tie and the sign rows put the polished point on a sign boundary: "robust" after a cut.
+_TIE_S0 = [[1, -1, 1, -1, -1, 1], [1, -1, -1, 1, -1, -1], [-1, -1, -1, -1, 1, 1]]  # signs
+_TIE_W0 = np.array(_TIE_S0) * np.array([1.3631, 1.828, 1.1996, 0.8502, 0.9083, 1.4585])
+_TIE_B0 = np.array([-0.1288, 0.4778, 0.2477, 1.0379, -0.8173, -0.8344])
+_TIE_W1 = np.array([[-1, -1, 1, -1, 1, -1], [1, 1, 1, -1, 1, 1], [-1, -1, 1, -1, -1, -1]]).T
+_TIE_X = np.array([0.43263078, 0.66929728, 0.42278469], np.float32).reshape(1, 3, 1)
+
+
+def _tie_net():
+    layers = (Layer(_TIE_W0, _TIE_B0, "sign"), Layer(_TIE_W1 * 1.0, np.zeros(3), "none"))
+    w0, b0, w1 = (jnp.asarray(a, jnp.float32) for a in (_TIE_W0, _TIE_B0, _TIE_W1))
+
+    @jax.jit
+    def logits_fn(x):  # the same network in float32, as the JAX model computes it
+        return jnp.where(x.reshape(x.shape[0], -1) @ w0 + b0[None] >= 0, 1.0, -1.0) @ w1
+
+    return Network(layers, (1, 3, 1), "bnn_waq"), logits_fn
+
+
+def test_exact_logit_tie_is_a_counterexample():
+    (net, f), x, eps = _tie_net(), _TIE_X, 0.2
+    assert net.logits(x[None])[0].tolist() == [-2.0, -4.0, 0.0]
+    truth = enumerate_robustness(net, x, 2, eps)
+    assert not truth.robust and truth.max_margin == 0.0  # adversarial by a tie only
+    for logits_fn in (None, f):
+        for max_cuts in (None, 0):
+            v = exact_robustness(net, x, 2, eps, logits_fn=logits_fn, max_cuts=max_cuts)
+            assert v.status == NOT_ROBUST and v.target == 1, (logits_fn, max_cuts, v)
+            assert_counterexample(v, f, x, 2, eps)
+            for logits in (net.logits(v.x_adv[None])[0], np.asarray(f(v.x_adv[None]))[0]):
+                assert logits[1] == logits[2] > logits[0]  # interior: a tie in both
+    assert exact_robustness(net, x, 2, 0.1, logits_fn=f).status == ROBUST
+    assert enumerate_robustness(net, x, 2, 0.1).robust
+
+
+def test_unconfirmed_adversarial_pattern_is_never_robust():
+    """A model that confirms nothing (always class 2) cannot make a pattern that holds
+    adversarial points disappear: the example is unsolved, not robust."""
+    never = jax.jit(lambda x: jnp.zeros((x.shape[0], 3)).at[:, 2].set(1.0))
+    v = exact_robustness(_tie_net()[0], _TIE_X, 2, 0.2, logits_fn=never)
+    assert (v.status, v.reason, v.x_adv) == (UNSOLVED, "unconfirmed", None)
+
+
+def test_milp_is_sound_on_integer_logit_ties():
+    """Against brute force on tiny nets (3 inputs, 4 sign units, ±1 classifier) where
+    ties decide; seed 16 was called robust at radii 0.15 and 0.2 (a tie lies in the ball)."""
+    ties = 0
+    for seed in range(10, 22):
+        rng = np.random.default_rng(seed)
+        w0 = np.where(rng.normal(size=(3, 4)) >= 0, 1.0, -1.0) * rng.uniform(0.5, 2.0, 4)
+        b0 = rng.normal(size=4)
+        w1 = np.where(rng.normal(size=(4, 3)) >= 0, 1.0, -1.0)
+        net = Network((Layer(w0, b0, "sign"), Layer(w1, np.zeros(3), "none")), (1, 3, 1))
+        for x in rng.uniform(size=(3, 1, 3, 1)).astype(np.float32):
+            y = int(np.argmax(net.logits(x[None])[0]))
+            for eps in (0.05, 0.1, 0.15, 0.2, 0.3):
+                v, e = exact_robustness(net, x, y, eps), enumerate_robustness(net, x, y, eps)
+                assert v.status != UNSOLVED and (v.status == ROBUST) == e.robust, (seed, v, e)
+                if v.status == NOT_ROBUST:
+                    assert_counterexample(v, net.logits, x, y, eps)
+                ties += e.max_margin == 0.0
+    assert ties > 0

@@ -35,14 +35,21 @@ target whose interval upper bound already rules it out costs no MILP. An example
 
 Every counterexample is confirmed on the real model: the MILP's activation pattern is
 fixed and a linear program moves ``x`` to the interior of that pattern's region (the
-largest slack on every sign constraint and on the logit condition), the point is rounded to
-float32 inside the ball and scored by ``logits_fn`` (the JAX model) or, without one, by the
-float64 network. A pattern that is adversarial only on a measure-zero boundary (or only
-within solver tolerances) is excluded by a no-good cut and the MILP is solved again. Every
-cut removes one activation pattern, so the rounds make progress; by default up to
-``max(16, 4 n)`` cuts per target for ``n`` binaries (at most the ``2^n`` patterns), with the
-time limit as the real cap. An example still undecided then is ``unsolved``.
-An example whose MILPs hit the time limit is ``unsolved`` too, and never counted either way.
+largest slack on every sign constraint with the logit condition kept, non-strict, so that
+an exact tie of integer logits stays adversarial; then the largest slack on the logit
+condition), the point is rounded to float32 inside the ball and scored by ``logits_fn``
+(the JAX model) or, without one, by the float64 network. A pattern whose candidates all
+fail is excluded by a no-good cut and the MILP is solved again. The cut loses nothing when
+a linear program proves that the pattern's region holds no adversarial point (the ``-1``
+side of a sign unit strict, the logit condition non-strict): the pattern was adversarial
+only on a measure-zero boundary or within solver tolerances. Otherwise the region does hold
+adversarial points that float32 cannot confirm; the search goes on for a confirmable one,
+but the example can no longer be robust: it is ``unsolved`` (reason ``"unconfirmed"``)
+unless another pattern is confirmed. Every cut removes one activation pattern, so the
+rounds make progress; by default up to ``max(16, 4 n)`` cuts per target for ``n``
+binaries (at most the ``2^n`` patterns), with the time limit as the real cap. An example
+still undecided then is ``unsolved`` (reason ``"numerical"``). An example whose MILPs hit
+the time limit is ``unsolved`` too, and never counted either way.
 
 "Exact" therefore means exact in real arithmetic up to HiGHS's feasibility tolerances
 (1e-7 on constraints): a robustness proof can miss an adversarial region thinner than that.
@@ -65,10 +72,10 @@ from scipy import optimize
 from qadv.verify.counterexample import (
     LogitsFn,
     cut_limit,
+    examine,
     in_ball32,
     is_adversarial,
     no_good_cut,
-    polish,
 )
 from qadv.verify.encoding import (
     TIE_MARGIN,
@@ -116,7 +123,9 @@ class ExactOutcome(NamedTuple):
         target: the class the counterexample's MILP aimed at (``-1`` if none).
         time_s: wall time spent.
         milps: MILPs solved.
-        reason: why unsolved (``"time limit"``, ``"numerical"``), else ``""``.
+        reason: why unsolved, else ``""``: ``"time limit"``; ``"numerical"`` (the
+            no-good cuts ran out); ``"unconfirmed"`` (an activation pattern holds
+            adversarial points in real arithmetic, but none was confirmed by the model).
     """
 
     status: str
@@ -210,35 +219,36 @@ def _ruled_out(p: _Problem, j: int) -> bool:
     return upper < margin(j, p.y)
 
 
-def _confirmed(p: _Problem, xval: np.ndarray, j: int, logits_fn) -> np.ndarray | None:
-    """The MILP solution's polished point, else its raw point, if the model confirms it
-    (rounded to float32 inside the ball); ``None`` if neither is adversarial."""
-    candidates = []
-    x_pol, _slack = polish(p.net, p.units, xval, p.lo, p.hi, p.y, j)
-    if x_pol is not None:
-        candidates.append(x_pol)
-    candidates.append(xval[: len(p.lo)])
+def _confirmed(p: _Problem, xval: np.ndarray, j: int, logits_fn) -> tuple[np.ndarray | None, bool]:
+    """``(x_adv, excluded)`` for the MILP solution ``xval``: the first of its candidates
+    (:func:`~qadv.verify.counterexample.examine`) that the model confirms, rounded to
+    float32 inside the ball, else ``None``; and whether its pattern is proven to hold no
+    adversarial point (so that a no-good cut loses nothing)."""
+    excluded, candidates = examine(p.net, p.units, xval, p.lo, p.hi, p.y, j)
     for cand in candidates:
         x32 = in_ball32(cand, p.lo, p.hi)
         if is_adversarial(p.net, logits_fn, x32, p.y):
-            return x32.reshape(p.net.image_shape)
-    return None
+            return x32.reshape(p.net.image_shape), excluded
+    return None, excluded
 
 
 def _check_target(
     p: _Problem, j: int, logits_fn, t0: float, time_limit: float, milps: int
-) -> tuple[ExactOutcome | None, int]:
-    """MILP rounds for target ``j`` (one more per no-good cut): ``(outcome, milps)`` with
-    ``outcome`` ``None`` when ``j`` is unreachable, else the example's final outcome."""
+) -> tuple[ExactOutcome | None, int, bool]:
+    """MILP rounds for target ``j`` (one more per no-good cut): ``(outcome, milps, doubt)``
+    with ``outcome`` ``None`` when no further pattern is left, else the example's final
+    outcome; ``doubt``: a pattern that holds adversarial points (none confirmed) was cut,
+    so ``j`` is not proven unreachable."""
     y = p.y
     diff = p.logit_e[j] - p.logit_e[y]
     target_row = (np.flatnonzero(diff), diff[np.flatnonzero(diff)])
     cuts: list = []
+    doubt = False
     for _ in range(p.cut_limit + 1):
         remaining = time_limit - (time.monotonic() - t0)
         if remaining <= 0:
             out = ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, "time limit")
-            return out, milps
+            return out, milps, doubt
         extra = [(*target_row, margin(j, y) - (p.logit_e0[j] - p.logit_e0[y]), np.inf), *cuts]
         res = solve_milp(
             np.zeros(p.prog.nvar),
@@ -248,18 +258,20 @@ def _check_target(
             options={"time_limit": float(remaining), "presolve": True},
         )
         milps += 1
-        if res.status == 2:  # infeasible: target j is unreachable
-            return None, milps
+        if res.status == 2:  # infeasible: no pattern left for target j
+            return None, milps, doubt
         if res.x is None:
             reason = "time limit" if res.status == 1 else f"solver status {res.status}"
-            return ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, reason), milps
-        x_adv = _confirmed(p, res.x, j, logits_fn)
+            out = ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, reason)
+            return out, milps, doubt
+        x_adv, excluded = _confirmed(p, res.x, j, logits_fn)
         if x_adv is not None:
-            return ExactOutcome(NOT_ROBUST, x_adv, j, time.monotonic() - t0, milps), milps
+            return ExactOutcome(NOT_ROBUST, x_adv, j, time.monotonic() - t0, milps), milps, doubt
+        doubt = doubt or not excluded
         cuts.append(no_good_cut(p.units, res.x))
         if not cuts[-1][0].size:  # no binaries to cut: nothing else to try
-            return None, milps
-    return ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, "numerical"), milps
+            return None, milps, doubt
+    return ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, "numerical"), milps, doubt
 
 
 def exact_robustness(
@@ -304,13 +316,16 @@ def exact_robustness(
     if is_adversarial(net, logits_fn, x, y):
         return ExactOutcome(NOT_ROBUST, x.copy(), -1, time.monotonic() - t0, 0)
     problem = _build_problem(net, x, y, float(eps), max_cuts)
-    milps = 0
+    milps, doubt = 0, False
     for j in problem.targets:
         if _ruled_out(problem, j):
             continue
-        outcome, milps = _check_target(problem, j, logits_fn, t0, time_limit, milps)
+        outcome, milps, doubt_j = _check_target(problem, j, logits_fn, t0, time_limit, milps)
         if outcome is not None:
             return outcome
+        doubt = doubt or doubt_j
+    if doubt:  # an adversarial region was found but no point of it could be confirmed
+        return ExactOutcome(UNSOLVED, None, -1, time.monotonic() - t0, milps, "unconfirmed")
     return ExactOutcome(ROBUST, None, -1, time.monotonic() - t0, milps)
 
 

@@ -8,7 +8,7 @@ functions over it: they build the config, validate it (the config's own checks, 
 Python, before any compilation) and run it with the runtime temperature strategy they
 were given as its prepared data. The random start, the temperature rule (NJS's per-step
 ``beta2``, HNS's grid search), the loop and the restart selection all compile together.
-``logits_fn`` is static, keyed by the arrays it reads (:mod:`qadv.attacks.static_fn`: new
+``logits_fn`` is static, keyed by the arrays it reads (:mod:`qadv.static_fn`: new
 weights compile anew; a ``jax.tree_util.Partial``'s bound arrays are arguments instead);
 ``eps`` and ``step_size`` are traced, so a sweep over them compiles once.
 

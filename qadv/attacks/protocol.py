@@ -42,8 +42,8 @@ import numpy as np
 
 from qadv.attacks.keys import example_keys
 from qadv.attacks.norms import wide_dtype
-from qadv.attacks.static_fn import split_logits_fn
 from qadv.losses import cw_margin
+from qadv.static_fn import split_logits_fn
 
 __all__ = [
     "AttackContext",

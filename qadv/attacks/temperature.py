@@ -52,8 +52,8 @@ import numpy as np
 
 from qadv import signal
 from qadv.attacks import registry
-from qadv.attacks.static_fn import split_logits_fn
 from qadv.losses import at_least_float32
+from qadv.static_fn import split_logits_fn
 
 __all__ = [
     "HNS",

@@ -8,6 +8,7 @@ import numpy as np
 
 from qadv.losses import at_least_float32, get_loss, temperature_scaled
 from qadv.signal.jacobians import LogitsFn
+from qadv.static_fn import jit_over_model
 
 
 def _feature_axes(x: jax.Array) -> tuple[int, ...]:
@@ -43,6 +44,7 @@ def error_signal_norm(logits: jax.Array, y: jax.Array, beta: jax.Array | float =
     return _scaled_l2(psi)
 
 
+@jit_over_model(static_argnames=("loss",))
 def input_gradient(
     logits_fn: LogitsFn,
     x: jax.Array,
@@ -63,6 +65,7 @@ def input_gradient(
     return jax.grad(lambda z: jnp.sum(loss_fn(logits_fn(z), y)))(x)
 
 
+@jit_over_model(static_argnames=("loss",))
 def input_gradient_norm(logits_fn, x, y, beta=1.0, *, loss: str = "ce") -> jax.Array:
     """``||d loss(beta f(x), y)/dx||_2`` per example ``(B,)`` (paper Table 13).
 
@@ -76,6 +79,7 @@ def input_gradient_norm(logits_fn, x, y, beta=1.0, *, loss: str = "ce") -> jax.A
     return _scaled_l2(g)
 
 
+@jit_over_model(static_argnames=("loss",))
 def sign_gradient_norm(logits_fn, x, y, beta=1.0, *, loss: str = "ce") -> jax.Array:
     """``||sign(d loss/dx)||_2`` per example ``(B,)``: sqrt of the number of non-zero entries.
 
@@ -92,6 +96,7 @@ def sign_gradient_norm(logits_fn, x, y, beta=1.0, *, loss: str = "ce") -> jax.Ar
     return jnp.sqrt(jnp.sum(nonzero, axis=_feature_axes(g)))
 
 
+@jit_over_model(static_argnames=("loss",))
 def zero_gradient_mask(logits_fn, x, y, beta=1.0, *, loss: str = "ce") -> jax.Array:
     """``(B,)`` bool: the example's input gradient is exactly zero everywhere.
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from qadv.losses import at_least_float32
 from qadv.signal.jacobians import _HIGHEST, LogitsFn, gram, jacobian
+from qadv.static_fn import jit_over_model
 
 
 def _single(logits_fn: LogitsFn) -> Callable[[jax.Array], jax.Array]:
@@ -229,6 +230,7 @@ def curvature_terms(logits_fn: LogitsFn, x: jax.Array, jac: jax.Array):
     return jax.vmap(per_example)(x, jac)
 
 
+@jit_over_model(static_argnames=("exact",))
 def hessian_norm(
     logits_fn: LogitsFn,
     x: jax.Array,

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qadv.static_fn import jit_over_model
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -209,6 +211,12 @@ def map_examples(fn, xs, examples: int):
     return jax.lax.map(fn, xs, batch_size=int(examples))
 
 
+@jit_over_model(
+    static_argnames=(
+        "chunk",
+        "memory_budget",
+    )
+)
 def jacobian(
     logits_fn: LogitsFn,
     x: jax.Array,
@@ -307,6 +315,7 @@ def gram(jac: jax.Array) -> jax.Array:
     return jnp.einsum("bin,bjn->bij", jf, jf, precision=_HIGHEST)
 
 
+@jit_over_model()
 def jacobian_singular_values(logits_fn: LogitsFn, x: jax.Array) -> jax.Array:
     """All ``d`` singular values of each example's Jacobian, largest first.
 

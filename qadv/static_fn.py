@@ -42,7 +42,14 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["DEPTH", "NUMPY_DIGEST_BYTES", "StaticFn", "array_state", "split_logits_fn"]
+__all__ = [
+    "DEPTH",
+    "NUMPY_DIGEST_BYTES",
+    "StaticFn",
+    "array_state",
+    "jit_over_model",
+    "split_logits_fn",
+]
 
 #: How many levels of attributes, closures and containers are followed.
 DEPTH = 4
@@ -145,3 +152,37 @@ def split_logits_fn(logits_fn: Callable) -> tuple[Any, Any]:
     if isinstance(logits_fn, StaticFn):
         return logits_fn, None
     return StaticFn(logits_fn), None
+
+
+def jit_over_model(*, static_argnames: tuple[str, ...] = ()):
+    """Decorator: ``fn(logits_fn, *arrays, **options)`` compiled as one program, the model
+    passed as :func:`split_logits_fn` passes it (static and keyed by its arrays, or a
+    ``Partial``'s arrays as arguments), ``static_argnames`` keyword options compiled in.
+
+    Called outside ``jit``, a function of the model would otherwise run op by op, which
+    compiles one small program per operation and shape; called inside, this is the
+    same as calling ``fn``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> @jit_over_model(static_argnames=("power",))
+        ... def moment(logits_fn, x, *, power=2):
+        ...     return jnp.mean(logits_fn(x) ** power)
+        >>> float(moment(lambda x: 2.0 * x, jnp.ones(3), power=3))
+        8.0
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        def compiled(fn_static, fn_dyn, *args, **kwargs):
+            return fn(fn_static if fn_static is not None else fn_dyn, *args, **kwargs)
+
+        compiled.__name__ = compiled.__qualname__ = fn.__name__  # the program's name
+        compiled = jax.jit(compiled, static_argnames=("fn_static", *static_argnames))
+
+        @functools.wraps(fn)
+        def call(logits_fn, *args, **kwargs):
+            return compiled(*split_logits_fn(logits_fn), *args, **kwargs)
+
+        return call
+
+    return wrap

@@ -166,7 +166,7 @@ def widened(x: jax.Array) -> jax.Array:
     """``x`` in float32 if it is a narrower float (float16, bfloat16), else ``x``: attacks
     that iterate on linearisations (FAB, DeepFool) do their arithmetic in float32 and
     hand their point back with :func:`narrowed`."""
-    return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+    return x.astype(wide_dtype(x.dtype))
 
 
 def logits_in(logits_fn: LogitsFn, dtype) -> LogitsFn:

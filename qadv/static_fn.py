@@ -7,13 +7,19 @@ compiled in at its first call, silently. :class:`StaticFn` compares equal only w
 arrays the function reads are the same objects (and NumPy arrays hold the same bytes),
 so new weights compile anew and unchanged ones reuse the compiled program.
 
-What is looked at: a function's closure cells and the globals its code names; a bound
-method's object (its attributes); a ``functools.partial``'s function, arguments and
-keywords; callable objects' attributes; and the pytree leaves of each of those, to
-:data:`DEPTH` levels. Arrays held deeper, or mutated inside a NumPy array of more than
-:data:`NUMPY_DIGEST_BYTES`, are not seen: pass such a model as a
-``jax.tree_util.Partial`` (its arrays are then arguments of the compiled program, never
-compiled in) or as a new function object.
+What is looked at: a function's closure cells, the globals its code (and the functions
+defined inside it) names, and those names' attributes of the user's own modules; a bound
+method's object; a ``functools.partial``'s or ``Partial``'s function, arguments and
+keywords; objects' attributes (``__dict__``, ``__slots__``, arrays held by their class);
+dicts, lists, tuples and registered pytrees to their leaves (a flax ``variables`` dict at
+any nesting). Objects are followed :data:`DEPTH` levels deep, at most
+:data:`MAX_OBJECTS` of them per call. Not seen: arrays deeper than that, or reached only
+through a property or ``__getattr__``, and the content of a NumPy array larger than
+:data:`NUMPY_DIGEST_BYTES` changed in place. Each set of weights is one entry of the
+compilation cache, which holds them (up to JAX's cache size). For a model whose weights
+change often (adversarial evaluation every epoch), pass a ``jax.tree_util.Partial``:
+its bound arrays are arguments of the compiled program, never compiled in, so new
+weights neither recompile nor go stale.
 
 Example:
     >>> import jax.numpy as jnp
@@ -35,6 +41,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -44,42 +52,89 @@ import numpy as np
 
 __all__ = [
     "DEPTH",
+    "MAX_OBJECTS",
     "NUMPY_DIGEST_BYTES",
+    "NUMPY_DIGEST_TOTAL",
     "StaticFn",
     "array_state",
     "jit_over_model",
     "split_logits_fn",
 ]
 
-#: How many levels of attributes, closures and containers are followed.
-DEPTH = 4
+#: How many levels of objects are followed (containers and pytrees cost no level: a
+#: flax ``variables`` dict is read to its leaves whatever its nesting).
+DEPTH = 8
 
-#: NumPy arrays up to this size are compared by content (they can change in place).
-NUMPY_DIGEST_BYTES = 1 << 24
+#: At most this many objects are looked at per call (a model that names a global holding
+#: a million Python objects is not walked through them all).
+MAX_OBJECTS = 20_000
 
-_SKIP = (types.ModuleType, type, str, bytes, int, float, complex, bool, type(None))
+#: NumPy arrays up to this size are compared by content (they can change in place), up to
+#: :data:`NUMPY_DIGEST_TOTAL` bytes per call; larger ones by identity.
+NUMPY_DIGEST_BYTES = 1 << 22
+NUMPY_DIGEST_TOTAL = 1 << 24
+
+_SKIP = (types.ModuleType, str, bytes, int, float, complex, bool, type(None), types.CodeType)
+
+
+def _code_names(code: types.CodeType) -> list[str]:
+    """Global and attribute names of ``code`` and of the functions defined inside it."""
+    names = list(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names += _code_names(c)
+    return names
+
+
+def _attributes(obj: Any) -> list[Any]:
+    """An object's instance attributes (``__dict__`` and ``__slots__``) and the arrays
+    among its class's attributes (class-level weights)."""
+    out: list[Any] = []
+    state = getattr(obj, "__dict__", None)
+    if isinstance(state, dict):
+        out += list(state.values())
+    for klass in type(obj).__mro__[:-1]:
+        slots = klass.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+                out.append(getattr(obj, name))
+        out += [v for k, v in klass.__dict__.items() if not k.startswith("__") and _is_array(v)]
+    return out
 
 
 def _children(obj: Any) -> list[Any]:
-    """The objects ``obj`` reads its state from (one level)."""
-    if isinstance(obj, functools.partial):
+    """The objects ``obj`` reads its state from (one level; containers flattened)."""
+    if isinstance(obj, functools.partial | jax.tree_util.Partial):
         return [obj.func, *obj.args, *obj.keywords.values()]
     if isinstance(obj, types.MethodType):
         return [obj.__func__, obj.__self__]
     if isinstance(obj, types.FunctionType):
         out = [c.cell_contents for c in obj.__closure__ or () if _filled(c)]
-        g = obj.__globals__
-        out += [g[n] for n in obj.__code__.co_names if n in g]
+        g, names = obj.__globals__, _code_names(obj.__code__)
+        out += [g[n] for n in names if n in g]
+        # attributes the code reads from the user's own modules (``state.W``)
+        mods = [v for v in g.values() if isinstance(v, types.ModuleType) and _user_module(v)]
+        out += [getattr(m, n) for m in mods for n in set(names) if hasattr(m, n)]
         return out
-    if isinstance(obj, dict):
-        return list(obj.values())
-    if isinstance(obj, list | tuple):
-        return list(obj)
-    leaves = jax.tree_util.tree_leaves(obj)
-    if len(leaves) != 1 or leaves[0] is not obj:  # a registered pytree (flax structs, …)
+    if isinstance(obj, type):
+        return [v for k, v in vars(obj).items() if not k.startswith("__") and _is_array(v)]
+    leaves = jax.tree_util.tree_leaves(obj)  # dicts, lists, tuples, registered pytrees
+    if len(leaves) != 1 or leaves[0] is not obj:
         return leaves
-    state = getattr(obj, "__dict__", None)
-    return list(state.values()) if isinstance(state, dict) else []
+    return _attributes(obj)
+
+
+def _user_module(m: types.ModuleType) -> bool:
+    """A module of the user's own (not an installed package nor the standard library):
+    its attributes may hold weights."""
+    if m.__name__ in sys.builtin_module_names:
+        return False
+    path = getattr(m, "__file__", None) or ""  # none: made at run time, the user's
+    return "site-packages" not in path and "/lib/python" not in path
+
+
+def _is_array(v: Any) -> bool:
+    return isinstance(v, jax.Array | np.ndarray)
 
 
 def _filled(cell) -> bool:
@@ -94,28 +149,40 @@ def array_state(fn: Callable) -> tuple[Any, ...]:
     """The arrays ``fn`` reads (see the module docstring), in a fixed order."""
     found: list[Any] = []
     seen: set[int] = set()
-    frontier = [fn]
+    level: list[Any] = [fn]
     for _ in range(DEPTH + 1):
-        nxt = []
-        for obj in frontier:
-            if id(obj) in seen or isinstance(obj, _SKIP):
-                continue
-            seen.add(id(obj))
-            if isinstance(obj, jax.Array | np.ndarray):
-                found.append(obj)
-                continue
+        nxt: list[Any] = []
+        i = 0
+        while i < len(level) and len(seen) < MAX_OBJECTS:
+            obj, i = level[i], i + 1
             try:
-                nxt.extend(_children(obj))
+                if isinstance(obj, _SKIP) or id(obj) in seen:  # numbers cost no budget
+                    continue
+                seen.add(id(obj))
+                if _is_array(obj):
+                    found.append(obj)
+                elif isinstance(obj, dict | list | tuple):  # containers cost no level
+                    items = obj.values() if isinstance(obj, dict) else obj
+                    level.extend(itertools.islice(items, MAX_OBJECTS - len(seen)))
+                else:
+                    nxt.extend(_children(obj))
             except Exception:  # an object that refuses introspection is not followed
                 continue
-        frontier = nxt
+        level = nxt
     return tuple(found)
 
 
-def _token(a: Any) -> Any:
-    if isinstance(a, np.ndarray) and not a.dtype.hasobject and a.nbytes <= NUMPY_DIGEST_BYTES:
-        return (id(a), hashlib.blake2b(np.ascontiguousarray(a).view(np.uint8)).hexdigest())
-    return id(a)
+def _tokens(arrays: tuple[Any, ...]) -> tuple[Any, ...]:
+    budget, out = NUMPY_DIGEST_TOTAL, []
+    for a in arrays:
+        small = isinstance(a, np.ndarray) and not a.dtype.hasobject
+        if small and a.nbytes <= min(NUMPY_DIGEST_BYTES, budget):
+            budget -= a.nbytes
+            digest = hashlib.blake2b(np.ascontiguousarray(a).view(np.uint8)).hexdigest()
+            out.append((id(a), digest))
+        else:
+            out.append(id(a))
+    return tuple(out)
 
 
 class StaticFn:
@@ -127,16 +194,27 @@ class StaticFn:
     def __init__(self, fn: Callable):
         self.fn = fn
         self._arrays = array_state(fn)
-        self._tokens = tuple(_token(a) for a in self._arrays)
+        self._tokens = _tokens(self._arrays)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
 
     def __hash__(self) -> int:
-        return hash((self.fn, self._tokens))
+        try:
+            key = hash(self.fn)
+        except Exception:  # an unhashable callable (a dataclass with eq): its identity
+            key = id(self.fn)
+        return hash((key, self._tokens))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, StaticFn) and self.fn == other.fn and self._tokens == other._tokens
+        if not isinstance(other, StaticFn) or self._tokens != other._tokens:
+            return False
+        if self.fn is other.fn:
+            return True
+        try:
+            return bool(self.fn == other.fn)  # bound methods of one object are equal
+        except Exception:
+            return False
 
     def __repr__(self) -> str:
         return f"StaticFn({self.fn!r}, {len(self._arrays)} arrays)"
@@ -148,7 +226,11 @@ def split_logits_fn(logits_fn: Callable) -> tuple[Any, Any]:
     argument keyed by the function and the arrays it reads (:class:`StaticFn`: the same
     object with the same weights reuses the compiled attack; new weights compile anew)."""
     if isinstance(logits_fn, jax.tree_util.Partial):
-        return None, logits_fn
+        # the arrays bound in the Partial are arguments; its function is keyed like any other
+        func = logits_fn.func
+        if not isinstance(func, StaticFn):
+            func = StaticFn(func)
+        return None, jax.tree_util.Partial(func, *logits_fn.args, **logits_fn.keywords)
     if isinstance(logits_fn, StaticFn):
         return logits_fn, None
     return StaticFn(logits_fn), None

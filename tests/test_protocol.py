@@ -250,13 +250,34 @@ _W = jnp.zeros((int(np.prod(SHAPE)), 3))
 
 
 def _reads_global(x):
-    return x.reshape(x.shape[0], -1) @ _W
+    return jax.vmap(lambda xi: xi.reshape(-1) @ _W)(x)  # read in an inner function only
+
+
+class _Slotted:
+    """No ``__dict__``: its weights live in a slot, five dict levels down."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, w):
+        self.v = {"params": {"block": {"dense": {"kernel": w}}}}
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], -1) @ self.v["params"]["block"]["dense"]["kernel"]
+
+
+class _ClassLevel:
+    w = jnp.zeros((int(np.prod(SHAPE)), 3))
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], -1) @ type(self).w
 
 
 def test_a_model_whose_weights_change_is_attacked_with_its_new_weights():
     """The same function object, reading new weights (an attribute set on its object, a
-    rebound global, a NumPy array changed in place), is attacked with those weights and
-    fingerprinted by them; with its weights unchanged the compiled attack is reused."""
+    rebound global read in an inner function, a NumPy array changed in place, a slot
+    five dicts deep, a class attribute, a ``Partial``'s closure), is attacked with those
+    weights and fingerprinted by them; with its weights unchanged the compiled attack is
+    reused."""
     from qadv.attacks import protocol
     from qadv.evaluate.fingerprint import model_fingerprint
 
@@ -267,10 +288,20 @@ def test_a_model_whose_weights_change_is_attacked_with_its_new_weights():
     y = jnp.argmax(x.reshape(4, -1) @ w1, -1).astype(jnp.int32)
     cfg, k = registry.make("fgsm", eps=0.05), jax.random.key(0)
     wnp = np.asarray(w1).copy()
+    box = {"w": w1}
     models = {
         "attribute": (_Linear(w1), lambda m, w: setattr(m, "w", w)),
         "global": (_reads_global, lambda m, w: globals().__setitem__("_W", w)),
         "numpy in place": (_Linear(wnp), lambda m, w: m.w.__setitem__(..., np.asarray(w))),
+        "slot, nested dicts": (
+            _Slotted(w1),
+            lambda m, w: m.v["params"]["block"]["dense"].__setitem__("kernel", w),
+        ),
+        "class attribute": (_ClassLevel(), lambda m, w: setattr(_ClassLevel, "w", w)),
+        "Partial over a closure": (
+            jax.tree_util.Partial(lambda z: z.reshape(z.shape[0], -1) @ box["w"]),
+            lambda m, w: box.__setitem__("w", w),
+        ),
     }
     for name, (m, set_w) in models.items():
         set_w(m, w1)

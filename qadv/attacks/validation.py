@@ -39,7 +39,8 @@ def check_batch(logits_fn, x, y, *, min_classes: int = 2) -> tuple[jax.Array, ja
         raise ValueError(f"batch sizes differ: x has {x.shape[0]} images, y has {y.shape[0]}")
     if x.shape[0] == 0:
         raise ValueError("the batch is empty: x has 0 images")
-    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    # (through a lambda: jax weak-references the function, and a __slots__ object may not allow it)
+    out = jax.eval_shape(lambda z: logits_fn(z), jax.ShapeDtypeStruct(x.shape, x.dtype))
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(f"logits_fn must map (B, ...) images to (B, d) logits, got {got}")

@@ -25,7 +25,9 @@ and ``R_k = J (d2a_k) J^T``; building ``Q`` costs ``N`` Jacobian-vector products
 Jacobian per example (forward-over-reverse), so exact mode is meant for small inputs or
 few examples. Every ``beta`` then costs ``O(d^3)``.
 
-All functions are batched over the leading axis, pure, and usable under ``jax.jit``.
+All functions are batched over the leading axis, pure, and usable under ``jax.jit``;
+the ones that take a model compile as one program per model and shape when called
+outside it (:func:`qadv.static_fn.jit_over_model`), rather than running op by op.
 ``logits_fn`` must treat examples independently (eval mode).
 
 The package holds one concept per module, all re-exported here:

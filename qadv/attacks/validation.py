@@ -6,6 +6,8 @@ and name checks are those of :mod:`qadv.validation`, re-exported here."""
 
 from __future__ import annotations
 
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,8 +41,7 @@ def check_batch(logits_fn, x, y, *, min_classes: int = 2) -> tuple[jax.Array, ja
         raise ValueError(f"batch sizes differ: x has {x.shape[0]} images, y has {y.shape[0]}")
     if x.shape[0] == 0:
         raise ValueError("the batch is empty: x has 0 images")
-    # (through a lambda: jax weak-references the function, and a __slots__ object may not allow it)
-    out = jax.eval_shape(lambda z: logits_fn(z), jax.ShapeDtypeStruct(x.shape, x.dtype))
+    out = jax.eval_shape(_weakly_referable(logits_fn), jax.ShapeDtypeStruct(x.shape, x.dtype))
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(f"logits_fn must map (B, ...) images to (B, d) logits, got {got}")
@@ -78,3 +79,14 @@ def is_radius(v) -> bool:
         return bool(np.isfinite(float(v)))
     except (TypeError, ValueError):
         return False
+
+
+def _weakly_referable(fn):
+    """``fn`` itself (jax caches its shape by a weak reference: no new trace on the next
+    call), or a wrapper of it for an object that cannot be weakly referenced (a
+    ``__slots__`` class without ``__weakref__``)."""
+    try:
+        weakref.ref(fn)
+    except TypeError:
+        return lambda z: fn(z)
+    return fn

@@ -30,6 +30,7 @@ __all__ = [
     "dlr",
     "get_loss",
     "temperature_scaled",
+    "wide_dtype",
 ]
 
 
@@ -110,10 +111,16 @@ def get_loss(name: str) -> LossFn:
     return _LOSSES[name]
 
 
+def wide_dtype(dtype) -> jnp.dtype:
+    """``dtype``, or float32 for a narrower float (float16, bfloat16): the dtype losses,
+    temperatures and an attack's radius, steps and projections are computed in."""
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
+
+
 def at_least_float32(a: jax.Array) -> jax.Array:
-    """``a`` in float32 if it is a narrower float (float16, bfloat16), else unchanged (no
+    """``a`` in :func:`wide_dtype` (float32 if it is a narrower float, else unchanged: no
     dtype promotion, so it also holds under strict promotion and with float64)."""
-    return a.astype(jnp.float32) if jnp.finfo(a.dtype).bits < 32 else a
+    return a.astype(wide_dtype(a.dtype))
 
 
 def temperature_scaled(loss_fn: LossFn, beta: jax.Array | float) -> LossFn:

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 
 from qadv.attacks import registry
 from qadv.attacks.keys import restart_keys
-from qadv.attacks.norms import find_norm, get_norm, wide_dtype
+from qadv.attacks.norms import find_norm, get_norm
 from qadv.attacks.protocol import example_keys, execute, finish
 from qadv.attacks.temperature import BetaInfo, NoTemperature, fixed
 from qadv.attacks.unroll import CPU_UNROLL, CPU_UNROLL_CONV_STEPS, cpu_unroll
@@ -242,10 +242,10 @@ def make_pgd(
             logits, vjp_fn, strategy, state.tstate, base_loss, y
         )
         # the step in >= float32, rounded back towards x by the projection (half precision)
-        wide = wide_dtype(x.dtype)
-        eta = jnp.asarray(step_size, wide)
-        x_step = x_adv.astype(wide) + eta * geometry.normalize(g.astype(wide))
-        x_new = geometry.project(x_step, x, jnp.asarray(eps, wide))
+        wide = at_least_float32(x_adv)
+        eta = jnp.asarray(step_size, wide.dtype)
+        x_step = wide + eta * geometry.normalize(g.astype(wide.dtype))
+        x_new = geometry.project(x_step, x, jnp.asarray(eps, wide.dtype))
         beta = BetaInfo(binfo.beta.astype(x.dtype), binfo.fallback, binfo.default)
         return PGDState(x, y, x_new, state.tstate, beta, state.fallback | binfo.fallback)
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qadv.attacks.keys import example_keys
+from qadv.losses import at_least_float32
 
 __all__ = ["ALL_NORMS", "L1", "L2", "LINF", "NORMS", "Norm", "find_norm", "get_norm", "per_example"]
 
@@ -136,17 +137,6 @@ def _clip01(x: jax.Array) -> jax.Array:
     return jnp.clip(x, jnp.zeros((), x.dtype), jnp.ones((), x.dtype))
 
 
-def wide_dtype(dtype) -> Any:
-    """``dtype``, or float32 for a narrower float (float16, bfloat16): the dtype an
-    attack's radius, steps and projections are computed in."""
-    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
-
-
-def _wide(x: jax.Array) -> jax.Array:
-    """``x`` in :func:`wide_dtype`."""
-    return x.astype(wide_dtype(x.dtype))
-
-
 def _toward(v: jax.Array, x: jax.Array) -> jax.Array:
     """``v`` (computed in a wider dtype) in ``x.dtype``, each coordinate rounded towards
     ``x``: ``|out - x| <= |v - x|`` coordinate by coordinate, so a point inside a ball
@@ -188,7 +178,7 @@ def _linf_normalize(g):
 
 
 def _linf_project(x_adv, x, eps):
-    xw, aw = _wide(x), _wide(x_adv)
+    xw, aw = at_least_float32(x), at_least_float32(x_adv)
     eps = jnp.asarray(eps, xw.dtype)
     return _toward(_clip01(jnp.clip(aw, xw - eps, xw + eps)), x)
 
@@ -245,9 +235,9 @@ def _l2_normalize(g):
 
 
 def _l2_project(x_adv, x, eps):
-    xw = _wide(x)
+    xw = at_least_float32(x)
     eps = jnp.asarray(eps, xw.dtype)
-    delta = _wide(x_adv) - xw
+    delta = at_least_float32(x_adv) - xw
     n, nonzero = _safe_norm(delta)
     outside = nonzero & (n > eps)
     factor = jnp.where(outside, eps / n, jnp.ones_like(n))

@@ -41,8 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qadv.attacks.keys import example_keys
-from qadv.attacks.norms import wide_dtype
-from qadv.losses import cw_margin
+from qadv.losses import at_least_float32, cw_margin, wide_dtype
 from qadv.static_fn import split_logits_fn
 
 __all__ = [
@@ -166,7 +165,7 @@ def widened(x: jax.Array) -> jax.Array:
     """``x`` in float32 if it is a narrower float (float16, bfloat16), else ``x``: attacks
     that iterate on linearisations (FAB, DeepFool) do their arithmetic in float32 and
     hand their point back with :func:`narrowed`."""
-    return x.astype(wide_dtype(x.dtype))
+    return at_least_float32(x)
 
 
 def logits_in(logits_fn: LogitsFn, dtype) -> LogitsFn:

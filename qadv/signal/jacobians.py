@@ -211,12 +211,7 @@ def map_examples(fn, xs, examples: int):
     return jax.lax.map(fn, xs, batch_size=int(examples))
 
 
-@jit_over_model(
-    static_argnames=(
-        "chunk",
-        "memory_budget",
-    )
-)
+@jit_over_model(static_argnames=("chunk", "memory_budget"))
 def jacobian(
     logits_fn: LogitsFn,
     x: jax.Array,

@@ -62,3 +62,33 @@ def test_traced_radius_gives_the_result_of_a_constant_one():
     constant = jax.jit(lambda x, y, k: cfg.run(data, f, x, y, k))(x, y, keys)
     np.testing.assert_allclose(traced.x_adv, constant.x_adv, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(traced.success, constant.success)
+
+
+def test_shared_contexts_lower_the_same_programs(monkeypatch):
+    """The test harness lowers in shared MLIR contexts (``tests/mlir_contexts.py``): the
+    programs must be the ones JAX's own fresh contexts give, text for text."""
+    from jax._src.interpreters import mlir
+
+    shared = mlir.make_ir_context
+    if not getattr(shared, "shared_by_qadv_tests", False):
+        pytest.skip("this run lowers in fresh contexts (QADV_TEST_FRESH_MLIR_CONTEXTS)")
+    f = _model()
+    x, y = _data(7)
+    keys = protocol.example_keys(jax.random.key(0), 7)
+    cfgs = [
+        registry.make("pgd", eps=0.1, steps=3, temperature="hns"),
+        registry.make("apgd-ce", eps=0.1, steps=5),
+        registry.make("square", eps=0.1, queries=20),
+        registry.make("fab", eps=0.1, steps=5),
+    ]
+    data = [protocol.prepare(c, f, protocol.AttackContext(calib_images=x)) for c in cfgs]
+
+    def programs():  # new functions each time: traced and lowered anew
+        return [
+            jax.jit(lambda a, b, k, c=c, d=d: c.run(d, f, a, b, k)).lower(x, y, keys).as_text()
+            for c, d in zip(cfgs, data, strict=True)
+        ]
+
+    in_shared = programs()
+    monkeypatch.setattr(mlir, "make_ir_context", shared.fresh)
+    assert programs() == in_shared

@@ -2,11 +2,12 @@
 
 JAX lowers every program in a context of its own: ``mlir.make_ir_context`` builds a new
 ``ir.Context`` and loads and registers its dialects each time, about 5 ms on the 2-core
-machines this suite is timed on. The suite lowers about 8,800 programs (most of them
-single operations run op by op), so that is about 40 CPU-seconds of a ~600 CPU-second
-run. Reusing one context per thread for :data:`PER_CONTEXT` lowerings produces the same
-programs, text for text (``test_shared_contexts_lower_the_same_programs``), because a
-context only owns the types and attributes a module is built from.
+machines this suite is timed on, and the suite lowers about 8,800 programs (most of them
+single operations run op by op). Reusing one context per thread for :data:`PER_CONTEXT`
+lowerings produces the same programs, text for text
+(``test_shared_contexts_lower_the_same_programs``), because a context only owns the
+types and attributes a module is built from. The default run took 486 instead of 572
+CPU-seconds with it (266 instead of 313 s on 2 cores; ``results/tests/README.md``).
 
 This is a test-harness setting, like the XLA flags in ``conftest.py``: the library never
 touches JAX's internals. Set ``QADV_TEST_FRESH_MLIR_CONTEXTS=1`` to lower as JAX does.

@@ -98,13 +98,18 @@ def _attributes(obj: Any) -> list[Any]:
         for name in (slots,) if isinstance(slots, str) else slots:
             if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
                 out.append(getattr(obj, name))
-        out += [v for k, v in klass.__dict__.items() if not k.startswith("__") and _is_array(v)]
+        out += _class_arrays(klass)
     return out
+
+
+def _class_arrays(klass: type) -> list[Any]:
+    """The arrays among a class's own attributes (class-level weights)."""
+    return [v for k, v in vars(klass).items() if not k.startswith("__") and _is_array(v)]
 
 
 def _children(obj: Any) -> list[Any]:
     """The objects ``obj`` reads its state from (one level; containers flattened)."""
-    if isinstance(obj, functools.partial | jax.tree_util.Partial):
+    if isinstance(obj, functools.partial):  # jax.tree_util.Partial included
         return [obj.func, *obj.args, *obj.keywords.values()]
     if isinstance(obj, types.MethodType):
         return [obj.__func__, obj.__self__]
@@ -117,7 +122,7 @@ def _children(obj: Any) -> list[Any]:
         out += [getattr(m, n) for m in mods for n in set(names) if hasattr(m, n)]
         return out
     if isinstance(obj, type):
-        return [v for k, v in vars(obj).items() if not k.startswith("__") and _is_array(v)]
+        return _class_arrays(obj)
     leaves = jax.tree_util.tree_leaves(obj)  # dicts, lists, tuples, registered pytrees
     if len(leaves) != 1 or leaves[0] is not obj:
         return leaves
